@@ -1,0 +1,23 @@
+"""optaxlr: learning-rate schedules, weight decay, flooding and sweeps as vmappable optax pieces.
+
+Every numeric hyperparameter may be a Python number or a JAX array (a tracer under ``jit`` and
+``vmap`` included), so a whole grid of settings trains as one compiled program.
+"""
+
+from optaxlr import schedules
+from optaxlr import transforms
+from optaxlr.losses import *  # noqa: F403
+from optaxlr.monitor import *  # noqa: F403
+from optaxlr.transforms import *  # noqa: F403
+from optaxlr import losses as _losses
+from optaxlr import monitor as _monitor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "schedules",
+    "transforms",
+    *_losses.__all__,
+    *_monitor.__all__,
+    *transforms.__all__,
+]
