@@ -6,6 +6,12 @@ Every numeric hyperparameter may be a Python number or a JAX array (a tracer und
 
 from optaxlr import schedules
 from optaxlr import transforms
+from optaxlr.engine import EarlyStop
+from optaxlr.engine import SweepResult
+from optaxlr.engine import batch_indices
+from optaxlr.engine import load
+from optaxlr.engine import run_keys
+from optaxlr.engine import sweep
 from optaxlr.losses import *  # noqa: F403
 from optaxlr.monitor import *  # noqa: F403
 from optaxlr.transforms import *  # noqa: F403
@@ -17,6 +23,12 @@ __version__ = "0.1.0"
 __all__ = [
     "schedules",
     "transforms",
+    "EarlyStop",
+    "SweepResult",
+    "batch_indices",
+    "load",
+    "run_keys",
+    "sweep",
     *_losses.__all__,
     *_monitor.__all__,
     *transforms.__all__,
