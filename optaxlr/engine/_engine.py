@@ -142,10 +142,10 @@ def _build_chunk_fn(
     loss = task.loss(params, batch)
     return loss if objective is None else objective(loss, hp)
 
-  def config_step(params, opt_state, alive, div_at, hp, batch, t, value):
+  def config_step(params, opt_state, alive, div_at, hp, batch, t, value, fresh):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, hp)
     tx = optax.with_extra_args_support(optimizer(hp))
-    extra = {"value": value} if plateau_value else {}
+    extra = {"value": value, "evaluate": fresh} if plateau_value else {}
     updates, new_opt = tx.update(grads, opt_state, params, **extra)
     new_params = optax.apply_updates(params, updates)
     ok = jnp.isfinite(loss) & _all_finite(new_params)
@@ -155,8 +155,8 @@ def _build_chunk_fn(
     div_at = jnp.where(alive & ~ok, t, div_at)
     return params, opt_state, keep, div_at, jnp.where(alive, loss, jnp.nan)
 
-  configs_step = jax.vmap(config_step, in_axes=(0, 0, 0, 0, 0, None, None, 0))
-  seeds_step = jax.vmap(configs_step, in_axes=(0, 0, 0, 0, None, 0, None, 0))
+  configs_step = jax.vmap(config_step, in_axes=(0, 0, 0, 0, 0, None, None, 0, None))
+  seeds_step = jax.vmap(configs_step, in_axes=(0, 0, 0, 0, None, 0, None, 0, None))
 
   def evaluate(params):
     out = {}
@@ -172,7 +172,7 @@ def _build_chunk_fn(
       batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), train)  # (S, B, ...)
       value = jnp.where(c.fresh, c.last_value, jnp.nan)
       params, opt_state, alive, div_at, loss = seeds_step(
-          c.params, c.opt_state, c.alive, c.diverged_at, hparams, batch, t, value
+          c.params, c.opt_state, c.alive, c.diverged_at, hparams, batch, t, value, c.fresh
       )
       c = c._replace(
           params=params, opt_state=opt_state, alive=alive, diverged_at=div_at,
@@ -222,10 +222,6 @@ def _check_hparams(space_arrays: Mapping[str, np.ndarray], n: int) -> None:
         raise ValueError(
             f"sweep: {name} must be > 0, config {bad} has {name}={arr[bad].item()!r}"
         )
-
-
-def _config(space_arrays, i) -> dict[str, Any]:
-  return {k: (v[i].item() if v[i].ndim == 0 else v[i]) for k, v in space_arrays.items()}
 
 
 def _device_memory_bytes() -> int | None:
@@ -288,29 +284,39 @@ class _Progress:
       self._bar.close()
 
 
-class _DictSpace:
-  """A plain mapping of equal-length 1-D arrays seen as a search space (``zip`` semantics)."""
+def _split_seeds(space, seeds) -> tuple[Any, list[int]]:
+  """The space without its "seed" axis, and the seed values (from the space or ``seeds``)."""
+  from optaxlr import search  # a sibling layer below the engine
 
-  def __init__(self, arrays: Mapping[str, Any]):
-    self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    self.names = list(self.arrays)
-    self.grid_axes = None
-    lengths = {k: v.shape[0] if v.ndim else -1 for k, v in self.arrays.items()}
-    if len(set(lengths.values())) > 1 or -1 in lengths.values():
-      raise ValueError(f"sweep: a dict space needs 1-D arrays of one length, got lengths {lengths}")
-
-  def __len__(self) -> int:
-    return len(next(iter(self.arrays.values()))) if self.arrays else 0
-
-
-def _as_space(space):
   if isinstance(space, Mapping):
-    return _DictSpace(space)
-  if hasattr(space, "arrays") and hasattr(space, "names"):
-    return space
-  raise TypeError(
-      f"sweep: space must be an optaxlr.search space or a dict of 1-D arrays, got {type(space)!r}"
-  )
+    space = search.zip(**space)
+  if not isinstance(space, search.Space):
+    raise TypeError(
+        f"sweep: space must be an optaxlr.search.Space or a dict of 1-D arrays, got {type(space)!r}"
+    )
+  if search.FOLD in space.dims:
+    raise ValueError(
+        "sweep: a 'fold' axis is not supported yet; split the data into folds in the task and"
+        " sweep each fold's task"
+    )
+  if search.SEED in space.dims:
+    if seeds is not None:
+      raise ValueError("sweep: the space has a 'seed' axis; do not also pass seeds=")
+    seed_axis = next(a for a in space.axes if a.dim == search.SEED)
+    rest = [a for a in space.axes if a.dim != search.SEED]
+    if not rest:
+      raise ValueError("sweep: the space holds only seeds; add at least one hyperparameter axis")
+    return search.Space(rest, space.fixed), [int(v) for v in seed_axis.values[search.SEED]]
+  if seeds is None:
+    seeds = 1
+  if isinstance(seeds, int):
+    if seeds < 1:
+      raise ValueError(f"sweep: seeds must be >= 1 or a non-empty list, got seeds={seeds!r}")
+    return space, list(range(seeds))
+  seed_list = [int(v) for v in seeds]
+  if not seed_list or len(set(seed_list)) != len(seed_list):
+    raise ValueError(f"sweep: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
+  return space, seed_list
 
 
 def sweep(
@@ -320,7 +326,7 @@ def sweep(
     *,
     steps: int,
     batch_size: int,
-    seeds: int | Sequence[int] = 1,
+    seeds: int | Sequence[int] | None = None,
     eval_every: int | None = None,
     objective: Callable[[jax.Array, Hyperparams], jax.Array] | None = None,
     monitor: str | None = None,
@@ -333,6 +339,7 @@ def sweep(
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
     keep_params: bool = False,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
 ) -> SweepResult:
   """Trains every config of ``space`` (x ``seeds``) on ``task`` in one compiled program.
 
@@ -343,7 +350,8 @@ def sweep(
 
   Row ``i`` of the result equals a standalone run of config ``i`` with the keys of
   :func:`run_keys` and the minibatch order of :func:`batch_indices`: exactly in float64 on the
-  CPU, within rounding in float32. A config whose loss (or parameters) turn non-finite is frozen
+  CPU for the tested models (XLA may fuse a batched program differently from a single one; the
+  difference is then a few ulps), within rounding in float32. A config whose loss (or parameters) turn non-finite is frozen
   and marked diverged at that step; it never changes another config's numbers.
 
   Args:
@@ -352,7 +360,8 @@ def sweep(
     space: an :mod:`optaxlr.search` space (or a dict of equal-length 1-D arrays).
     steps: optimizer steps per run (rounded up to a multiple of ``eval_every``).
     batch_size: minibatch size (<= number of training examples).
-    seeds: number of seeds (0..n-1) or the list of seed values.
+    seeds: number of seeds (0..n-1) or the list of seed values; default 1, or the values of
+      the space's "seed" axis (``space * search.seeds(3)``).
     eval_every: evaluate every this many steps; also the length of one compiled chunk.
       Default: ``steps`` (one evaluation at the end) split into at most 10 chunks.
     objective: optional ``(loss, hparams) -> loss`` (flooding, penalties).
@@ -360,9 +369,10 @@ def sweep(
       ``plateau``) and watched by ``early_stopping``. Default: ``early_stopping.metric`` or
       ``"val/loss"`` when ``plateau``.
     monitor_mode: "min" or "max" for ``early_stopping``.
-    plateau: pass ``value=<monitor at the last evaluation>`` to the optimizer on the first step
-      after each evaluation and ``value=nan`` on the others (the convention of
-      :func:`optaxlr.reduce_on_plateau`: NaN means "no new measurement").
+    plateau: pass ``value=<monitor at the last evaluation>, evaluate=True`` to the optimizer on
+      the first step after each evaluation and ``evaluate=False`` (``value`` NaN) on the others:
+      the convention of :func:`optaxlr.reduce_on_plateau`, which then counts one "epoch" per
+      evaluation as PyTorch's ``ReduceLROnPlateau`` stepped after each validation.
     early_stopping: per-config early stopping (an :class:`EarlyStop`).
     key: the base PRNG key (int or key).
     max_group_size: train at most this many configs at once; more are split into groups that
@@ -371,20 +381,19 @@ def sweep(
     progress: show a progress bar (tqdm) with the ETA.
     devices: shard the config axis over these devices (default: all local devices).
     keep_params: return the final parameters (leaves with leading (seed, config) axes).
+    callback: called on the host after every chunk (after its checkpoint is written) with
+      ``{"group", "chunk", "step", "configs", "metrics", "diverged_at", "stopped_at"}`` for
+      the configs of the current group; returning ``True`` stops the sweep there (the result
+      then holds NaN for what was not run). An exception raised in it propagates, and a sweep
+      with a ``checkpoint_dir`` resumes after the last finished chunk.
 
   Returns:
     A :class:`SweepResult` labelled by hyperparameter values.
   """
   t_start = time.perf_counter()
-  space = _as_space(space)
-  names = list(space.names)
-  hp_np = {k: np.asarray(v) for k, v in space.arrays.items()}
+  space, seed_list = _split_seeds(space, seeds)
+  hp_np = {k: np.asarray(v) for k, v in space.columns.items()}
   n_cfg = len(space)
-  if n_cfg == 0:
-    raise ValueError("sweep: the search space is empty (0 configs)")
-  seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-  if not seed_list:
-    raise ValueError(f"sweep: seeds must be >= 1 or a non-empty list, got seeds={seeds!r}")
   if not isinstance(steps, int) or steps < 1:
     raise ValueError(f"sweep: steps must be an int >= 1, got steps={steps!r}")
   n_train = int(jax.tree.leaves(task.train)[0].shape[0])
@@ -428,11 +437,11 @@ def sweep(
     )
   # Build every config's optimizer once on the host with concrete values: the transforms'
   # own eager validation then rejects bad settings before anything is traced.
-  for i in range(n_cfg):
+  for i, config in enumerate(space):
     try:
-      optimizer(_config(hp_np, i))
+      optimizer(config)
     except (ValueError, TypeError) as e:
-      raise ValueError(f"sweep: config {i} {_config(hp_np, i)} is invalid: {e}") from e
+      raise ValueError(f"sweep: config {i} {config} is invalid: {e}") from e
   hp_one = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in hp_np.items()}
   opt_shape = jax.eval_shape(lambda p, h: optimizer(h).init(p), params_shape, hp_one)
   batch_shape = jax.tree.map(
@@ -509,8 +518,9 @@ def sweep(
 
   # Results buffers (host).
   n_s = len(seed_list)
-  batch_loss = np.full((n_s, n_cfg, steps), np.nan, np.float32)
-  metrics = {m: np.full((n_s, n_cfg, n_chunks), np.nan, np.float32) for m in metric_shapes}
+  out_dtype = np.dtype(jnp.result_type(float))  # float32, or float64 under jax_enable_x64
+  batch_loss = np.full((n_s, n_cfg, steps), np.nan, out_dtype)
+  metrics = {m: np.full((n_s, n_cfg, n_chunks), np.nan, out_dtype) for m in metric_shapes}
   diverged_at = np.full((n_s, n_cfg), -1, np.int64)
   stopped_at = np.full((n_s, n_cfg), -1, np.int64)
   final_params = []
@@ -548,7 +558,10 @@ def sweep(
   run_s = 0.0
   bar = _Progress(n_groups * steps, progress, desc=f"sweep {n_cfg}x{n_s}")
   bar.update(done_groups * steps + resume_chunk * eval_every)
+  stop_all = False
   for g in range(done_groups, n_groups):
+    if stop_all:
+      break
     lo, hi = g * group, min((g + 1) * group, n_cfg)
     sel = np.concatenate([np.arange(lo, hi), np.full(group - (hi - lo), lo)])  # pad with a copy
     hp_g = jax.device_put({k: jnp.asarray(v[sel]) for k, v in hp_np.items()}, hp_sharding)
@@ -591,6 +604,13 @@ def sweep(
         })
         nxt_g, nxt_c = (g + 1, 0) if last else (g, c + 1)
         (ckpt / "meta.json").write_text(json.dumps({"fingerprint": fp, "group": nxt_g, "chunk": nxt_c}))
+      if callback is not None and callback({
+          "group": g, "chunk": c, "step": (c + 1) * eval_every, "configs": (lo, hi),
+          "metrics": {k: v[:, lo:hi, c] for k, v in metrics.items()},
+          "diverged_at": diverged_at[:, lo:hi], "stopped_at": stopped_at[:, lo:hi],
+      }) is True:
+        stop_all = True
+        break
       if not alive.any() and c + 1 < n_chunks:
         # Every config diverged or stopped: the rest of this group would only repeat them.
         for k in metrics:

@@ -18,7 +18,7 @@ class SweepResult:
   """The numbers of a sweep, with leading axes ``(seed, config)``.
 
   Attributes:
-    space: the search space (``space.names``, ``space.arrays``: name -> (n_configs,) values).
+    space: the :class:`optaxlr.search.Space` of the configs (without its seed axis).
     seeds: the seed values, shape ``(S,)``.
     batch_loss: the training minibatch loss at every step, ``(S, C, steps)``; NaN after a run
       diverged or stopped.
@@ -46,7 +46,7 @@ class SweepResult:
   @property
   def hparams(self) -> dict[str, np.ndarray]:
     """Hyperparameter name -> its value in each config, shape ``(C,)``."""
-    return {k: np.asarray(v) for k, v in self.space.arrays.items()}
+    return {k: np.asarray(v) for k, v in self.space.columns.items()}
 
   @property
   def num_configs(self) -> int:
@@ -134,32 +134,31 @@ class SweepResult:
     return pd.DataFrame(rows)
 
   def to_xarray(self):
-    """An ``xarray.Dataset`` with dims ``(seed, <grid axes or config>, eval_step)``.
+    """An ``xarray.Dataset`` with dims ``(seed, *space.dims, eval_step)``.
 
-    A cartesian grid becomes one dimension per hyperparameter, labelled by its values, so
-    ``ds["val/loss"].sel(lr=1e-3)`` works; other spaces keep a ``config`` dimension with the
-    hyperparameters as coordinates.
+    The config axis is unfolded into the space's axes, labelled by hyperparameter values, so a
+    grid gives ``ds["val/loss"].sel(lr=1e-3)``; a zipped or random axis keeps one dimension
+    with its hyperparameters as coordinates along it.
     """
     import xarray as xr
 
-    grid = getattr(self.space, "grid_axes", None)
-    data_vars = {m: (("seed", "config", "eval_step"), v) for m, v in self.metrics.items()}
-    data_vars["batch_loss"] = (("seed", "config", "step"), self.batch_loss)
-    data_vars["diverged_at"] = (("seed", "config"), self.diverged_at)
-    data_vars["stopped_at"] = (("seed", "config"), self.stopped_at)
+    dims, shape = tuple(self.space.dims), tuple(self.space.shape)
+
+    def unfold(a, tail):
+      return (("seed", *dims, *tail), a.reshape(a.shape[:1] + shape + a.shape[2:]))
+
+    data_vars = {m: unfold(v, ("eval_step",)) for m, v in self.metrics.items()}
+    data_vars["batch_loss"] = unfold(self.batch_loss, ("step",))
+    data_vars["diverged_at"] = unfold(self.diverged_at, ())
+    data_vars["stopped_at"] = unfold(self.stopped_at, ())
     coords = {
         "seed": self.seeds,
         "eval_step": self.eval_steps,
         "step": np.arange(self.batch_loss.shape[-1]),
     }
-    hp = self.hparams
-    coords.update({k: ("config", v) for k, v in hp.items() if np.ndim(v) == 1})
-    ds = xr.Dataset(data_vars, coords={**coords, "config": np.arange(self.num_configs)})
-    if grid:
-      names = list(grid)
-      if all(n in hp for n in names) and int(np.prod([len(grid[n]) for n in names])) == self.num_configs:
-        ds = ds.drop_vars("config").set_index(config=names).unstack("config")
-    return ds
+    for name, (dim, values) in self.space.coords.items():
+      coords[name] = (dim, np.asarray(values)) if dim != () else np.asarray(values)
+    return xr.Dataset(data_vars, coords=coords, attrs={k: str(v) for k, v in self.info.items()})
 
   # -- persistence -------------------------------------------------------------------------
 
@@ -169,14 +168,13 @@ class SweepResult:
     if path.suffix != ".npz":
       path = path.with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    hp = self.hparams
     header = {
         "format": "optaxlr.SweepResult/1",
-        "hparams": list(hp),
+        "axes": [
+            {"dim": a.dim, "names": list(a.names)} for a in self.space.axes
+        ],
+        "fixed": self.space.fixed,
         "metrics": list(self.metrics),
-        "grid_axes": {
-            k: np.asarray(v).tolist() for k, v in (getattr(self.space, "grid_axes", None) or {}).items()
-        },
         "info": self.info,
     }
     arrays = {
@@ -187,7 +185,8 @@ class SweepResult:
         "stopped_at": self.stopped_at,
         "header": np.frombuffer(json.dumps(header, default=str).encode(), np.uint8),
     }
-    arrays.update({f"hp:{k}": v for k, v in hp.items()})
+    for i, axis in enumerate(self.space.axes):
+      arrays.update({f"axis{i}:{k}": np.asarray(v) for k, v in axis.values.items()})
     arrays.update({f"metric:{k}": v for k, v in self.metrics.items()})
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -204,18 +203,6 @@ class SweepResult:
     return heatmap(self, x, y, metric, **kwargs)
 
 
-class _LoadedSpace:
-  """The labels of a loaded result (names, values per config, grid axes)."""
-
-  def __init__(self, arrays: dict[str, np.ndarray], grid_axes: dict[str, list]):
-    self.arrays = arrays
-    self.names = list(arrays)
-    self.grid_axes = {k: np.asarray(v) for k, v in grid_axes.items()} or None
-
-  def __len__(self) -> int:
-    return len(next(iter(self.arrays.values()))) if self.arrays else 0
-
-
 def load(path: str | os.PathLike) -> SweepResult:
   """Reads a :class:`SweepResult` written by :meth:`SweepResult.save`.
 
@@ -229,9 +216,14 @@ def load(path: str | os.PathLike) -> SweepResult:
     header = json.loads(bytes(data["header"]).decode())
     if header.get("format") != "optaxlr.SweepResult/1":
       raise ValueError(f"load: {str(path)!r} has unknown format {header.get('format')!r}")
-    hp = {k: data[f"hp:{k}"] for k in header["hparams"]}
+    from optaxlr import search
+
+    axes = [
+        search.Axis(a["dim"], tuple(a["names"]), {k: data[f"axis{i}:{k}"] for k in a["names"]})
+        for i, a in enumerate(header["axes"])
+    ]
     return SweepResult(
-        space=_LoadedSpace(hp, header.get("grid_axes") or {}),
+        space=search.Space(axes, header.get("fixed") or {}),
         seeds=data["seeds"],
         batch_loss=data["batch_loss"],
         metrics={k: data[f"metric:{k}"] for k in header["metrics"]},
