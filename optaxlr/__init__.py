@@ -4,7 +4,10 @@ Every numeric hyperparameter may be a Python number or a JAX array (a tracer und
 ``vmap`` included), so a whole grid of settings trains as one compiled program.
 """
 
+from optaxlr import plot
 from optaxlr import schedules
+from optaxlr import search
+from optaxlr import tasks
 from optaxlr import transforms
 from optaxlr.engine import EarlyStop
 from optaxlr.engine import SweepResult
@@ -12,17 +15,22 @@ from optaxlr.engine import batch_indices
 from optaxlr.engine import load
 from optaxlr.engine import run_keys
 from optaxlr.engine import sweep
+from optaxlr.tasks import Task
+from optaxlr import losses as _losses
+from optaxlr import monitor as _monitor  # before the star import: `monitor` is also a function
 from optaxlr.losses import *  # noqa: F403
 from optaxlr.monitor import *  # noqa: F403
 from optaxlr.transforms import *  # noqa: F403
-from optaxlr import losses as _losses
-from optaxlr import monitor as _monitor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "plot",
     "schedules",
+    "search",
+    "tasks",
     "transforms",
+    "Task",
     "EarlyStop",
     "SweepResult",
     "batch_indices",

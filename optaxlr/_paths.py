@@ -30,7 +30,7 @@ def leaf_paths(tree: Any) -> Any:
   """A pytree of the same structure as ``tree`` whose leaves are their ``"a/b/c"`` paths.
 
   Works for nested dicts (flax linen ``params``), ``flax.nnx.State`` and any registered pytree.
-  ``nnx.Variable`` boxes, if present, are treated as leaves (their path is the box's path).
+  ``nnx.Variable`` boxes are pytrees in flax 0.12: their paths end in ``/value``.
 
   Examples:
     >>> leaf_paths({"a": {"b": 1, "c": [2, 3]}})

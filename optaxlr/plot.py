@@ -138,7 +138,10 @@ def heatmap(
                                       edgecolor="0.5", lw=0))
         ax.text(j, i, "div", ha="center", va="center", fontsize=7, color="0.3")
       elif annotate and np.isfinite(grid[i, j]) and grid.size <= 150:
-        ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=6, color="w")
+        shade = im.cmap(im.norm(grid[i, j]))
+        dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+        ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7,
+                color="w" if dark else "k")
   if np.isfinite(grid).any():
     flat = np.nanargmin(grid) if mode == "min" else np.nanargmax(grid)
     bi, bj = np.unravel_index(flat, grid.shape)

@@ -88,7 +88,10 @@ def run(task, optimizer, space, **kw):
   return optaxlr.sweep(task, optimizer, space, **kw)
 
 
-def test_row_equals_standalone_float64_exactly(x64):
+def test_row_equals_standalone_float64_to_the_last_bits(x64):
+  """Same keys, same minibatches, same arithmetic: float64 rows agree with single runs to a few
+  ulps (XLA's batched matmuls and reductions may sum in another order than unbatched ones, so
+  bitwise equality holds for most steps but is not guaranteed)."""
   task = make_task()
   space = search.grid(lr=[1e-3, 3e-2], wd=[0.0, 1e-2])
   res = run(task, adamw, space, seeds=[0, 5])
@@ -98,9 +101,9 @@ def test_row_equals_standalone_float64_exactly(x64):
     for c in range(4):
       losses, mets = standalone(task, adamw, space[c], seed)
       assert res.batch_loss.dtype == np.float64
-      np.testing.assert_array_equal(res.batch_loss[s_i, c], losses)
+      np.testing.assert_allclose(res.batch_loss[s_i, c], losses, rtol=8 * np.finfo(float).eps, atol=0)
       for name, val in mets.items():
-        assert res.metrics[f"val/{name}"][s_i, c, -1] == val, name
+        np.testing.assert_allclose(res.metrics[f"val/{name}"][s_i, c, -1], val, rtol=1e-14, err_msg=name)
 
 
 def test_row_equals_standalone_float32_within_rounding():

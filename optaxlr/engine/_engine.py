@@ -349,9 +349,9 @@ def sweep(
   ``lambda loss, h: optaxlr.flood(loss, h["flood"])``).
 
   Row ``i`` of the result equals a standalone run of config ``i`` with the keys of
-  :func:`run_keys` and the minibatch order of :func:`batch_indices`: exactly in float64 on the
-  CPU for the tested models (XLA may fuse a batched program differently from a single one; the
-  difference is then a few ulps), within rounding in float32. A config whose loss (or parameters) turn non-finite is frozen
+  :func:`run_keys` and the minibatch order of :func:`batch_indices`: in float64 on the CPU to a
+  few ulps (most steps bitwise; XLA's batched matmuls and reductions may sum in another order
+  than a single run's), within rounding in float32. A config whose loss (or parameters) turn non-finite is frozen
   and marked diverged at that step; it never changes another config's numbers.
 
   Args:

@@ -57,7 +57,8 @@ def constant_factor(
 
   Args:
     lr: the base learning rate, ``>= 0``.
-    factor: the multiplier while ``step < total_steps``, in ``[0, 1]`` as in PyTorch.
+    factor: the multiplier while ``step < total_steps``, in ``(0, 1]`` (PyTorch accepts 0 but
+      its recursive form then divides by zero at ``total_steps``).
     total_steps: how many steps use the reduced rate, ``>= 0``.
 
   Examples:
@@ -66,7 +67,7 @@ def constant_factor(
     [0.05 0.05 0.1  0.1 ]
   """
   v.nonnegative("constant_factor", "lr", lr)
-  v.in_range("constant_factor", "factor", factor, 0.0, 1.0)
+  v.in_range("constant_factor", "factor", factor, 0.0, 1.0, closed="right")
   v.nonnegative("constant_factor", "total_steps", total_steps)
 
   def schedule(count):

@@ -1,0 +1,448 @@
+"""Built-in tasks and Task adapters, checked against NumPy / scikit-learn restatements."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from optaxlr import tasks
+from optaxlr.tasks import Task
+
+SMALL = dict(hidden=(16,))
+
+
+def _np_cross_entropy(logits, y):
+  logits = np.asarray(logits, np.float64)
+  m = logits.max(axis=1, keepdims=True)
+  lse = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+  return float(np.mean(lse - logits[np.arange(len(y)), y]))
+
+
+def _synthetic(kind, **kw):
+  builder = {"two_gaussians": tasks.two_gaussians, "sinusoid": tasks.sinusoid,
+             "spiral": tasks.spiral}[kind]
+  return builder(**{"n_test": 400, **SMALL, **kw})
+
+
+def _raw(task, split):
+  """Undo the standardisation: the generator's original coordinates."""
+  return np.asarray(task.eval[split]["x"] if split != "train" else task.train["x"],
+                    np.float64) * task.info["scale"] + task.info["mean"]
+
+
+# ------------------------------------------------------------------------------ digits
+@pytest.fixture(scope="module")
+def digits_mlp():
+  return tasks.digits(n=400, seed=1, **SMALL)
+
+
+def test_digits_shapes_and_info(digits_mlp):
+  t = digits_mlp
+  sizes = t.info["sizes"]
+  assert sum(sizes.values()) == 400 and sizes["test"] == 80 and sizes["val"] == 80
+  assert t.train["x"].shape == (240, 64) and t.train["y"].shape == (240,)
+  assert t.eval["val"]["x"].shape == (80, 64) and t.eval["test"]["y"].shape == (80,)
+  assert t.train["x"].dtype == jnp.float32 and jnp.issubdtype(t.train["y"].dtype, jnp.integer)
+  assert isinstance(t.train["x"], jax.Array)
+  assert t.info["num_classes"] == 10
+  t.validate()
+  cnn = tasks.digits("cnn", n=200, seed=1)
+  assert cnn.train["x"].shape == (120, 8, 8, 1)
+  cnn.validate()
+
+
+def test_digits_no_leakage_and_stratified(digits_mlp):
+  from sklearn.datasets import load_digits
+  idx = digits_mlp.info["indices"]
+  sets = {k: set(v.tolist()) for k, v in idx.items()}
+  assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"]
+  assert not sets["val"] & sets["test"]
+  assert sum(len(s) for s in sets.values()) == 400
+  y_all = load_digits().target
+  for k, batch in {"train": digits_mlp.train, **digits_mlp.eval}.items():
+    np.testing.assert_array_equal(np.asarray(batch["y"]), y_all[idx[k]])  # labels follow rows
+  # stratified: each class's share of val/test within one example of the training share
+  for k in ("val", "test"):
+    counts = np.bincount(y_all[idx[k]], minlength=10)
+    expected = np.bincount(y_all[idx["train"]], minlength=10) * len(idx[k]) / len(idx["train"])
+    assert np.all(np.abs(counts - expected) <= 1.5)
+
+
+def test_digits_standardised_with_train_statistics_only(digits_mlp):
+  from sklearn.datasets import load_digits
+  from sklearn.preprocessing import StandardScaler
+  x_all = load_digits().data
+  idx = digits_mlp.info["indices"]
+  scaler = StandardScaler().fit(x_all[idx["train"]])  # independent reference
+  for k, batch in {"train": digits_mlp.train, **digits_mlp.eval}.items():
+    np.testing.assert_allclose(np.asarray(batch["x"]), scaler.transform(x_all[idx[k]]),
+                               rtol=1e-5, atol=1e-5)
+  # and NOT with statistics that include the held-out rows
+  everything = StandardScaler().fit(x_all[np.concatenate(list(idx.values()))])
+  assert not np.allclose(np.asarray(digits_mlp.eval["test"]["x"]),
+                         everything.transform(x_all[idx["test"]]), atol=1e-3)
+
+
+def test_digits_deterministic_from_seed():
+  a, b, c = tasks.digits(n=200, seed=3), tasks.digits(n=200, seed=3), tasks.digits(n=200, seed=4)
+  np.testing.assert_array_equal(np.asarray(a.train["x"]), np.asarray(b.train["x"]))
+  np.testing.assert_array_equal(a.info["indices"]["test"], b.info["indices"]["test"])
+  assert not np.array_equal(a.info["indices"]["test"], c.info["indices"]["test"])
+
+
+def test_digits_bad_arguments():
+  with pytest.raises(ValueError,
+                     match="digits: model must be one of 'mlp', 'cnn', got model='rnn'"):
+    tasks.digits("rnn")
+  with pytest.raises(ValueError, match=r"digits: val_fraction \+ test_fraction must be < 1"):
+    tasks.digits(val_fraction=0.5, test_fraction=0.5)
+  with pytest.raises(ValueError, match=r"digits: val_fraction must be in \[0.0, 1.0\), got "
+                                       r"val_fraction=-0.1"):
+    tasks.digits(val_fraction=-0.1)
+
+
+# ------------------------------------------------------------------------------ synthetic
+@pytest.mark.parametrize("kind", ["two_gaussians", "sinusoid", "spiral"])
+def test_synthetic_shapes_and_determinism(kind):
+  a = _synthetic(kind, n_train=50, n_val=30, seed=5)
+  b = _synthetic(kind, n_train=50, n_val=30, seed=5)
+  c = _synthetic(kind, n_train=50, n_val=30, seed=6)
+  d = 10 if kind == "two_gaussians" else 2
+  assert a.train["x"].shape == (50, d) and a.eval["val"]["x"].shape == (30, d)
+  assert a.eval["test"]["y"].shape == (400,) and a.info["num_classes"] == 2
+  for split in ("train", "val", "test"):
+    xa = a.train["x"] if split == "train" else a.eval[split]["x"]
+    xb = b.train["x"] if split == "train" else b.eval[split]["x"]
+    xc = c.train["x"] if split == "train" else c.eval[split]["x"]
+    np.testing.assert_array_equal(np.asarray(xa), np.asarray(xb))
+    assert not np.allclose(np.asarray(xa), np.asarray(xc))
+  # splits are disjoint draws
+  raw_tr, raw_te = _raw(a, "train"), _raw(a, "test")
+  assert not (raw_tr[:, None, :] == raw_te[None, :, :]).all(-1).any()
+  # the test set does not depend on n_train (own stream per split)
+  e = _synthetic(kind, n_train=80, n_val=30, seed=5)
+  np.testing.assert_allclose(_raw(e, "test"), _raw(a, "test"), rtol=1e-5, atol=1e-5)
+  a.validate()
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.05, 0.1, 0.29])
+@pytest.mark.parametrize("kind", ["two_gaussians", "sinusoid", "spiral"])
+def test_label_noise_rate_realised(kind, rate):
+  t = _synthetic(kind, n_train=100, label_noise=rate)
+  y, clean = np.asarray(t.train["y"]), t.info["train_clean_y"]
+  flipped = y != clean
+  assert flipped.sum() == math.floor(rate * 100 + 1e-9) == t.info["n_flipped"]
+  np.testing.assert_array_equal(flipped, t.info["flipped"])
+  assert set(np.unique(y)) <= {0, 1}
+
+
+def test_sinusoid_val_test_labels_are_clean():
+  t = _synthetic("sinusoid", label_noise=0.1)
+  for split in ("val", "test"):
+    x = _raw(t, split)
+    want = (x[:, 0] + np.sin(x[:, 1]) > 0).astype(int)
+    np.testing.assert_array_equal(np.asarray(t.eval[split]["y"]), want)
+  x = _raw(t, "train")
+  np.testing.assert_array_equal(t.info["train_clean_y"], (x[:, 0] + np.sin(x[:, 1]) > 0))
+
+
+def test_two_gaussians_class_means_and_balance():
+  t = tasks.two_gaussians(n_test=2000, d=3, mean=2.0, **SMALL)
+  x, y = _raw(t, "test"), np.asarray(t.eval["test"]["y"])
+  assert (y == 0).sum() == (y == 1).sum() == 1000
+  np.testing.assert_allclose(x[y == 0].mean(0), 0.0, atol=0.15)
+  np.testing.assert_allclose(x[y == 1].mean(0), 2.0, atol=0.15)
+  np.testing.assert_allclose(x[y == 1].std(0), 1.0, atol=0.1)
+
+
+def test_spiral_geometry():
+  t = tasks.spiral(n_test=2000, spread=0.0, **SMALL)
+  x, y = _raw(t, "test"), np.asarray(t.eval["test"]["y"])
+  r, a = np.hypot(x[:, 0], x[:, 1]), np.arctan2(x[:, 1], x[:, 0])
+  # class 1: radius == angle (mod 2 pi); class 0: radius == angle + pi (mod 2 pi).
+  # (float32 storage: ~1e-5 error; the origin has no angle.)
+  one, zero = (y == 1) & (r > 0.1), y == 0
+  np.testing.assert_allclose(np.cos(r[one]), np.cos(a[one]), atol=1e-4)
+  np.testing.assert_allclose(np.sin(r[one]), np.sin(a[one]), atol=1e-4)
+  np.testing.assert_allclose(np.cos(r[zero] - np.pi), np.cos(a[zero]), atol=1e-4)
+  assert (y == 1).sum() == zero.sum() == 1000
+  assert r.max() <= 5 * np.pi + 1e-6
+
+
+def test_synthetic_standardised_with_train_statistics():
+  t = tasks.sinusoid(n_train=64, **SMALL)
+  x = np.asarray(t.train["x"], np.float64)
+  np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(x.std(0), 1.0, atol=1e-5)
+  raw = tasks.sinusoid(n_train=64, standardize=False, **SMALL)
+  np.testing.assert_allclose(np.asarray(raw.eval["test"]["x"]), _raw(t, "test"), rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: tasks.sinusoid(label_noise=1.0), r"sinusoid: label_noise must be in \[0.0, 1.0\), "
+                                              r"got label_noise=1.0"),
+    (lambda: tasks.spiral(n_train=1), r"spiral: n_train must be >= 2, got n_train=1"),
+    (lambda: tasks.spiral(spread=-1.0), r"spiral: spread must be >= 0, got spread=-1.0"),
+    (lambda: tasks.two_gaussians(loss="hinge"), r"two_gaussians: loss must be one of"),
+    (lambda: tasks.sinusoid(d=1), r"sinusoid: d must be >= 2, got d=1"),
+    (lambda: tasks.teacher_student(noise=-0.1), r"teacher_student: noise must be >= 0"),
+])
+def test_synthetic_bad_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+# ------------------------------------------------------------------------------ teacher-student
+def test_teacher_student_targets_and_noise():
+  t = tasks.teacher_student(d=4, n_train=2000, n_test=50, noise=0.3, teacher_hidden=(8,), **SMALL)
+  w1, w2 = t.info["teacher"]
+  x_te = np.asarray(t.eval["test"]["x"], np.float64)
+  np.testing.assert_allclose(np.asarray(t.eval["test"]["y"]), (np.tanh(x_te @ w1) @ w2)[:, 0],
+                             rtol=1e-5, atol=1e-5)
+  x_tr = np.asarray(t.train["x"], np.float64)
+  resid = np.asarray(t.train["y"], np.float64) - (np.tanh(x_tr @ w1) @ w2)[:, 0]
+  assert abs(resid.std() - 0.3) < 0.03 and abs(resid.mean()) < 0.03
+  a = tasks.teacher_student(seed=1, **SMALL)
+  b = tasks.teacher_student(seed=1, **SMALL)
+  np.testing.assert_array_equal(np.asarray(a.train["y"]), np.asarray(b.train["y"]))
+  t.validate()
+
+
+# ------------------------------------------------------------------------------ training works
+def _train(task, tx, steps, batch=64):
+  """Full-batch training on the first ``batch`` examples: one compiled program (init + scan)."""
+  data = {k: v[:batch] for k, v in task.train.items()}
+
+  @jax.jit
+  def run(key):
+    params = task.init(key)
+
+    def step(carry, _):
+      params, state = carry
+      loss, grads = jax.value_and_grad(task.loss)(params, data)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), loss
+
+    _, losses = jax.lax.scan(step, (params, tx.init(params)), length=steps)
+    return losses
+
+  return np.asarray(run(jax.random.key(0)))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: tasks.digits(n=200, **SMALL),
+    pytest.param(lambda: tasks.digits("cnn", n=200, channels=(4, 8)), marks=pytest.mark.slow),
+    lambda: tasks.two_gaussians(n_test=10, **SMALL),
+    lambda: tasks.sinusoid(n_test=10, **SMALL),
+    lambda: tasks.spiral(n_test=10, **SMALL),
+    lambda: tasks.spiral(n_test=10, loss="logistic", **SMALL),
+    lambda: tasks.teacher_student(n_test=10, **SMALL),
+], ids=["digits-mlp", "digits-cnn", "two_gaussians", "sinusoid", "spiral", "spiral-logistic",
+        "teacher_student"])
+def test_a_few_sgd_steps_reduce_the_loss(build):
+  losses = _train(build(), optax.sgd(0.1), steps=15)
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.9 * losses[0]
+
+
+# ------------------------------------------------------------------------------ adapters
+_X = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+_Y = np.array([0, 1, 1, 0, 1, 0])
+
+
+def test_from_flax_nnx_loss_equals_hand_computation():
+  task = Task.from_flax_nnx("lin", lambda rngs: nnx.Linear(3, 2, rngs=rngs), "cross_entropy",
+                            train={"x": _X, "y": _Y}, eval={"val": {"x": _X[:2], "y": _Y[:2]}},
+                            info={"num_classes": 2})
+  task.validate()
+  params = task.init(jax.random.key(7))
+  assert isinstance(params, nnx.State)
+  kernel, bias = np.asarray(params["kernel"][...]), np.asarray(params["bias"][...])
+  bias = bias + 0.3  # make the bias matter
+  params["bias"][...] = jnp.asarray(bias)
+  logits = _X.astype(np.float64) @ kernel + bias
+  np.testing.assert_allclose(float(task.loss(params, task.train)), _np_cross_entropy(logits, _Y),
+                             rtol=1e-5)
+  m = task.metrics(params, task.train)
+  acc = np.mean(logits.argmax(1) == _Y)
+  np.testing.assert_allclose(float(m["accuracy"]), acc, rtol=1e-6)
+  np.testing.assert_allclose(float(m["error"]), 1 - acc, rtol=1e-6, atol=1e-7)
+  # jit equals eager; init under vmap equals a loop of inits (the engine relies on both)
+  np.testing.assert_allclose(float(jax.jit(task.loss)(params, task.train)),
+                             float(task.loss(params, task.train)), rtol=1e-6)
+  keys = jax.random.split(jax.random.key(1), 3)
+  batched = jax.vmap(task.init)(keys)
+  for i in range(3):
+    one = task.init(keys[i])
+    np.testing.assert_allclose(np.asarray(batched["kernel"][...][i]),
+                               np.asarray(one["kernel"][...]), rtol=1e-6)
+
+
+def test_from_linen_loss_equals_hand_computation():
+  task = Task.from_linen("lin", nn.Dense(1), "mse", train={"x": _X, "y": _Y.astype(np.float32)})
+  task.validate()
+  params = task.init(jax.random.key(2))
+  assert set(params) == {"kernel", "bias"}
+  params = {"kernel": params["kernel"], "bias": jnp.array([0.5])}
+  pred = (_X.astype(np.float64) @ np.asarray(params["kernel"]))[:, 0] + 0.5
+  want = np.mean((pred - _Y) ** 2)
+  np.testing.assert_allclose(float(task.loss(params, task.train)), want, rtol=1e-5)
+  np.testing.assert_allclose(float(task.metrics(params, task.train)["rmse"]), np.sqrt(want),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("labels", [_Y, 2 * _Y - 1], ids=["01", "pm1"])
+def test_from_functions_logistic_equals_hand_computation(labels):
+  w = np.array([0.5, -1.0, 2.0], np.float32)
+  task = Task.from_functions("logreg", lambda key: {"w": jnp.asarray(w)},
+                             lambda p, x: x @ p["w"], "logistic",
+                             train={"x": _X, "y": labels})
+  task.validate()
+  f = _X.astype(np.float64) @ w
+  s = np.where(labels > 0, 1.0, -1.0)
+  want = np.mean(np.log1p(np.exp(-s * f)))
+  params = task.init(jax.random.key(0))
+  np.testing.assert_allclose(float(task.loss(params, task.train)), want, rtol=1e-5)
+  acc = np.mean(np.where(f > 0, 1.0, -1.0) == s)
+  np.testing.assert_allclose(float(task.metrics(params, task.train)["accuracy"]), acc)
+
+
+def test_from_functions_custom_loss_and_metrics():
+  task = Task.from_functions("abs", lambda key: jnp.zeros(()), lambda p, x: x[:, 0] + p,
+                             loss=lambda out, y: jnp.mean(jnp.abs(out - y)),
+                             metrics=lambda out, y: {"max": jnp.max(jnp.abs(out - y))},
+                             train={"x": _X, "y": np.zeros(6, np.float32)})
+  m = task.metrics(jnp.float32(0.0), task.train)
+  np.testing.assert_allclose(float(m["loss"]), np.mean(np.abs(_X[:, 0])), rtol=1e-6)
+  np.testing.assert_allclose(float(m["max"]), np.max(np.abs(_X[:, 0])), rtol=1e-6)
+
+
+def test_adapters_refuse_mutable_state():
+  class WithBN(nnx.Module):
+    def __init__(self, rngs):
+      self.lin = nnx.Linear(3, 2, rngs=rngs)
+      self.bn = nnx.BatchNorm(2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.bn(self.lin(x))
+
+  with pytest.raises(ValueError, match=r"Task.from_flax_nnx\('bn'\): the model may hold only "
+                                       r"nnx.Param variables .* bn/mean .*BatchStat"):
+    Task.from_flax_nnx("bn", WithBN, train={"x": _X, "y": _Y})
+
+  class LinenBN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.BatchNorm(use_running_average=False)(nn.Dense(2)(x))
+
+  with pytest.raises(ValueError, match=r"Task.from_linen\('bn'\): the module may hold only "
+                                       r"'params', got collections \['batch_stats'\]"):
+    Task.from_linen("bn", LinenBN(), train={"x": _X, "y": _Y})
+  with pytest.raises(ValueError, match=r"Task.from_functions\('f'\): loss must be one of"):
+    Task.from_functions("f", lambda k: 0.0, lambda p, x: x, "hinge", train={"x": _X, "y": _Y})
+
+
+def test_minibatch_by_traced_index_and_identity_hash():
+  task = tasks.sinusoid(n_train=20, n_test=10, **SMALL)
+  params = task.init(jax.random.key(0))
+
+  @jax.jit
+  def loss_at(idx):
+    return task.loss(params, jax.tree.map(lambda a: a[idx], task.train))
+
+  idx = jnp.array([3, 1, 4])
+  want = task.loss(params, {k: v[np.array([3, 1, 4])] for k, v in task.train.items()})
+  np.testing.assert_allclose(float(loss_at(idx)), float(want), rtol=1e-6)
+  assert {task: 1}[task] == 1 and task == task  # hashable, compared by identity
+  assert task != tasks.sinusoid(n_train=20, n_test=10, **SMALL)
+
+
+# ------------------------------------------------------------------------------ validate
+def _lin_task(train, eval=None, info=None):  # noqa: A002
+  return Task.from_functions("t", lambda key: {"w": jnp.zeros((3, 2))}, lambda p, x: x @ p["w"],
+                             train=train, eval=eval or {}, info=info or {"num_classes": 2})
+
+
+def test_validate_nan_and_inf():
+  x = _X.copy()
+  x[3, 1] = np.nan
+  with pytest.raises(ValueError, match=r"Task.validate: task 't', split 'train', key 'x': 1 "
+                                       r"non-finite value\(s\) \(NaN\), first in example 3"):
+    _lin_task({"x": x, "y": _Y}).validate()
+  x = _X.copy()
+  x[1, 0] = np.inf
+  with pytest.raises(ValueError, match=r"split 'val', key 'x': 1 non-finite value\(s\) \(inf\), "
+                                       r"first in example 1"):
+    _lin_task({"x": _X, "y": _Y}, eval={"val": {"x": x, "y": _Y}}).validate()
+
+
+def test_validate_mismatched_lengths_and_keys():
+  with pytest.raises(ValueError, match=r"split 'train': all arrays must have the same number of "
+                                       r"examples \(leading length\), got 'x' has 6, 'y' has 5"):
+    _lin_task({"x": _X, "y": _Y[:5]}).validate()
+  with pytest.raises(ValueError, match=r"split 'val': keys \['x'\] differ from the training "
+                                       r"split's keys \['x', 'y'\]"):
+    _lin_task({"x": _X, "y": _Y}, eval={"val": {"x": _X}}).validate()
+  with pytest.raises(ValueError, match=r"split 'test', key 'x': per-example shape \(4,\) differs "
+                                       r"from the training split's \(3,\)"):
+    _lin_task({"x": _X, "y": _Y}, eval={"test": {"x": np.zeros((2, 4)), "y": _Y[:2]}}).validate()
+
+
+def test_validate_bad_labels():
+  with pytest.raises(ValueError, match=r"split 'train', key 'y': labels must be in \[0, 2\), got "
+                                       r"2 in example 4"):
+    _lin_task({"x": _X, "y": np.array([0, 1, 1, 0, 2, 0])}).validate()
+  with pytest.raises(ValueError, match=r"key 'y': labels must be integers for num_classes=2, got "
+                                       r"dtype float32"):
+    _lin_task({"x": _X, "y": _Y.astype(np.float32)}).validate()
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 10\), got -1 in example 0"):
+    t = tasks.digits(n=100, **SMALL)
+    bad = {"x": t.train["x"], "y": t.train["y"].at[0].set(-1)}
+    Task(t.name, t.init, t.loss, t.metrics, bad, t.eval, t.info).validate()
+
+
+def test_validate_functions():
+  bad_shape = Task.from_functions("t", lambda key: {"w": jnp.zeros((3, 2))},
+                                  lambda p, x: x @ p["w"], loss=lambda out, y: out,
+                                  train={"x": _X, "y": _Y})
+  with pytest.raises(ValueError, match=r"Task.validate: task 't': loss\(params, batch\) must "
+                                       r"return a float scalar"):
+    bad_shape.validate()
+  wrong_dims = Task.from_functions("t", lambda key: {"w": jnp.zeros((4, 2))},
+                                   lambda p, x: x @ p["w"], train={"x": _X, "y": _Y})
+  with pytest.raises(ValueError, match=r"loss\(params, batch\) failed on 2 training examples: "
+                                       r"TypeError"):
+    wrong_dims.validate()
+
+  def broken_init(key):
+    raise RuntimeError("boom")
+
+  with pytest.raises(ValueError, match=r"init\(key\) failed: RuntimeError: boom"):
+    Task.from_functions("t", broken_init, lambda p, x: x, train={"x": _X, "y": _Y}).validate()
+
+
+# ------------------------------------------------------------------------------ objectives
+def test_objectives_against_numpy_and_optax():
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((5, 4)).astype(np.float32)
+  y = np.array([0, 3, 1, 1, 2])
+  np.testing.assert_allclose(float(tasks.cross_entropy(logits, y)), _np_cross_entropy(logits, y),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(tasks.accuracy(logits, y)), np.mean(logits.argmax(1) == y))
+  f = rng.standard_normal(5).astype(np.float32)
+  yb = np.array([0, 1, 1, 0, 1])
+  np.testing.assert_allclose(float(tasks.logistic(f, yb)),
+                             float(jnp.mean(optax.sigmoid_binary_cross_entropy(f, yb))), rtol=1e-5)
+  np.testing.assert_allclose(float(tasks.logistic(f[:, None], 2 * yb - 1)),
+                             float(tasks.logistic(f, yb)), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"mse: outputs and targets must have the same shape, got "
+                                       r"\(5, 2\) and \(5,\)"):
+    tasks.mse(jnp.zeros((5, 2)), jnp.zeros(5))
