@@ -87,6 +87,8 @@ def heatmap(
     cmap: str = "viridis_r",
     annotate: bool = True,
     title: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ):
   """A heatmap of ``metric`` (mean over seeds) over hyperparameters ``x`` and ``y``.
 
@@ -102,6 +104,16 @@ def heatmap(
     at: "final" or "best" (over the evaluations).
     mode: "min" or "max" (default: "max" for accuracies).
     where: fix other hyperparameters to these values.
+    vmin, vmax: the colour range (give the same to heatmaps that should be compared).
+
+  Examples:
+    >>> import optaxlr
+    >>> from optaxlr import search, plot
+    >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
+    >>> res = optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], h["wd"]),
+    ...                     search.grid(lr=[1e-3, 1e-2], wd=[0.0, 0.1]), steps=4,
+    ...                     batch_size=8, progress=False)
+    >>> fig = plot.heatmap(res, "lr", "wd", "val/loss")
   """
   if mode is None:
     mode = "max" if "acc" in metric.split("/")[-1] else "min"
@@ -125,7 +137,7 @@ def heatmap(
         grid[i, j] = np.nan if div[i, j] else float(np.mean(cell))
   fig, ax = _fig_ax(ax, figsize)
   im = ax.imshow(grid, origin="lower", cmap=cmap if mode == "min" else cmap.removesuffix("_r"),
-                 aspect="auto")
+                 aspect="auto", vmin=vmin, vmax=vmax)
   fig.colorbar(im, ax=ax, label=metric)
   ax.set_xticks(range(len(xs)), _tick_labels(xs), rotation=45, fontsize=8)
   ax.set_yticks(range(len(ys)), _tick_labels(ys), fontsize=8)
