@@ -93,10 +93,6 @@ class _Carry(NamedTuple):
   fresh: jax.Array  # bool (): the next step is the first after an evaluation
 
 
-def _tree_where(cond: jax.Array, a: PyTree, b: PyTree) -> PyTree:
-  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
-
-
 def _all_finite(tree: PyTree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -146,12 +142,16 @@ def _build_chunk_fn(
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, hp)
     tx = optax.with_extra_args_support(optimizer(hp))
     extra = {"value": value, "evaluate": fresh} if plateau_value else {}
-    updates, new_opt = tx.update(grads, opt_state, params, **extra)
-    new_params = optax.apply_updates(params, updates)
-    ok = jnp.isfinite(loss) & _all_finite(new_params)
+    updates, opt_state = tx.update(grads, opt_state, params, **extra)
+    ok = jnp.isfinite(loss) & _all_finite(updates)
     keep = alive & ok
-    params = _tree_where(keep, new_params, params)
-    opt_state = _tree_where(keep, new_opt, opt_state)
+    # Freeze by masking the update (fused into the parameter add) rather than selecting whole
+    # parameter and optimizer-state trees: a frozen run's optimizer state may still move, its
+    # parameters never do. Non-finite updates are caught here; an update that is finite but
+    # overflows the parameters shows up as a non-finite loss at the next step.
+    params = jax.tree.map(
+        lambda p, u: (p + jnp.where(keep, u, jnp.zeros_like(u))).astype(p.dtype), params, updates
+    )
     div_at = jnp.where(alive & ~ok, t, div_at)
     return params, opt_state, keep, div_at, jnp.where(alive, loss, jnp.nan)
 
