@@ -16,6 +16,13 @@ from optaxlr.engine import load
 from optaxlr.engine import run_keys
 from optaxlr.engine import sweep
 from optaxlr.tasks import Task
+from optaxlr.doctor import Diagnosis
+from optaxlr.doctor import DoctorThresholds
+from optaxlr.doctor import diagnose
+from optaxlr.lr_find import LRFindResult
+from optaxlr.lr_find import LRGridResult
+from optaxlr.lr_find import lr_find
+from optaxlr.lr_find import lr_find_grid
 from optaxlr import losses as _losses
 from optaxlr import monitor as _monitor  # before the star import: `monitor` is also a function
 from optaxlr.losses import *  # noqa: F403
@@ -31,6 +38,13 @@ __all__ = [
     "tasks",
     "transforms",
     "Task",
+    "Diagnosis",
+    "DoctorThresholds",
+    "diagnose",
+    "LRFindResult",
+    "LRGridResult",
+    "lr_find",
+    "lr_find_grid",
     "EarlyStop",
     "SweepResult",
     "batch_indices",

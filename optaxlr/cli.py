@@ -300,6 +300,41 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+# optaxlr lr-find
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+  import optaxlr
+  from optaxlr import search
+
+  task = make_task(args.task, quick=True)
+  _, decay, base = OPTIMIZERS[args.optimizer]
+  space = search.grid(wd=args.wd)
+
+  def build(h):
+    if base == "adam":
+      return optaxlr.adamw(h["lr"], h["wd"], decay=decay, **({"base_lr": h["lr"]} if decay == "paper" else {}))
+    return optaxlr.sgd(h["lr"], 0.9, weight_decay=h["wd"], decay=decay,
+                       **({"base_lr": h["lr"]} if decay == "paper" else {}))
+
+  res = optaxlr.lr_find(task, build, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+                        seeds=args.seeds, space=space, batch_size=args.batch_size)
+  print(f"optaxlr lr-find: task={args.task}, optimizer={args.optimizer}, {args.steps} steps from"
+        f" {args.min_lr:g} to {args.max_lr:g}, {args.seeds} seeds, weight decays {args.wd}")
+  print(f"{'wd':>9}  {'minimum/10':>10}  {'steep':>9}  {'valley':>9}  {'cyclic base':>11}  {'cyclic max':>10}")
+  for c in range(len(space)):
+    sug = res.suggest(c)
+    print(f"{space[c]['wd']:>9.1e}  {sug['minimum']:>10.2e}  {sug['steep']:>9.2e}  {sug['valley']:>9.2e}"
+          f"  {sug['base_lr']:>11.2e}  {sug['max_lr']:>10.2e}")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  fig = res.plot()
+  fig.savefig(out / "lr_find.png", dpi=110)
+  print(f"wrote {out / 'lr_find.png'}")
+  return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------
 # optaxlr plot / diagnose
 
 
@@ -391,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
   p.set_defaults(func=cmd_sweep)
 
+  p = sub.add_parser("lr-find", help="the LR range test (Smith 2017), seeds x weight decays at once")
+  p.add_argument("--task", choices=TASKS, default="digits", help="built-in task (default digits)")
+  p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help="default adamw")
+  p.add_argument("--wd", type=_values, default=[0.0, 1e-2], help="weight decays (default 0,1e-2)")
+  p.add_argument("--min-lr", type=float, default=1e-6, help="default 1e-6")
+  p.add_argument("--max-lr", type=float, default=10.0, help="default 10")
+  p.add_argument("--steps", type=int, default=200, help="default 200")
+  p.add_argument("--seeds", type=int, default=3, help="default 3")
+  p.add_argument("--batch-size", type=int, default=64, help="default 64")
+  p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
+  p.set_defaults(func=cmd_lr_find)
+
   p = sub.add_parser("schedules", help="tabulate and plot the built-in schedules")
   p.add_argument("--steps", type=int, default=300, help="number of steps to draw (default 300)")
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
@@ -431,6 +478,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
       parser.error(f"--wd values must be >= 0, got {args.wd}")
     if args.space and not pathlib.Path(args.space).is_file():
       parser.error(f"--space: no such file {args.space!r}")
+  if args.command == "lr-find":
+    if not 0 < args.min_lr < args.max_lr:
+      parser.error(f"--min-lr and --max-lr must satisfy 0 < min < max, got {args.min_lr}, {args.max_lr}")
+    for name in ("steps", "seeds", "batch_size"):
+      if getattr(args, name) < 1:
+        parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   if args.command == "schedules" and args.steps < 30:
     parser.error(f"--steps must be >= 30, got {args.steps}")
 

@@ -52,6 +52,13 @@ def test_space_file_overrides_axes(tmp_path):
   assert np.unique(res.hparams["lr"]).tolist() == [3e-3]
 
 
+def test_lr_find_command(tmp_path, capsys):
+  assert cli.main(["lr-find", "--steps", "30", "--seeds", "1", "--out", str(tmp_path)]) == 0
+  assert (tmp_path / "lr_find.png").is_file()
+  out = capsys.readouterr().out
+  assert "valley" in out and "cyclic max" in out
+
+
 def test_schedules_command(tmp_path, capsys):
   assert cli.main(["schedules", "--steps", "60", "--out", str(tmp_path)]) == 0
   assert (tmp_path / "schedules.png").is_file()
@@ -68,6 +75,7 @@ def test_schedules_command(tmp_path, capsys):
         (["sweep", "--task", "mnist"], "invalid choice"),
         (["sweep", "--space", "/nonexistent.toml"], "no such file"),
         (["frobnicate"], "invalid choice"),
+        (["lr-find", "--min-lr", "1", "--max-lr", "0.1"], "0 < min < max"),
     ],
 )
 def test_bad_usage_exits_2_with_a_message(argv, message, capsys):

@@ -1,0 +1,1023 @@
+"""The learning-rate range test (Smith, 2017) for many seeds and configs in one program.
+
+:func:`lr_find` trains with a learning rate that grows every step from ``min_lr`` to
+``max_lr`` and records the loss, as fastai's ``Learner.lr_find`` and pytorch-lr-finder's
+``LRFinder.range_test`` do, but for every seed and every config of a search space (weight
+decays, optimizers' other settings) at once: ``vmap`` over seeds x configs, ``lax.scan`` over
+steps, compiled once. The rate of step ``t`` reaches the optimizer as a traced scalar, so the
+transform is the same ``hparams -> optax.GradientTransformation`` function that
+:func:`optaxlr.sweep` takes. :func:`lr_find_grid` is the slower, more robust variant: short runs
+at a few constant rates through :func:`optaxlr.sweep`.
+
+References:
+  Smith, `Cyclical Learning Rates for Training Neural Networks
+  <https://arxiv.org/abs/1506.01186>`_, WACV 2017 (section 3.3, the "LR range test").
+  Howard, Gugger et al., fastai ``Learner.lr_find`` and its suggestion functions
+  (``minimum``, ``steep``, ``valley``), https://docs.fast.ai/callback.schedule.html, 2020-2024.
+  Tavares (davidtvs), pytorch-lr-finder, https://github.com/davidtvs/pytorch-lr-finder, 2019-2024.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optaxlr import _validate
+from optaxlr.engine import SweepResult, batch_indices, run_keys, sweep
+
+__all__ = ["lr_find", "lr_find_grid", "LRFindResult", "LRGridResult", "range_test_lrs"]
+
+PyTree = Any
+Optimizer = Callable[..., optax.GradientTransformation]
+
+_FACTORY_FIRST_ARGS = ("learning_rate", "lr")
+
+
+# ----------------------------------------------------------------------------------------
+# Pieces shared by both modes.
+
+
+def range_test_lrs(
+    min_lr: float, max_lr: float, steps: int, mode: Literal["exp", "linear"] = "exp"
+) -> np.ndarray:
+  """The learning rate of every step of a range test, as pytorch-lr-finder schedules it.
+
+  ``mode="exp"``: ``lr_t = min_lr * (max_lr / min_lr) ** (t / (steps - 1))``;
+  ``mode="linear"``: ``lr_t = min_lr + t / (steps - 1) * (max_lr - min_lr)``, for
+  ``t = 0 .. steps - 1``: the first step uses ``min_lr`` and the last ``max_lr``, as
+  pytorch-lr-finder's ``ExponentialLR`` / ``LinearLR``. fastai's ``SchedExp`` uses
+  ``t / steps`` instead and never reaches ``max_lr``.
+
+  Examples:
+    >>> range_test_lrs(1e-3, 1e-1, 3).tolist()
+    [0.001, 0.01, 0.1]
+    >>> range_test_lrs(0.0, 1.0, 5, mode="linear").tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+  """
+  return _range_lrs("range_test_lrs", min_lr, max_lr, steps, mode)
+
+
+def _range_lrs(fn: str, min_lr, max_lr, steps, mode) -> np.ndarray:
+  _validate.one_of(fn, "mode", mode, ("exp", "linear"))
+  _check_int(fn, "steps", steps, 2)
+  if mode == "exp":
+    _validate.positive(fn, "min_lr", min_lr)
+  else:
+    _validate.nonnegative(fn, "min_lr", min_lr)
+  _validate.check(fn, "max_lr", max_lr, np.isfinite, "finite")
+  _validate.check(fn, "max_lr", max_lr, lambda v: v > np.asarray(min_lr), f"> min_lr={min_lr}")
+  lo, hi = float(min_lr), float(max_lr)
+  r = np.arange(steps, dtype=np.float64) / (steps - 1)
+  out = lo * (hi / lo) ** r if mode == "exp" else lo + r * (hi - lo)
+  out[0], out[-1] = lo, hi
+  return out
+
+
+def _check_int(fn: str, name: str, value: Any, low: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{fn}: {name} must be an int >= {low}, got {name}={value!r}")
+  if value < low:
+    raise ValueError(f"{fn}: {name} must be an int >= {low}, got {name}={value!r}")
+
+
+def _as_space(fn: str, space: Any):
+  from optaxlr import search
+
+  if space is None:
+    return None
+  if isinstance(space, Mapping):
+    space = search.zip(**space)
+  if not isinstance(space, search.Space):
+    raise TypeError(f"{fn}: space must be an optaxlr.search.Space or a dict of 1-D arrays, "
+                    f"got {type(space).__name__}")
+  if "lr" in space.names:
+    raise ValueError(f"{fn}: space must not hold 'lr' (the range test sets it), got "
+                     f"space names {list(space.names)}")
+  if search.SEED in space.names:
+    raise ValueError(f"{fn}: pass seeds with seeds=, not as a 'seed' axis of the space")
+  return space
+
+
+def _seed_list(fn: str, seeds: int | Sequence[int]) -> list[int]:
+  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+    if seeds < 1:
+      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of ints, got seeds={seeds!r}")
+    return list(range(int(seeds)))
+  out = [int(s) for s in seeds]
+  if not out or len(set(out)) != len(out):
+    raise ValueError(f"{fn}: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
+  return out
+
+
+def _is_factory(optimizer: Optimizer) -> bool:
+  """An optax-style factory takes the learning rate as its first argument."""
+  try:
+    params = list(inspect.signature(optimizer).parameters.values())
+  except (TypeError, ValueError):
+    return False
+  return bool(params) and params[0].name in _FACTORY_FIRST_ARGS
+
+
+def _builder(fn: str, optimizer: Optimizer) -> Callable[[Any, Mapping[str, Any]], Any]:
+  """``(lr, hparams) -> transform`` for either accepted form of ``optimizer``."""
+  if not callable(optimizer):
+    raise TypeError(f"{fn}: optimizer must be callable, got {type(optimizer).__name__}")
+  if _is_factory(optimizer):
+    return lambda lr, hp: optimizer(lr, **hp)
+  return lambda lr, hp: optimizer({**hp, "lr": lr})
+
+
+def _holds_injected_lr(state: PyTree) -> bool:
+  kinds = tuple(
+      k for k in (getattr(optax, "InjectStatefulHyperparamsState", None),
+                  getattr(optax, "InjectHyperparamsState", None)) if k is not None
+  )
+  found = []
+
+  def visit(x):
+    if isinstance(x, kinds) and any(
+        k in x.hyperparams for k in ("learning_rate", "lr")
+    ):
+      found.append(x)
+    return x
+
+  jax.tree.map(visit, state, is_leaf=lambda x: isinstance(x, kinds))
+  return bool(found)
+
+
+def _check_optimizer(fn: str, build, task, space, lr: float) -> None:
+  """Builds every config's transform on the host (eager validation), checks its state."""
+  configs = list(space) if space is not None else [{}]
+  for i, hp in enumerate(configs):
+    try:
+      tx = build(lr, hp)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{fn}: config {i} {hp} is invalid: {e}") from e
+    if not hasattr(tx, "update"):
+      raise TypeError(f"{fn}: optimizer must return an optax.GradientTransformation, "
+                      f"got {type(tx).__name__}")
+  params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  state = jax.eval_shape(build(lr, configs[0]).init, params)
+  if _holds_injected_lr(state):
+    raise ValueError(
+        f"{fn}: the optimizer keeps its learning rate in an optax.inject_hyperparams state, "
+        "which ignores the rate passed at each step; pass the plain transform instead, "
+        "e.g. lambda h: optax.adam(h['lr'])"
+    )
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _tree_where(cond: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+  """``where(cond, a, b)`` leaf by leaf, ``cond`` aligned with the leaves' leading axes."""
+  def pick(x, y):
+    c = cond.reshape(cond.shape + (1,) * (x.ndim - cond.ndim))
+    return jnp.where(c, x, y)
+
+  return jax.tree.map(pick, a, b)
+
+
+# ----------------------------------------------------------------------------------------
+# The range-test program.
+
+
+class _State(NamedTuple):
+  params: PyTree  # leaves (S, C, ...)
+  opt_state: PyTree  # leaves (S, C, ...)
+  alive: jax.Array  # bool (S, C)
+  stopped_at: jax.Array  # int32 (S, C), -1 while running
+  nonfinite: jax.Array  # bool (S, C): stopped because a loss or a parameter was not finite
+  avg: jax.Array  # (S, C) the smoothed loss at the last recorded point
+  best: jax.Array  # (S, C) the lowest smoothed loss so far
+
+
+class _Program(NamedTuple):
+  init: Callable
+  chunk: Callable
+
+
+def _make_program(task, build, *, batch_size: int, block: int, blocks: int, val_split):
+  """Jitted ``init`` and ``chunk`` of the range test (see :func:`lr_find` for the rules)."""
+  n_train = task.n_train
+
+  def one_step(params, opt_state, hp, batch, lr):
+    loss, grads = jax.value_and_grad(task.loss)(params, batch)
+    updates, new_state = build(lr, hp).update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    ok = jnp.isfinite(loss) & _all_finite(new_params)
+    return loss, new_params, new_state, ok
+
+  # Inner vmap over configs (the minibatch is shared), outer over seeds (own minibatch).
+  cfg_step = jax.vmap(one_step, in_axes=(0, 0, 0, None, None))
+  seed_step = jax.vmap(cfg_step, in_axes=(0, 0, None, 0, None))
+
+  def val_loss(params, data):
+    return jax.vmap(jax.vmap(lambda p: task.metrics(p, data)["loss"]))(params)
+
+  def track(st: _State, active, value, first, t, smooth, diverge):
+    # pytorch-lr-finder's rule: the first point is kept as is; then
+    # s_t = smooth * loss_t + (1 - smooth) * s_{t-1} (smooth == 0: no smoothing);
+    # best = min(best, s_t); stop when s_t > diverge * best (or a value is not finite).
+    ema = smooth * value + (1 - smooth) * st.avg
+    s = jnp.where(first | (smooth == 0), value, ema)
+    best = jnp.where(first, s, jnp.minimum(st.best, s))
+    finite = jnp.isfinite(value) & jnp.isfinite(s)
+    stop = active & (~finite | (s > diverge * best))
+    nan = jnp.full_like(value, jnp.nan)
+    st = st._replace(
+        alive=st.alive & ~stop,
+        stopped_at=jnp.where(stop, t, st.stopped_at),
+        nonfinite=st.nonfinite | (stop & ~finite),
+        avg=jnp.where(active, s, st.avg),
+        best=jnp.where(active & finite, best, st.best),
+    )
+    return st, jnp.where(active, value, nan), jnp.where(active, s, nan), stop
+
+  def chunk(st: _State, hp, data_keys, lrs, n_steps, smooth, diverge, start, train, val):
+    def step_fn(st: _State, t):
+      idx = jax.vmap(lambda k: batch_indices(k, t, n_train, batch_size))(data_keys)
+      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), train)
+      lr = lrs[t]
+      active = st.alive & (t < n_steps)
+      loss, new_params, new_opt, ok = seed_step(st.params, st.opt_state, hp, batch, lr)
+      nan = jnp.full_like(loss, jnp.nan)
+      raw = sm = nan
+      if val_split is None:
+        st, raw, sm, stop = track(st, active, loss, t == 0, t, smooth, diverge)
+      else:
+        stop = active & ~ok
+        st = st._replace(alive=st.alive & ~stop, stopped_at=jnp.where(stop, t, st.stopped_at),
+                         nonfinite=st.nonfinite | stop)
+      bad_params = active & ~stop & ~ok  # finite loss, non-finite update
+      st = st._replace(alive=st.alive & ~bad_params,
+                       stopped_at=jnp.where(bad_params, t, st.stopped_at),
+                       nonfinite=st.nonfinite | bad_params)
+      keep = active & st.alive
+      st = st._replace(params=_tree_where(keep, new_params, st.params),
+                       opt_state=_tree_where(keep, new_opt, st.opt_state))
+      return st, (jnp.where(active, loss, nan), raw, sm)
+
+    def block_fn(st: _State, b):
+      st, (bl, raw, sm) = jax.lax.scan(step_fn, st, b + jnp.arange(block, dtype=jnp.int32))
+      if val_split is None:
+        return st, (bl, raw[0], sm[0])
+      t_end = b + block - 1
+      active = st.alive & (t_end < n_steps)
+      value = val_loss(st.params, val)
+      st, raw, sm, _ = track(st, active, value, t_end == block - 1, t_end, smooth, diverge)
+      return st, (bl, raw, sm)
+
+    starts = start + block * jnp.arange(blocks, dtype=jnp.int32)
+    st, (bl, raw, sm) = jax.lax.scan(block_fn, st, starts)
+    bl = bl.reshape((blocks * block, *bl.shape[2:]))  # (steps, S, C)
+    return st, jnp.moveaxis(bl, 0, -1), jnp.moveaxis(raw, 0, -1), jnp.moveaxis(sm, 0, -1)
+
+  def init(hp, cfg_ids, init_keys, lr0):
+    def one(k, h, i):
+      del i  # only sizes the config axis when the space is empty
+      params = task.init(k)
+      return params, build(lr0, h).init(params)
+
+    params, opt_state = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, None))(
+        init_keys, hp, cfg_ids)
+    shape = (init_keys.shape[0], cfg_ids.shape[0])
+    dtype = jnp.result_type(float)
+    return _State(
+        params=params, opt_state=opt_state,
+        alive=jnp.ones(shape, bool),
+        stopped_at=jnp.full(shape, -1, jnp.int32),
+        nonfinite=jnp.zeros(shape, bool),
+        avg=jnp.zeros(shape, dtype),
+        best=jnp.full(shape, jnp.inf, dtype),
+    )
+
+  return _Program(init=jax.jit(init), chunk=jax.jit(chunk))
+
+
+# Compiled programs of recent calls, so that a second range test of the same task and
+# optimizer with other numbers (min_lr, max_lr, smooth, diverge, key) does not recompile.
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _program(task, optimizer, build, **structure) -> _Program:
+  key = (task, optimizer, tuple(sorted(structure.items())))
+  try:
+    hash(key)
+  except TypeError:
+    return _make_program(task, build, **structure)
+  if key in _CACHE:
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+  prog = _make_program(task, build, **structure)
+  _CACHE[key] = prog
+  while len(_CACHE) > _CACHE_SIZE:
+    _CACHE.popitem(last=False)
+  return prog
+
+
+# ----------------------------------------------------------------------------------------
+# Suggestions (host side, NumPy), restated from fastai's ``callback/schedule.py``.
+
+
+def _valid_prefix(curves: np.ndarray) -> np.ndarray:
+  """Length of the leading run of finite values along the last axis."""
+  bad = ~np.isfinite(curves)
+  return np.where(bad.any(-1), bad.argmax(-1), curves.shape[-1])
+
+
+def _trim(curves: np.ndarray, skip_start: int, skip_end: int) -> np.ndarray:
+  """fastai's ``losses[num_it // 10 : -5]`` after cutting at the first non-finite value;
+  points outside the kept window become NaN."""
+  n = _valid_prefix(curves)
+  pos = np.arange(curves.shape[-1])
+  keep = (pos >= skip_start) & (pos < (n - skip_end)[..., None])
+  return np.where(keep, curves, np.nan)
+
+
+def _lr_at(lrs: np.ndarray, idx: np.ndarray, ok: np.ndarray) -> np.ndarray:
+  return np.where(ok, lrs[np.clip(idx, 0, len(lrs) - 1)], np.nan)
+
+
+def _suggest_minimum(lrs: np.ndarray, curves: np.ndarray) -> np.ndarray:
+  """The lr at the lowest loss (fastai's ``minimum`` returns it divided by 10)."""
+  ok = np.isfinite(curves).any(-1)
+  idx = np.argmin(np.where(np.isfinite(curves), curves, np.inf), axis=-1)
+  return _lr_at(lrs, idx, ok)
+
+
+def _suggest_steep(lrs: np.ndarray, curves: np.ndarray) -> np.ndarray:
+  """fastai's ``steep``: the left end of the steepest descent of loss vs log(lr)."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    grads = np.diff(curves, axis=-1) / np.diff(np.log(lrs))
+  finite = np.isfinite(grads)
+  ok = finite.any(-1)
+  idx = np.argmin(np.where(finite, grads, np.inf), axis=-1)
+  return _lr_at(lrs, idx, ok)
+
+
+def _suggest_valley(lrs: np.ndarray, curves: np.ndarray) -> np.ndarray:
+  """fastai's ``valley`` (longest decreasing subsequence, a point 2/3 into it), per curve.
+
+  ``lds[i]`` is the length of the longest strictly decreasing subsequence ending at ``i``;
+  the valley ends at the first ``i`` of maximal ``lds`` and starts ``lds`` points before it;
+  the suggestion is ``start + int(len / 3) + int(len / 6)`` (``len = end - start``), as
+  fastai. One departure: a curve without any decrease (every ``lds == 1``) gives fastai
+  ``start = -1`` and so the *last* (largest) learning rate; here it gives the first point.
+  """
+  shape = curves.shape
+  c = curves.reshape(-1, shape[-1])
+  finite = np.isfinite(c)
+  lds = np.where(finite, 1, 0)
+  for i in range(1, c.shape[-1]):
+    with np.errstate(invalid="ignore"):
+      lower = (c[:, i:i + 1] < c[:, :i]) & finite[:, :i] & finite[:, i:i + 1]
+    cand = np.where(lower, lds[:, :i] + 1, 0).max(-1)
+    lds[:, i] = np.maximum(lds[:, i], cand)
+  ok = finite.any(-1)
+  end = np.argmax(lds, axis=-1)  # first occurrence of the longest
+  length = lds[np.arange(len(c)), end]
+  first = np.where(finite.any(-1), finite.argmax(-1), 0)
+  start = end - length
+  sections = (end - start) / 3
+  idx = start + np.floor(sections).astype(int) + np.floor(sections / 2).astype(int)
+  idx = np.maximum(idx, first)
+  return _lr_at(lrs, idx, ok).reshape(shape[:-1])
+
+
+# ----------------------------------------------------------------------------------------
+# Result of the range test.
+
+
+def _fig_ax(ax, figsize):
+  from optaxlr.plot import _fig_ax as fig_ax
+
+  return fig_ax(ax, figsize)
+
+
+@dataclasses.dataclass
+class LRFindResult:
+  """The curves of a range test, with leading axes ``(seed, config)``, and its suggestions.
+
+  The range test records one *point* per step (or per ``val_every`` steps with ``val``):
+  the tracked loss (the training minibatch loss before that step's update, or the validation
+  loss after it) and its smoothed value. Suggestions are computed per config on the *mean over
+  seeds* of the smoothed curves, cut where the first seed stopped, and trimmed as fastai
+  does (``skip_start`` points at the start, ``skip_end`` before the end). One departure:
+  ``skip_end`` counts back from the last finite point; fastai counts back from the last
+  recorded point, which for a run that turned NaN (fastai records NaN to the end) lies past
+  the NaNs, so there the last finite points are kept.
+
+  Attributes:
+    lrs: the learning rate of each point, ``(P,)``.
+    steps: the training step of each point, ``(P,)``.
+    loss: the tracked loss at each point, ``(S, C, P)``; NaN after a run stopped.
+    smoothed: its smoothed value (pytorch-lr-finder's rule), ``(S, C, P)``.
+    schedule: the learning rate of every step, ``(T,)``.
+    batch_loss: the training minibatch loss of every step, ``(S, C, T)``.
+    stopped_at: the step at which a run stopped (diverged), -1 if it ran to the end.
+    nonfinite: ``(S, C)`` bool: the run stopped because a loss or a parameter was not finite.
+    seeds: the seed values, ``(S,)``.
+    space: the :class:`optaxlr.search.Space` of the configs, or ``None`` (one config).
+    tracked: ``"train"`` or ``"val"``: which loss the points hold.
+    settings: the arguments of the test (``min_lr``, ``max_lr``, ``mode``, ``smooth``...).
+    info: ``steps_run``, ``compile_s``, ``run_s``.
+  """
+
+  lrs: np.ndarray
+  steps: np.ndarray
+  loss: np.ndarray
+  smoothed: np.ndarray
+  schedule: np.ndarray
+  batch_loss: np.ndarray
+  stopped_at: np.ndarray
+  nonfinite: np.ndarray
+  seeds: np.ndarray
+  space: Any = None
+  tracked: str = "train"
+  settings: dict = dataclasses.field(default_factory=dict)
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_configs(self) -> int:
+    return int(self.stopped_at.shape[1])
+
+  @property
+  def hparams(self) -> dict[str, np.ndarray]:
+    """Hyperparameter name -> its value in each config, ``(C,)`` (empty without a space)."""
+    if self.space is None:
+      return {}
+    return {k: np.asarray(v) for k, v in self.space.columns.items()}
+
+  def config(self, i: int) -> dict[str, Any]:
+    """The hyperparameters of config ``i`` (without ``lr``)."""
+    return {k: v[i].item() for k, v in self.hparams.items()}
+
+  @property
+  def stopped(self) -> np.ndarray:
+    """``(S, C)`` bool: the run stopped before the last step (it diverged)."""
+    return self.stopped_at >= 0
+
+  @property
+  def stop_lr(self) -> np.ndarray:
+    """``(S, C)``: the learning rate of the step at which a run stopped, NaN if it did not."""
+    idx = np.clip(self.stopped_at, 0, len(self.schedule) - 1)
+    return np.where(self.stopped, self.schedule[idx], np.nan)
+
+  def mean_curve(self) -> np.ndarray:
+    """``(C, P)``: the mean over seeds of the smoothed losses, NaN from the first point at
+    which any seed stopped with a non-finite value or had stopped before."""
+    n = _valid_prefix(self.smoothed).min(axis=0)  # (C,)
+    mean = self.smoothed.mean(axis=0)
+    pos = np.arange(self.smoothed.shape[-1])
+    return np.where(pos < n[:, None], mean, np.nan)
+
+  def _curves(self, skip_start: int | None, skip_end: int) -> np.ndarray:
+    if skip_start is None:
+      skip_start = len(self.lrs) // 10
+    _check_int("LRFindResult", "skip_start", skip_start, 0)
+    _check_int("LRFindResult", "skip_end", skip_end, 0)
+    return _trim(self.mean_curve(), skip_start, skip_end)
+
+  def minimum(self, *, skip_start: int | None = None, skip_end: int = 5) -> np.ndarray:
+    """fastai's ``minimum``: a tenth of the learning rate at the lowest smoothed loss, ``(C,)``."""
+    return _suggest_minimum(self.lrs, self._curves(skip_start, skip_end)) / 10
+
+  def steep(self, *, skip_start: int | None = None, skip_end: int = 5) -> np.ndarray:
+    """fastai's ``steep``: where the smoothed loss falls fastest against ``log(lr)``, ``(C,)``."""
+    return _suggest_steep(self.lrs, self._curves(skip_start, skip_end))
+
+  def valley(self, *, skip_start: int | None = None, skip_end: int = 5) -> np.ndarray:
+    """fastai's ``valley``: 2/3 into the longest descending stretch of the curve, ``(C,)``."""
+    return _suggest_valley(self.lrs, self._curves(skip_start, skip_end))
+
+  def cyclic_bounds(
+      self, config: int | None = None, *, divisor: float = 4.0,
+      skip_start: int | None = None, skip_end: int = 5,
+  ) -> tuple[Any, Any]:
+    """Smith's bounds for a cyclical schedule: ``(base_lr, max_lr)``.
+
+    ``max_lr`` is the learning rate at which the smoothed loss stops improving (its minimum
+    over the trimmed curve) and ``base_lr = max_lr / divisor``; Smith (2017, section 3.3)
+    suggests a divisor of 3 or 4. Feed them to :func:`optaxlr.schedules.cyclic`
+    (``cyclic(*bounds, step_size_up=...)``) or ``max_lr`` to
+    :func:`optaxlr.schedules.one_cycle`.
+
+    Args:
+      config: return floats for this config; default: arrays over the configs ``(C,)``.
+      divisor: ``max_lr / base_lr``, ``> 1``.
+
+    Returns:
+      ``(base_lr, max_lr)``, NaN where the curve was too short.
+    """
+    _validate.check("LRFindResult.cyclic_bounds", "divisor", divisor, lambda v: v > 1, "> 1")
+    max_lr = _suggest_minimum(self.lrs, self._curves(skip_start, skip_end))
+    base_lr = max_lr / divisor
+    if config is None:
+      return base_lr, max_lr
+    return float(base_lr[config]), float(max_lr[config])
+
+  def suggest(
+      self, config: int | None = None, *, skip_start: int | None = None, skip_end: int = 5,
+      divisor: float = 4.0,
+  ) -> dict[str, Any]:
+    """Every suggestion: ``minimum``, ``steep``, ``valley``, ``base_lr``, ``max_lr``.
+
+    Args:
+      config: give floats for this config; default: arrays over the configs ``(C,)``.
+      skip_start: points skipped at the start (default: a tenth of the points, as fastai).
+      skip_end: points skipped before the end (default 5, as fastai).
+      divisor: ``max_lr / base_lr`` of the cyclical bounds.
+    """
+    kw = {"skip_start": skip_start, "skip_end": skip_end}
+    base_lr, max_lr = self.cyclic_bounds(divisor=divisor, **kw)
+    out = {
+        "minimum": self.minimum(**kw), "steep": self.steep(**kw), "valley": self.valley(**kw),
+        "base_lr": base_lr, "max_lr": max_lr,
+    }
+    if config is None:
+      return out
+    return {k: float(v[config]) for k, v in out.items()}
+
+  def plot(
+      self,
+      configs: Sequence[int] | None = None,
+      *,
+      ax=None,
+      raw: bool = True,
+      suggestions: Sequence[str] = ("valley", "steep", "minimum"),
+      figsize=(7, 4),
+  ):
+    """Loss against learning rate (log axis): raw points faint, the smoothed mean over seeds
+    bold with a min-max band over seeds, suggestions marked; returns the ``Figure``.
+
+    Args:
+      configs: config indices to draw (default: up to 8 spread over the configs).
+      raw: also draw the raw (unsmoothed) mean loss, faint.
+      suggestions: which suggestions to mark (any of ``suggest()``'s keys).
+    """
+    fig, ax = _fig_ax(ax, figsize)
+    if configs is None:
+      configs = np.unique(np.linspace(0, self.num_configs - 1,
+                                      min(8, self.num_configs)).astype(int))
+    mean = self.mean_curve()
+    sugg = self.suggest() if suggestions else {}
+    markers = dict(zip(("valley", "steep", "minimum", "max_lr", "base_lr"), "o^svD"))
+    for c in configs:
+      c = int(c)
+      cfg = self.config(c)
+      label = ", ".join(f"{k}={v:.3g}" for k, v in cfg.items()) or "loss"
+      line, = ax.plot(self.lrs, mean[c], label=label, lw=2)
+      color = line.get_color()
+      live = np.isfinite(mean[c])  # where every seed is still running
+      if raw and live.any():
+        ax.plot(self.lrs[live], self.loss[:, c, live].mean(0), color=color, alpha=0.3, lw=1)
+      if self.smoothed.shape[0] > 1 and live.any():
+        band = self.smoothed[:, c, live]
+        ax.fill_between(self.lrs[live], band.min(0), band.max(0), color=color, alpha=0.15,
+                        lw=0)
+      for name in suggestions:
+        lr = sugg[name][c]
+        if np.isfinite(lr):
+          y = np.interp(np.log(lr), np.log(self.lrs[np.isfinite(mean[c])]),
+                        mean[c][np.isfinite(mean[c])]) if np.isfinite(mean[c]).any() else np.nan
+          ax.plot([lr], [y], markers.get(name, "x"), color=color, ms=7,
+                  label=f"{name} {lr:.2e}" if len(configs) == 1 else None)
+    if self.settings.get("mode", "exp") == "exp":
+      ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"{self.tracked} loss (smoothed)")
+    finite = mean[np.asarray(configs)][np.isfinite(mean[np.asarray(configs)])]
+    if finite.size:
+      lo, hi = finite.min(), finite.max()
+      pad = 0.05 * (hi - lo) if hi > lo else 0.05 * abs(hi) + 1e-12
+      ax.set_ylim(lo - pad, hi + pad)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def lr_find(
+    task,
+    optimizer: Optimizer,
+    *,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    mode: Literal["exp", "linear"] = "exp",
+    smooth: float = 0.05,
+    diverge: float = 4.0,
+    seeds: int | Sequence[int] = 1,
+    space: Any = None,
+    val: bool = False,
+    val_every: int = 1,
+    val_split: str = "val",
+    batch_size: int | None = None,
+    key: int | jax.Array = 0,
+    chunk_steps: int | None = None,
+) -> LRFindResult:
+  """The learning-rate range test for every seed x config in one compiled program.
+
+  At step ``t`` the optimizer takes the rate ``lr_t`` of :func:`range_test_lrs` (``min_lr`` at
+  the first step, ``max_lr`` at the last). After each step the tracked loss ``l`` (the
+  training minibatch loss before the update; with ``val``, the validation loss after it) is
+  smoothed exactly as pytorch-lr-finder's ``range_test`` does::
+
+      s_0 = l_0;   s_t = smooth * l_t + (1 - smooth) * s_{t-1}   (smooth = 0: s_t = l_t)
+      best_t = min(s_0 .. s_t);   stop when s_t > diverge * best_t
+
+  i.e. an exponential moving average that *starts at the first loss* (no bias correction;
+  fastai instead starts at 0 and divides by ``1 - beta ** (t + 1)`` with ``beta = 0.98``).
+  A run also stops when its loss, its smoothed loss or its parameters turn non-finite
+  (pytorch-lr-finder would carry NaN on). A stopped run is frozen and its later points are
+  NaN; the point that triggered the stop is kept (as in both libraries' histories). The
+  program runs in chunks of ``chunk_steps`` and ends as soon as every run has stopped.
+
+  Every config of a seed sees the same minibatches and the same initial parameters (the
+  keys of :func:`optaxlr.run_keys`, the order of :func:`optaxlr.batch_indices`), so one
+  row equals a range test of that config and seed alone. The compiled program of the last
+  few (task, optimizer, shapes) combinations is kept: a second call that changes only
+  numbers (``min_lr``, ``max_lr``, ``mode``, ``smooth``, ``diverge``, ``key``, the values of
+  the space) does not recompile.
+
+  Departures: pytorch-lr-finder's default ``diverge_th`` is 5; this default is fastai's 4.
+  The losses are assumed positive (the stopping rule compares with a multiple of the best).
+
+  Args:
+    task: an :class:`optaxlr.Task`.
+    optimizer: either ``hparams -> optax.GradientTransformation`` (as for
+      :func:`optaxlr.sweep`) where ``hparams["lr"]`` is the traced rate of the current step
+      and the other entries come from ``space``; or an optax factory whose first argument is
+      ``learning_rate`` (``optax.sgd``, ``optax.adamw``), called as
+      ``factory(lr, **config)``. The transform is rebuilt each step with the new rate, so it
+      must read the rate when built (every optax factory does); one that keeps it in an
+      ``optax.inject_hyperparams`` state is refused.
+    min_lr: the first rate, ``> 0`` (``>= 0`` for ``mode="linear"``).
+    max_lr: the last rate, ``> min_lr``.
+    steps: number of steps, ``>= 2`` (a multiple of ``val_every`` with ``val``).
+    mode: ``"exp"`` (geometric, the default) or ``"linear"`` growth.
+    smooth: the weight of the new loss in the moving average, in ``[0, 1)`` (0: none).
+    diverge: stop when the smoothed loss exceeds ``diverge`` times its best, ``> 1``
+      (``np.inf``: only non-finite values stop a run).
+    seeds: number of seeds (0..n-1) or the list of seed values.
+    space: other hyperparameters (an :mod:`optaxlr.search` space or a dict of equal-length
+      1-D arrays, e.g. ``search.grid(wd=[0, 1e-4])``); must not contain ``"lr"``.
+    val: track the validation loss (``task.metrics(params, task.eval[val_split])["loss"]``)
+      instead of the training loss, as pytorch-lr-finder's ``val_loader``.
+    val_every: with ``val``, evaluate after every ``val_every`` steps (one point each).
+    val_split: the evaluation split of ``val``.
+    batch_size: minibatch size; default ``min(128, number of training examples)``.
+    key: the base PRNG key (int or key), as :func:`optaxlr.sweep`.
+    chunk_steps: steps per compiled chunk (the host checks for early stop between chunks);
+      default about a tenth of ``steps``.
+
+  Returns:
+    An :class:`LRFindResult` with ``suggest()``, ``cyclic_bounds()`` and ``plot()``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, optaxlr
+    >>> from optaxlr.tasks import Task
+    >>> task = Task.from_functions(
+    ...     "quadratic", init=lambda key: {"w": jnp.ones(2)},
+    ...     apply=lambda p, x: 0.5 * (p["w"] ** 2).sum() + 0.0 * x.sum(),
+    ...     loss=lambda out, y: out, train={"x": jnp.zeros((1, 1)), "y": jnp.zeros(1)})
+    >>> res = lr_find(task, optax.sgd, min_lr=1e-3, max_lr=100.0, steps=40)
+    >>> res.loss.shape, bool(res.stopped[0, 0])   # curvature 1: SGD diverges past lr = 2
+    ((1, 1, 40), True)
+    >>> 2.0 < float(res.stop_lr[0, 0]) < 20.0
+    True
+
+  References:
+    Smith, `Cyclical Learning Rates for Training Neural Networks
+    <https://arxiv.org/abs/1506.01186>`_, WACV 2017.
+    pytorch-lr-finder, ``LRFinder.range_test``,
+    https://github.com/davidtvs/pytorch-lr-finder.
+  """
+  fn = "lr_find"
+  t_start = time.perf_counter()
+  _check_int(fn, "steps", steps, 2)
+  lrs_np = _range_lrs(fn, min_lr, max_lr, steps, mode)
+  _validate.in_range(fn, "smooth", smooth, 0.0, 1.0, closed="left")
+  _validate.check(fn, "diverge", diverge, lambda v: v > 1, "> 1")
+  if not isinstance(val, bool):
+    raise ValueError(f"{fn}: val must be True or False, got val={val!r}")
+  _check_int(fn, "val_every", val_every, 1)
+  block = val_every if val else 1
+  if val and steps % val_every:
+    raise ValueError(f"{fn}: steps must be a multiple of val_every, got steps={steps}, "
+                     f"val_every={val_every}")
+  if val and val_split not in task.eval:
+    raise ValueError(f"{fn}: val_split must be one of the task's eval splits "
+                     f"{sorted(task.eval)}, got val_split={val_split!r}")
+  n_train = task.n_train
+  if batch_size is None:
+    batch_size = min(128, n_train)
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+      not 1 <= batch_size <= n_train:
+    raise ValueError(f"{fn}: batch_size must be an int in [1, {n_train}] (the training set "
+                     f"size), got batch_size={batch_size!r}")
+  seed_list = _seed_list(fn, seeds)
+  space = _as_space(fn, space)
+  build = _builder(fn, optimizer)
+  task.validate()
+  _check_optimizer(fn, build, task, space, float(lrs_np[0]))
+
+  points = steps // block
+  if chunk_steps is None:
+    blocks = max(1, math.ceil(points / 10))
+  else:
+    _check_int(fn, "chunk_steps", chunk_steps, 1)
+    if chunk_steps % block:
+      raise ValueError(f"{fn}: chunk_steps must be a multiple of val_every, got "
+                       f"chunk_steps={chunk_steps}, val_every={block}")
+    blocks = chunk_steps // block
+  chunk_len = blocks * block
+  n_chunks = math.ceil(steps / chunk_len)
+  prog = _program(task, optimizer, build, batch_size=int(batch_size), block=block,
+                  blocks=blocks, val_split=val_split if val else None)
+
+  dtype = jnp.result_type(float)
+  hp = space.to_pytree() if space is not None else {}
+  n_cfg = len(space) if space is not None else 1
+  padded = np.concatenate([lrs_np, np.full(n_chunks * chunk_len - steps, lrs_np[-1])])
+  lrs_dev = jnp.asarray(padded, dtype)
+  keys = [run_keys(key, s) for s in seed_list]
+  init_keys = jnp.stack([k[0] for k in keys])
+  data_keys = jnp.stack([k[1] for k in keys])
+  train = task.train
+  val_data = task.eval[val_split] if val else {}
+  big = float(np.finfo(dtype).max)  # diverge=1e300 in float32 means "never" as well
+  scalars = (jnp.asarray(steps, jnp.int32), jnp.asarray(smooth, dtype),
+             jnp.asarray(np.minimum(np.float64(diverge), big), dtype))
+
+  n_s = len(seed_list)
+  out_dtype = np.dtype(dtype)
+  batch_loss = np.full((n_s, n_cfg, steps), np.nan, out_dtype)
+  loss = np.full((n_s, n_cfg, points), np.nan, out_dtype)
+  smoothed = np.full((n_s, n_cfg, points), np.nan, out_dtype)
+
+  t0 = time.perf_counter()
+  st = prog.init(hp, jnp.arange(n_cfg), init_keys, lrs_dev[0])
+  compile_s, run_s, steps_run = time.perf_counter() - t0, 0.0, 0
+  for c in range(n_chunks):
+    start = c * chunk_len
+    t0 = time.perf_counter()
+    st, bl, raw, sm = prog.chunk(st, hp, data_keys, lrs_dev, *scalars, jnp.int32(start),
+                                 train, val_data)
+    bl, raw, sm = np.asarray(bl), np.asarray(raw), np.asarray(sm)
+    elapsed = time.perf_counter() - t0
+    if c == 0:
+      compile_s += elapsed
+    else:
+      run_s += elapsed
+    end = min(start + chunk_len, steps)
+    batch_loss[..., start:end] = bl[..., : end - start]
+    p0, p1 = start // block, end // block
+    loss[..., p0:p1] = raw[..., : p1 - p0]
+    smoothed[..., p0:p1] = sm[..., : p1 - p0]
+    steps_run = end
+    if not np.asarray(st.alive).any():
+      break
+
+  point_steps = np.arange(points) * block + block - 1
+  return LRFindResult(
+      lrs=lrs_np[point_steps], steps=point_steps, loss=loss, smoothed=smoothed,
+      schedule=lrs_np, batch_loss=batch_loss,
+      stopped_at=np.asarray(st.stopped_at).astype(np.int64),
+      nonfinite=np.asarray(st.nonfinite), seeds=np.asarray(seed_list), space=space,
+      tracked="val" if val else "train",
+      settings={"min_lr": float(lrs_np[0]), "max_lr": float(lrs_np[-1]), "steps": steps,
+                "mode": mode, "smooth": float(smooth), "diverge": float(diverge),
+                "batch_size": int(batch_size), "val_every": block, "val_split":
+                val_split if val else None, "key": key if isinstance(key, int) else None},
+      info={"steps_run": steps_run, "compile_s": compile_s, "run_s": run_s,
+            "total_s": time.perf_counter() - t_start},
+  )
+
+
+# ----------------------------------------------------------------------------------------
+# The grid variant: short runs at constant rates, through the sweep engine.
+
+
+@dataclasses.dataclass
+class LRGridResult:
+  """Short constant-rate runs at ``N`` learning rates (x ``C`` configs x ``S`` seeds).
+
+  A rate's loss *fell* when no seed diverged and the mean over seeds of its final loss is
+  below ``(1 - fall_threshold)`` times the mean initial loss.
+
+  Attributes:
+    lrs: the learning rates, ``(N,)``, increasing.
+    initial: the loss at initialisation, ``(S, C)`` (the same for every rate: the runs of a
+      seed share their initial parameters).
+    final: the loss at the end of each run, ``(S, N, C)``; ``inf`` where the run diverged.
+    diverged: ``(S, N, C)`` bool.
+    fell: ``(N, C)`` bool.
+    fall_threshold: the relative decrease that counts as falling.
+    metric: ``"train"`` or ``"val"``: which loss ``initial`` and ``final`` hold.
+    space: the other hyperparameters (a :class:`optaxlr.search.Space`) or ``None``.
+    sweep: the underlying :class:`optaxlr.SweepResult` (configs ordered rate-major).
+  """
+
+  lrs: np.ndarray
+  initial: np.ndarray
+  final: np.ndarray
+  diverged: np.ndarray
+  fell: np.ndarray
+  fall_threshold: float
+  metric: str
+  space: Any
+  sweep: SweepResult
+
+  @property
+  def num_configs(self) -> int:
+    return int(self.fell.shape[1])
+
+  def config(self, i: int) -> dict[str, Any]:
+    """The hyperparameters of config ``i`` (without ``lr``)."""
+    if self.space is None:
+      return {}
+    return {k: np.asarray(v)[i].item() for k, v in self.space.columns.items()}
+
+  def mean_final(self) -> np.ndarray:
+    """``(N, C)``: the mean over seeds of the final loss (``inf`` if a seed diverged)."""
+    return self.final.mean(axis=0)
+
+  def largest_falling(self) -> np.ndarray:
+    """``(C,)``: the largest rate whose loss still fell, NaN if none did."""
+    idx = np.where(self.fell, np.arange(len(self.lrs))[:, None], -1).max(axis=0)
+    return np.where(idx >= 0, self.lrs[np.maximum(idx, 0)], np.nan)
+
+  def best(self) -> np.ndarray:
+    """``(C,)``: the rate of the lowest mean final loss, NaN if every rate diverged."""
+    mean = self.mean_final()
+    ok = np.isfinite(mean).any(axis=0)
+    idx = np.argmin(np.where(np.isfinite(mean), mean, np.inf), axis=0)
+    return np.where(ok, self.lrs[idx], np.nan)
+
+  def suggest(self, config: int | None = None) -> dict[str, Any]:
+    """``{"largest_falling": ..., "best": ...}``: arrays ``(C,)``, or floats for ``config``."""
+    out = {"largest_falling": self.largest_falling(), "best": self.best()}
+    if config is None:
+      return out
+    return {k: float(v[config]) for k, v in out.items()}
+
+  def plot(self, configs: Sequence[int] | None = None, *, ax=None, figsize=(7, 4)):
+    """Final loss against the rate (log axes), the falling threshold dashed, the two
+    suggestions marked; returns the ``Figure``."""
+    fig, ax = _fig_ax(ax, figsize)
+    if configs is None:
+      configs = range(min(8, self.num_configs))
+    mean = self.mean_final()
+    init = self.initial.mean(axis=0)
+    sugg = self.suggest()
+    for c in configs:
+      cfg = self.config(c)
+      label = ", ".join(f"{k}={v:.3g}" for k, v in cfg.items()) or f"{self.metric} loss"
+      y = np.where(np.isfinite(mean[:, c]), mean[:, c], np.nan)
+      line, = ax.plot(self.lrs, y, "o-", label=label)
+      color = line.get_color()
+      ax.axhline((1 - self.fall_threshold) * init[c], color=color, ls="--", lw=1, alpha=0.6)
+      ax.plot(self.lrs[self.diverged[:, :, c].any(0)],
+              np.full(int(self.diverged[:, :, c].any(0).sum()), np.nanmax(y) if
+                      np.isfinite(y).any() else init[c]), "x", color=color)
+      for name, marker in (("largest_falling", "^"), ("best", "*")):
+        lr = sugg[name][c]
+        if np.isfinite(lr):
+          i = int(np.argmin(np.abs(self.lrs - lr)))
+          ax.plot([lr], [y[i]], marker, color=color, ms=10,
+                  label=f"{name} {lr:.2e}" if len(configs) == 1 else None)
+    ax.set_xscale("log")
+    if np.all(mean[np.isfinite(mean)] > 0):
+      ax.set_yscale("log")
+    ax.set_xlabel("learning rate (constant)")
+    ax.set_ylabel(f"final {self.metric} loss")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def lr_find_grid(
+    task,
+    optimizer: Optimizer,
+    lrs: Any,
+    *,
+    steps: int = 100,
+    batch_size: int | None = None,
+    seeds: int | Sequence[int] = 1,
+    space: Any = None,
+    metric: Literal["train", "val"] = "train",
+    window: int | None = None,
+    fall_threshold: float = 0.05,
+    key: int | jax.Array = 0,
+    progress: bool = False,
+    **sweep_kwargs: Any,
+) -> LRGridResult:
+  """Short runs at constant learning rates, all in one :func:`optaxlr.sweep`.
+
+  The robust alternative to the range test: rather than one run whose rate grows while it
+  trains (its loss at rate ``r`` still reflects the smaller rates before it), every rate
+  gets its own run from the same initial parameters and minibatch order. Search from small
+  to large and keep the largest rate at which the loss still falls.
+
+  The initial loss is the loss of the initial parameters on the whole training set (or
+  the ``val`` split); the final loss is the mean minibatch loss over the last ``window``
+  steps (or the validation loss after the last step). A rate's loss *fell* when no seed
+  diverged and ``mean_seeds(final) < (1 - fall_threshold) * mean_seeds(initial)``.
+
+  Args:
+    task: an :class:`optaxlr.Task`.
+    optimizer: as :func:`lr_find`: ``hparams -> transform`` with ``hparams["lr"]``, or an
+      optax factory taking the rate first.
+    lrs: the rates to try, a 1-D array of positive values (e.g. ``search.logspace(1e-4, 1,
+      9)``); sorted increasingly in the result.
+    steps: steps per run.
+    batch_size: minibatch size; default ``min(128, number of training examples)``.
+    seeds: number of seeds or their values.
+    space: other hyperparameters (crossed with every rate), without ``"lr"``.
+    metric: ``"train"`` or ``"val"`` (the task's ``"val"`` split).
+    window: steps averaged for the final training loss; default ``max(1, steps // 10)``.
+    fall_threshold: the relative decrease that counts as falling, in ``[0, 1)``.
+    key: the base PRNG key.
+    progress: show the sweep's progress bar.
+    **sweep_kwargs: passed to :func:`optaxlr.sweep` (``eval_every``, ``max_group_size``...).
+
+  Returns:
+    An :class:`LRGridResult` with ``largest_falling()``, ``best()``, ``suggest()``, ``plot()``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> from optaxlr.tasks import Task
+    >>> task = Task.from_functions(
+    ...     "quadratic", init=lambda key: {"w": jnp.ones(2)},
+    ...     apply=lambda p, x: 0.5 * (p["w"] ** 2).sum() + 0.0 * x.sum(),
+    ...     loss=lambda out, y: out, train={"x": jnp.zeros((1, 1)), "y": jnp.zeros(1)})
+    >>> res = lr_find_grid(task, optax.sgd, [0.5, 1.5, 2.5], steps=20)
+    >>> res.fell[:, 0].tolist(), res.suggest(0)["largest_falling"]   # stable below lr = 2
+    ([True, True, False], 1.5)
+  """
+  fn = "lr_find_grid"
+  from optaxlr import search
+
+  lrs_np = np.asarray(lrs, dtype=np.float64)
+  if lrs_np.ndim != 1 or lrs_np.size == 0:
+    raise ValueError(f"{fn}: lrs must be a non-empty 1-D sequence, got shape {lrs_np.shape}")
+  _validate.positive(fn, "lrs", lrs_np)
+  _validate.check(fn, "lrs", lrs_np, np.isfinite, "finite")
+  if len(np.unique(lrs_np)) != lrs_np.size:
+    raise ValueError(f"{fn}: lrs must be distinct, got lrs={lrs_np.tolist()}")
+  lrs_np = np.sort(lrs_np)
+  _check_int(fn, "steps", steps, 1)
+  _validate.one_of(fn, "metric", metric, ("train", "val"))
+  _validate.in_range(fn, "fall_threshold", fall_threshold, 0.0, 1.0, closed="left")
+  if window is None:
+    window = max(1, steps // 10)
+  _check_int(fn, "window", window, 1)
+  if window > steps:
+    raise ValueError(f"{fn}: window must be <= steps={steps}, got window={window}")
+  if metric == "val" and "val" not in task.eval:
+    raise ValueError(f"{fn}: metric='val' needs a 'val' split, the task has {sorted(task.eval)}")
+  if batch_size is None:
+    batch_size = min(128, task.n_train)
+  extra = _as_space(fn, space)
+  build = _builder(fn, optimizer)
+  n_cfg = len(extra) if extra is not None else 1
+  grid = search.grid(lr=lrs_np)
+  full = grid * extra if extra is not None else grid
+  names = [k for k in full.names if k != "lr"]
+
+  def opt(h):
+    return build(h["lr"], {k: h[k] for k in names})
+
+  res = sweep(task, opt, full, steps=steps, batch_size=batch_size, seeds=seeds, key=key,
+              progress=progress, **sweep_kwargs)
+  n_s, n_lr = len(res.seeds), len(lrs_np)
+  diverged = res.diverged.reshape(n_s, n_lr, n_cfg)
+  if metric == "train":
+    tail = res.batch_loss[..., -window:]
+    with np.errstate(all="ignore"):
+      final = np.nanmean(np.where(np.isfinite(tail), tail, np.nan), axis=-1)
+  else:
+    final = res.metrics["val/loss"][..., -1]
+  final = final.reshape(n_s, n_lr, n_cfg)
+  final = np.where(diverged | ~np.isfinite(final), np.inf, final)
+  data = task.train if metric == "train" else task.eval["val"]
+  init_loss = jax.jit(jax.vmap(lambda k: task.loss(task.init(k), data)))
+  initial = np.asarray(init_loss(jnp.stack([run_keys(key, int(s))[0] for s in res.seeds])))
+  initial = np.broadcast_to(initial[:, None], (n_s, n_cfg)).astype(np.float64)
+  mean_final = final.mean(axis=0)
+  fell = ~diverged.any(axis=0) & (mean_final < (1 - fall_threshold) * initial.mean(axis=0))
+  return LRGridResult(lrs=lrs_np, initial=initial, final=final, diverged=diverged, fell=fell,
+                      fall_threshold=float(fall_threshold), metric=metric, space=extra,
+                      sweep=res)
