@@ -301,8 +301,8 @@ def main(argv=None):
     space = search.grid(lr=lrs_axis, wd=wds_axis)
     if len(space) != c:
       space = search.zip(lr=np.resize(lrs_axis, c), wd=np.resize(np.repeat(wds_axis, side), c))
-    lrs = np.asarray(space.arrays["lr"], np.float32)
-    wds = np.asarray(space.arrays["wd"], np.float32)
+    lrs = np.asarray(space.columns["lr"], np.float32)
+    wds = np.asarray(space.columns["wd"], np.float32)
     row = {"configs": c}
     row["engine"] = bench_engine(x, y, d, width, k, steps, batch, space, cfg["repeats"])
     row["handwritten"] = bench_handwritten(train, lrs, wds, init_key, data_key, cfg["repeats"])

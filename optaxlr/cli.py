@@ -147,15 +147,10 @@ def _summary_rows(name, res) -> dict:
   return row
 
 
-def _diagnoses(res) -> dict[str, int] | None:
-  try:
-    from optaxlr import doctor
-  except ImportError:
-    return None
-  try:
-    return dict(doctor.diagnose(res).counts())
-  except Exception:  # noqa: BLE001 -- a summary line must not break the sweep's output
-    return None
+def _diagnoses(res) -> dict[str, int]:
+  from optaxlr import doctor
+
+  return dict(doctor.diagnose(res).counts())
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -379,11 +374,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
   res = _load_result(args.result)
   if res is None:
     return EXIT_FAILED
-  try:
-    from optaxlr import doctor
-  except ImportError:
-    print("optaxlr diagnose: the training doctor is not available in this version", file=sys.stderr)
-    return EXIT_FAILED
+  from optaxlr import doctor
+
   print(doctor.format_table(doctor.diagnose(res)))
   return EXIT_OK
 
