@@ -202,7 +202,7 @@ def bench_torch_loop(x, y, d, width, k, steps, batch, lrs, wds, seed=0):
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-    float(loss)
+    float(loss.detach())
   if dev == "cuda":
     torch.cuda.synchronize()
   return {"run_s": time.perf_counter() - t0}
@@ -258,7 +258,7 @@ def measure_peaks():
 
 PRESETS = {
     "cpu": dict(width=256, batch=128, steps=100, d=64, k=10, n=4096,
-                configs=[1, 4, 16, 64], loop_max=4, repeats=3),
+                configs=[1, 4, 16, 64], loop_max=4, repeats=5),
     "gpu": dict(width=256, batch=128, steps=300, d=64, k=10, n=8192,
                 configs=[1, 8, 64, 256, 1024, 4096], loop_max=8, repeats=5),
     "gpu-wide": dict(width=1024, batch=512, steps=300, d=1024, k=10, n=16384,
