@@ -232,8 +232,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                f"({args.schedule} schedule, {args.steps} steps, mean of {args.seeds} seeds)")
   fig_path = out / "heatmaps.png"
   fig.savefig(fig_path, dpi=110)
+  from optaxlr import doctor
+
+  fig, axs = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.3),
+                          constrained_layout=True, squeeze=False)
+  for ax, (name, res) in zip(axs[0], results.items()):
+    plot.atlas(doctor.diagnose(res), "lr", "wd", ax=ax, title=OPTIMIZERS[name][0])
+  fig.savefig(out / "atlas.png", dpi=110)
   (out / "summary.json").write_text(json.dumps(rows, indent=1, default=str))
-  print(f"wrote {fig_path}, {out / 'summary.json'} and {', '.join(str(r['file']) for r in rows)}")
+  print(f"wrote {fig_path}, {out / 'atlas.png'}, {out / 'summary.json'} and {', '.join(str(r['file']) for r in rows)}")
   return EXIT_FAILED if all(r.get("all_diverged") for r in rows) else EXIT_OK
 
 

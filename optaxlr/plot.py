@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["schedules", "heatmap", "curves"]
+__all__ = ["schedules", "heatmap", "curves", "atlas"]
 
 
 def _plt():
@@ -202,4 +202,54 @@ def curves(
   if log:
     ax.set_yscale("log")
   ax.legend(fontsize=7)
+  return fig
+
+
+_LABEL_COLORS = {
+    "diverged": "#d62728", "exploding": "#ff7f0e", "not_learning": "#7f7f7f",
+    "oscillating": "#e377c2", "overconfident": "#9467bd", "overfitting": "#8c564b",
+    "underfitting": "#bcbd22", "plateaued": "#17becf", "healthy": "#2ca02c",
+}
+
+
+def atlas(diagnosis, x: str, y: str, *, ax=None, figsize=(7, 4.5), title: str | None = None):
+  """A "sweep atlas": the doctor's diagnosis of every config over two hyperparameters.
+
+  Each cell shows the most frequent label over seeds (ties: the more serious one) in its
+  colour, with the number of seeds that agree.
+
+  Args:
+    diagnosis: an :class:`optaxlr.Diagnosis` of a sweep (it carries the hyperparameters).
+    x, y: hyperparameter names.
+  """
+  from matplotlib.patches import Patch
+
+  hp = diagnosis.hparams
+  for name in (x, y):
+    if name not in hp:
+      raise ValueError(f"atlas: no hyperparameter {name!r}; available: {sorted(hp)}")
+  labels, agree = diagnosis.by_config()
+  xs, ys = np.unique(hp[x]), np.unique(hp[y])
+  fig, ax = _fig_ax(ax, figsize)
+  seen = []
+  for i, yv in enumerate(ys):
+    for j, xv in enumerate(xs):
+      sel = np.flatnonzero((hp[x] == xv) & (hp[y] == yv))
+      if not sel.size:
+        continue
+      c = sel[0]
+      label = str(labels[c])
+      seen.append(label)
+      ax.add_patch(_plt().Rectangle((j - 0.5, i - 0.5), 1, 1, color=_LABEL_COLORS.get(label, "w")))
+      ax.text(j, i, f"{agree[c]}/{diagnosis.labels.shape[0]}", ha="center", va="center",
+              fontsize=7, color="w")
+  ax.set_xlim(-0.5, len(xs) - 0.5)
+  ax.set_ylim(-0.5, len(ys) - 0.5)
+  ax.set_xticks(range(len(xs)), _tick_labels(xs), rotation=45, fontsize=8)
+  ax.set_yticks(range(len(ys)), _tick_labels(ys), fontsize=8)
+  ax.set_xlabel(x)
+  ax.set_ylabel(y)
+  handles = [Patch(color=_LABEL_COLORS[k], label=k) for k in _LABEL_COLORS if k in seen]
+  ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  ax.set_title(title if title is not None else "diagnosis per config (seeds agreeing)", fontsize=9)
   return fig

@@ -22,7 +22,7 @@ def swept(tmp_path_factory):
 
 
 def test_sweep_writes_results_heatmaps_and_summary(swept, capsys):
-  for name in ("sweep_adam_l2.npz", "sweep_adamw.npz", "heatmaps.png", "summary.json"):
+  for name in ("sweep_adam_l2.npz", "sweep_adamw.npz", "heatmaps.png", "atlas.png", "summary.json"):
     assert (swept / name).is_file(), name
   res = optaxlr.load(swept / "sweep_adamw.npz")
   assert res.num_configs == 4 and res.seeds.tolist() == [0, 1]
