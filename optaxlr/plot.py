@@ -180,6 +180,15 @@ def curves(
     metric: an evaluated metric or ``"batch_loss"`` (every step).
     configs: config indices (default: up to 8 spread over the space).
     label_by: hyperparameters to put in the legend (default: all).
+
+  Examples:
+    >>> import optaxlr
+    >>> from optaxlr import search, plot
+    >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
+    >>> res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.grid(lr=[1e-3, 1e-2]),
+    ...                     steps=8, batch_size=8, seeds=2, eval_every=4, progress=False)
+    >>> fig = plot.curves(res, "val/loss")
+    >>> fig2 = plot.atlas(optaxlr.diagnose(res), "lr", "lr")
   """
   fig, ax = _fig_ax(ax, figsize)
   vals = result._metric(metric)  # (S, C, T)

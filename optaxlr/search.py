@@ -405,7 +405,13 @@ def zip(**axes: Any) -> Space:  # noqa: A001  (mirrors the builtin on purpose)
 
 
 def seeds(n: int | Sequence[int]) -> Space:
-  """An integer axis named ``"seed"``: ``0 .. n-1``, or the given seeds."""
+  """An integer axis named ``"seed"``: ``0 .. n-1``, or the given seeds.
+
+  Examples:
+    >>> from optaxlr import search
+    >>> (search.grid(lr=[0.1, 0.01]) * search.seeds(2)).shape
+    (2, 2)
+  """
   values = np.arange(n) if isinstance(n, (int, np.integer)) else n
   if isinstance(n, (int, np.integer)):
     _validate.positive("seeds", "n", n)
@@ -416,7 +422,13 @@ def seeds(n: int | Sequence[int]) -> Space:
 
 
 def folds(k: int) -> Space:
-  """An integer axis named ``"fold"`` with values ``0 .. k-1`` (k-fold cross-validation)."""
+  """An integer axis named ``"fold"`` with values ``0 .. k-1`` (k-fold cross-validation).
+
+  Examples:
+    >>> from optaxlr import search
+    >>> search.folds(3).columns["fold"].tolist()
+    [0, 1, 2]
+  """
   if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
     raise TypeError(f"folds: k must be an int, got k={k!r}")
   _validate.at_least("folds", "k", k, 2)
@@ -518,7 +530,14 @@ def log_uniform(lo: float, hi: float) -> Distribution:
 
 
 def uniform(lo: float, hi: float) -> Distribution:
-  """``U(lo, hi)``."""
+  """``U(lo, hi)``.
+
+  Examples:
+    >>> from optaxlr import search
+    >>> x = search.random(0, 100, dropout=search.uniform(0.0, 0.5)).columns["dropout"]
+    >>> bool((x >= 0).all() and (x <= 0.5).all())
+    True
+  """
   return _Uniform(*_check_lo_hi("uniform", lo, hi))
 
 
@@ -527,6 +546,12 @@ def one_minus_log_uniform(lo: float, hi: float) -> Distribution:
 
   ``one_minus_log_uniform(0.9, 0.999)`` is the classic ``1 - 10 ** U(-3, -1)``.
   Requires ``lo < hi < 1``.
+
+  Examples:
+    >>> from optaxlr import search
+    >>> m = search.random(0, 100, momentum=search.one_minus_log_uniform(0.9, 0.999)).columns["momentum"]
+    >>> bool((m >= 0.9).all() and (m <= 0.999).all())
+    True
   """
   lo, hi = _check_lo_hi("one_minus_log_uniform", lo, hi)
   _validate.check("one_minus_log_uniform", "hi", hi, lambda v: v < 1, "< 1")
@@ -534,13 +559,26 @@ def one_minus_log_uniform(lo: float, hi: float) -> Distribution:
 
 
 def choice(values: Sequence[Any]) -> Distribution:
-  """Uniform choice among the given numeric (or bool) values."""
+  """Uniform choice among the given numeric (or bool) values.
+
+  Examples:
+    >>> from optaxlr import search
+    >>> set(search.random(0, 50, bs=search.choice([32, 64])).columns["bs"].tolist()) <= {32, 64}
+    True
+  """
   col = _column("choice", "values", values)
   return _Choice(tuple(col.tolist()))
 
 
 def int_uniform(lo: int, hi: int) -> Distribution:
-  """Uniform integers in ``[lo, hi]``, both ends included (like Python's ``random.randint``)."""
+  """Uniform integers in ``[lo, hi]``, both ends included (like Python's ``random.randint``).
+
+  Examples:
+    >>> from optaxlr import search
+    >>> w = search.random(0, 200, warmup=search.int_uniform(0, 3)).columns["warmup"]
+    >>> sorted(set(w.tolist()))
+    [0, 1, 2, 3]
+  """
   for name, v in (("lo", lo), ("hi", hi)):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
       raise TypeError(f"int_uniform: {name} must be an int, got {name}={v!r}")

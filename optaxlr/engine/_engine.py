@@ -105,6 +105,11 @@ class EarlyStop:
   A config whose ``metric`` has not improved by more than ``min_delta`` for ``patience``
   evaluations is frozen (its parameters stop changing, its later evaluations repeat its last
   state) and marked stopped at that step. ``mode="max"`` for accuracies.
+
+  Examples:
+    >>> stop = EarlyStop(metric="val/accuracy", patience=3, mode="max")
+    >>> stop.patience
+    3
   """
 
   metric: str = "val/loss"
@@ -389,6 +394,22 @@ def sweep(
 
   Returns:
     A :class:`SweepResult` labelled by hyperparameter values.
+
+  Examples:
+    >>> import optaxlr
+    >>> from optaxlr import search
+    >>> task = optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
+    >>> space = search.grid(lr=[1e-3, 1e-2], wd=[0.0, 1e-3]) * search.seeds(2)
+    >>> res = optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], h["wd"]), space,
+    ...                     steps=20, batch_size=16, eval_every=10, progress=False)
+    >>> res.metrics["val/loss"].shape  # (seeds, configs, evaluations)
+    (2, 4, 2)
+    >>> sorted(res.best("val/loss")["hparams"])
+    ['lr', 'wd']
+    >>> import tempfile, os
+    >>> path = res.save(os.path.join(tempfile.mkdtemp(), "r.npz"))
+    >>> optaxlr.load(path).to_xarray()["val/loss"].dims
+    ('seed', 'lr', 'wd', 'eval_step')
   """
   t_start = time.perf_counter()
   space, seed_list = _split_seeds(space, seeds)

@@ -284,6 +284,12 @@ def sinusoid(
   """Sinusoidal boundary: ``x ~ N(0, 4 I_d)``, ``y = 1[x_0 + sin(x_1) > 0]`` (``d >= 2``).
 
   As ``SinusoidDataNumpy`` in the authors' code; coordinates beyond the first two are noise.
+
+  Examples:
+    >>> from optaxlr import tasks
+    >>> task = tasks.sinusoid(n_train=50, n_val=20, n_test=20)
+    >>> task.train["x"].shape, sorted(task.eval)
+    ((50, 2), ['test', 'val'])
   """
   fn = "sinusoid"
   _check_int(fn, "d", d, 2)
@@ -314,6 +320,12 @@ def spiral(
   With ``a = linspace(0, 4 pi, m)`` per class, class 1 lies on ``a (cos a, sin a)`` and class
   0 on ``(a + pi) (cos a, sin a)``, plus ``N(0, spread^2)`` noise per coordinate (the
   authors' ``noise_level``, default 1).
+
+  Examples:
+    >>> from optaxlr import tasks
+    >>> task = tasks.spiral(n_train=50, n_val=20, n_test=20)
+    >>> task.train["x"].shape, sorted(task.eval)
+    ((50, 2), ['test', 'val'])
   """
   fn = "spiral"
   _validate.nonnegative(fn, "spread", spread)
