@@ -268,8 +268,50 @@ def _demo_schedules(steps: int) -> dict:
   }
 
 
+def _torch_curves(steps: int) -> dict[str, np.ndarray]:
+  """PyTorch's schedulers for the demo schedules that have one (same settings)."""
+  import torch
+  from torch.optim import lr_scheduler as L
+
+  lr = 0.1
+  spe = max(1, steps // 30)
+  makers = {
+      "cosine": lambda o: L.CosineAnnealingLR(o, steps),
+      "cosine_restarts (SGDR)": lambda o: L.CosineAnnealingWarmRestarts(o, max(1, steps // 7), 2),
+      "cyclic (triangular2)": lambda o: L.CyclicLR(o, lr / 4, lr, max(1, steps // 8),
+                                                   mode="triangular2", cycle_momentum=False),
+      "one_cycle": lambda o: L.OneCycleLR(o, lr, total_steps=steps, cycle_momentum=False),
+  }
+  out = {}
+  for name, make in makers.items():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = make(opt)
+    vals = []
+    for _ in range(steps + 1):
+      vals.append(opt.param_groups[0]["lr"])
+      opt.step()
+      sched.step() if len(vals) <= steps else None
+    out[name] = np.asarray(vals)
+  # per-epoch schedulers, stepped once per epoch and repeated over its steps
+  for name, make in {
+      "step(5 epochs, x0.5)": lambda o: L.StepLR(o, 5, 0.5),
+      "exponential (0.98/epoch)": lambda o: L.ExponentialLR(o, 0.98),
+  }.items():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = make(opt)
+    per_epoch = []
+    for _ in range(steps // spe + 1):
+      per_epoch.append(opt.param_groups[0]["lr"])
+      opt.step()
+      sched.step()
+    out[name] = np.repeat(per_epoch, spe)[: steps + 1]
+  return out
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
-  """Prints a table of the built-in schedules and draws them."""
+  """Prints a table of the built-in schedules and draws them (beside PyTorch's with --torch)."""
   import jax.numpy as jnp
 
   scheds = _demo_schedules(args.steps)
@@ -289,9 +331,22 @@ def cmd_schedules(args: argparse.Namespace) -> int:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  torch_curves = {}
+  if args.torch:
+    try:
+      torch_curves = _torch_curves(args.steps)
+    except ImportError:
+      print("optaxlr schedules: --torch needs PyTorch (pip install torch); drawing optaxlr only",
+            file=sys.stderr)
   fig, axes = plt.subplots(2, 5, figsize=(18, 6), sharex=True, constrained_layout=True)
   for ax, (name, vals) in zip(axes.flat, curves.items()):
-    ax.plot(np.asarray(t), vals)
+    ax.plot(np.asarray(t), vals, label="optaxlr")
+    if name in torch_curves:
+      ref = torch_curves[name]
+      ax.plot(np.asarray(t), ref, "--", color="k", lw=1, label="PyTorch")
+      diff = float(np.max(np.abs(ref - vals)))
+      print(f"  {name}: max |optaxlr - PyTorch| = {diff:.2e}")
+      ax.legend(fontsize=7)
     ax.set_title(name, fontsize=9)
     ax.set_xlabel("step")
   axes[0, 0].set_ylabel("learning rate")
@@ -439,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("schedules", help="tabulate and plot the built-in schedules")
   p.add_argument("--steps", type=int, default=300, help="number of steps to draw (default 300)")
+  p.add_argument("--torch", action="store_true",
+                 help="draw PyTorch's scheduler of the same name beside each (needs torch)")
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
   p.set_defaults(func=cmd_schedules)
 

@@ -65,6 +65,15 @@ def test_schedules_command(tmp_path, capsys):
   assert "one_cycle" in capsys.readouterr().out
 
 
+@pytest.mark.torch
+def test_schedules_beside_pytorch(tmp_path, capsys):
+  pytest.importorskip("torch")
+  assert cli.main(["schedules", "--steps", "90", "--torch", "--out", str(tmp_path)]) == 0
+  diffs = [float(line.rsplit("=", 1)[1]) for line in capsys.readouterr().out.splitlines()
+           if "max |optaxlr - PyTorch|" in line]
+  assert len(diffs) == 6 and max(diffs) < 1e-6, diffs
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
