@@ -12,6 +12,7 @@ NAMES = [
     "02_weight_decay_l2_vs_decoupled",
     "03_flooding",
     "04_lr_range_test",
+    "05_sweeps_at_scale",
 ]
 
 
