@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from optaxlr import _validate
+from optaxlr.engine._engine import _all_finite  # the engine's check, shared
 from optaxlr.engine import SweepResult, batch_indices, run_keys, sweep
 
 __all__ = ["lr_find", "lr_find_grid", "LRFindResult", "LRGridResult", "range_test_lrs"]
@@ -174,11 +175,6 @@ def _check_optimizer(fn: str, build, task, space, lr: float) -> None:
         "which ignores the rate passed at each step; pass the plain transform instead, "
         "e.g. lambda h: optax.adam(h['lr'])"
     )
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _tree_where(cond: jax.Array, a: PyTree, b: PyTree) -> PyTree:
