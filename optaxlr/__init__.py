@@ -9,6 +9,8 @@ from optaxlr import schedules
 from optaxlr import search
 from optaxlr import tasks
 from optaxlr import transforms
+from optaxlr.engine import ChunkEvent
+from optaxlr.engine import Control
 from optaxlr.engine import EarlyStop
 from optaxlr.engine import SweepResult
 from optaxlr.engine import batch_indices
@@ -45,6 +47,8 @@ __all__ = [
     "LRGridResult",
     "lr_find",
     "lr_find_grid",
+    "ChunkEvent",
+    "Control",
     "EarlyStop",
     "SweepResult",
     "batch_indices",

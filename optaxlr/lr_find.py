@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from optaxlr import _validate
-from optaxlr.engine._engine import _all_finite  # the engine's check, shared
+from optaxlr.engine._core import all_finite as _all_finite  # the core's check, shared
 from optaxlr.engine import SweepResult, batch_indices, run_keys, sweep
 
 __all__ = ["lr_find", "lr_find_grid", "LRFindResult", "LRGridResult", "range_test_lrs"]

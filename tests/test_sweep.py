@@ -281,21 +281,35 @@ def test_bad_optimizer_setting_and_bad_data_raise_before_compiling():
 
 
 def test_too_little_memory_is_a_clear_error(monkeypatch):
-  from optaxlr.engine import _engine
+  from optaxlr.engine import _driver
 
-  monkeypatch.setattr(_engine, "_device_memory_bytes", lambda: 1024)
+  monkeypatch.setattr(_driver, "device_memory_bytes", lambda device: 1024)
   with pytest.raises(ValueError, match="more than half of the device memory"):
     run(make_task(), adamw, search.zip(lr=[0.1], wd=[0.0]))
 
 
-def test_memory_limit_splits_configs_into_groups(monkeypatch):
-  from optaxlr.engine import _engine
+def test_groups_are_sized_from_the_compiled_program(monkeypatch, x64):
+  """With a memory limit below what all configs need, the configs are split into groups whose
+  compiled program (activations and evaluation included) fits in half the limit, and the
+  numbers do not change."""
+  from optaxlr.engine import _driver
 
   task = make_task()
-  one = _engine._tree_bytes(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
-  monkeypatch.setattr(_engine, "_device_memory_bytes", lambda: 2 * 3 * 6 * one)  # ~3 configs fit
-  res = run(task, adamw, search.grid(lr=[1e-3, 1e-2, 3e-2], wd=[0.0, 1e-3]))
-  assert res.info["groups"] >= 2
+  space = search.grid(lr=[1e-3, 1e-2, 3e-2], wd=[0.0, 1e-3])
+  whole = run(task, adamw, space)
+  need = whole.info["program_bytes"]
+  assert whole.info["groups"] == 1 and need > 0
+  data = sum(np.asarray(v).nbytes for v in task.train.values()) + sum(
+      np.asarray(v).nbytes for v in task.eval["val"].values())
+  assert need > data  # parameters, optimizer states, activations on top of the data
+  limit = 2 * (data + (need - data) // 2)  # about half of the configs fit in half the limit
+  monkeypatch.setattr(_driver, "device_memory_bytes", lambda device: limit)
+  split = run(task, adamw, space)
+  assert split.info["groups"] >= 2
+  assert split.info["program_bytes"] <= limit // 2
+  np.testing.assert_array_equal(whole.batch_loss, split.batch_loss)
+  for m in whole.metrics:
+    np.testing.assert_array_equal(whole.metrics[m], split.metrics[m])
 
 
 @pytest.mark.slow
@@ -340,7 +354,7 @@ def test_reduce_on_plateau_fed_by_the_periodic_evaluation(x64):
 
   space = search.grid(lr=[0.5], factor=[0.5, 0.1])
   res = run(task, opt, space, plateau=True, steps=32, eval_every=4)
-  plain = run(task, lambda h: optax.sgd(h["lr"]), space, steps=32, eval_every=4)
+  plain = run(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[0.5]), steps=32, eval_every=4)
   for c in range(2):
     hp = space[c]
     init_key, data_key = optaxlr.run_keys(0, 0)

@@ -1,295 +1,185 @@
-"""The sweep engine: every config x seed of a search space trained as one compiled program.
+"""``sweep``: every config x seed of a search space trained as one compiled program.
 
-Layout of the carried state: every leaf has two leading axes, ``(seed, config)``. The config
-axis is an inner ``vmap`` whose minibatch is broadcast (read once for all configs of a seed);
-the seed axis is an outer ``vmap`` whose minibatch differs per seed. Steps run under
-``lax.scan`` in chunks of ``eval_every`` steps; between chunks the host evaluates, reports
-progress, checkpoints and stops early, always calling the same compiled chunk function.
+A thin driver of the training core (:mod:`optaxlr.engine._core`, :mod:`optaxlr.engine._driver`):
+it validates its arguments on the host, before anything is traced, describes the run as a
+:class:`~optaxlr.engine._driver.Plan`, runs it and labels the numbers as a
+:class:`SweepResult`. :func:`optaxlr.lr_find` and :func:`optaxlr.lr_find_grid` drive the same
+program.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import os
-import pathlib
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optaxlr.engine import _core
+from optaxlr.engine import _driver
+from optaxlr.engine import _fingerprint
+from optaxlr.engine import _rules
+from optaxlr.engine._data import as_key, batch_indices, key_data, run_keys
+from optaxlr.engine._driver import ChunkEvent, Control
 from optaxlr.engine._result import SweepResult
+from optaxlr.engine._rules import EarlyStop
 
 PyTree = Any
 Hyperparams = Mapping[str, jax.Array]
 
-__all__ = ["sweep", "batch_indices", "run_keys"]
+__all__ = ["sweep", "batch_indices", "run_keys", "EarlyStop", "ChunkEvent", "Control"]
+
+# Axis names that a user may expect the core to read but that it does not (yet) read.
+_NOT_SUPPORTED_AXES = {
+    "batch_size": "batch size as a sweep axis is not supported yet; run one sweep per batch size",
+    "steps": "the number of steps is the sweep's steps=, not an axis",
+}
 
 
 # ----------------------------------------------------------------------------------------
-# Data order and keys (public: a standalone run reproduces a row of a sweep with these).
+# Host-side validation shared by every driver (sweep, lr_find, lr_find_grid).
 
 
-def run_keys(key: jax.Array | int, seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The ``(init_key, data_key)`` of one seed of a sweep.
-
-  ``init_key = fold_in(fold_in(key, seed), 0)`` initialises the parameters, ``data_key =
-  fold_in(fold_in(key, seed), 1)`` orders the minibatches. Every config of a seed shares both
-  (common random numbers), so differences between configs are due to the hyperparameters.
-
-  Examples:
-    >>> init_key, data_key = run_keys(0, seed=3)
-    >>> init_key.shape, data_key.shape
-    ((2,), (2,))
-  """
-  if isinstance(key, int):
-    key = jax.random.PRNGKey(key)
-  k = jax.random.fold_in(key, seed)
-  return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+def check_int(fn: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+  """An int (Python or NumPy, not bool) in ``[low, high]``, else a ValueError naming it."""
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  if not ok or value < low or (high is not None and value > high):
+    rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+    extra = " (the training set size)" if name == "batch_size" else ""
+    raise ValueError(f"{fn}: {name} must be an int {rng}{extra}, got {name}={value!r}")
+  return int(value)
 
 
-def batch_indices(
-    data_key: jax.Array, step: jax.Array | int, num_examples: int, batch_size: int
-) -> jax.Array:
-  """Indices of the minibatch used at ``step``: epochs of shuffling without replacement.
-
-  Epoch ``e = step // (num_examples // batch_size)`` is a permutation drawn from
-  ``fold_in(data_key, e)``; the step takes the next ``batch_size`` indices of it (the
-  remainder of each epoch is dropped, as ``drop_last=True``).
-
-  Examples:
-    >>> import jax
-    >>> idx = batch_indices(jax.random.PRNGKey(0), 0, num_examples=10, batch_size=4)
-    >>> idx.shape
-    (4,)
-  """
-  per_epoch = num_examples // batch_size
-  step = jnp.asarray(step)
-  epoch, pos = step // per_epoch, step % per_epoch
-  perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-  return jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+def seed_list(fn: str, seeds: Any) -> list[int]:
+  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
+    if seeds < 1:
+      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of distinct ints, got seeds={seeds!r}")
+    return list(range(int(seeds)))
+  try:
+    out = list(seeds)
+  except TypeError:
+    raise ValueError(f"{fn}: seeds must be an int >= 1 or a non-empty list of distinct ints, "
+                     f"got seeds={seeds!r}") from None
+  bad = [s for s in out if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))]
+  if bad or not out or len(set(int(s) for s in out)) != len(out):
+    raise ValueError(f"{fn}: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
+  return [int(s) for s in out]
 
 
-# ----------------------------------------------------------------------------------------
-# The carried state.
+def check_devices(fn: str, devices: Any) -> list:
+  if devices is None:
+    return list(jax.devices())
+  try:
+    devs = list(devices)
+  except TypeError:
+    raise ValueError(f"{fn}: devices must be a non-empty list of jax devices, got {devices!r}") from None
+  if not devs or not all(isinstance(d, jax.Device) for d in devs):
+    raise ValueError(f"{fn}: devices must be a non-empty list of jax devices (jax.devices()), "
+                     f"got devices={devices!r}")
+  if len(set(devs)) != len(devs):
+    raise ValueError(f"{fn}: devices must be distinct, got devices={devs!r}")
+  return devs
 
 
-class _Carry(NamedTuple):
-  params: PyTree  # leaves (S, C, ...)
-  opt_state: PyTree  # leaves (S, C, ...)
-  alive: jax.Array  # bool (S, C): neither diverged nor stopped
-  diverged_at: jax.Array  # int32 (S, C), -1 while finite
-  stopped_at: jax.Array  # int32 (S, C), -1 unless early-stopped
-  best: jax.Array  # (S, C) best monitored value so far (early stopping)
-  best_step: jax.Array  # int32 (S, C)
-  wait: jax.Array  # int32 (S, C) evaluations without improvement
-  last_value: jax.Array  # (S, C) the monitored metric at the latest evaluation
-  fresh: jax.Array  # bool (): the next step is the first after an evaluation
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-@dataclasses.dataclass(frozen=True)
-class EarlyStop:
-  """Per-config early stopping on an evaluated metric (Keras ``EarlyStopping`` rules).
-
-  A config whose ``metric`` has not improved by more than ``min_delta`` for ``patience``
-  evaluations is frozen (its parameters stop changing, its later evaluations repeat its last
-  state) and marked stopped at that step. ``mode="max"`` for accuracies.
-
-  Examples:
-    >>> stop = EarlyStop(metric="val/accuracy", patience=3, mode="max")
-    >>> stop.patience
-    3
-  """
-
-  metric: str = "val/loss"
-  patience: int = 5
-  min_delta: float = 0.0
-  mode: str = "min"
-
-
-# ----------------------------------------------------------------------------------------
-# The program.
-
-
-def _build_chunk_fn(
-    task,
-    optimizer: Callable[[Hyperparams], optax.GradientTransformation],
-    objective: Callable[[jax.Array, Hyperparams], jax.Array] | None,
-    *,
-    batch_size: int,
-    chunk_steps: int,
-    eval_splits: Mapping[str, Mapping[str, jax.Array]],
-    monitor: str | None,
-    monitor_sign: float,
-    plateau_value: bool,
-    early_stop: EarlyStop | None,
-):
-  """Returns ``chunk(carry, hparams, data_keys, start) -> (carry, batch_losses, metrics)``."""
-  train = task.train
-  num_examples = int(jax.tree.leaves(train)[0].shape[0])
-
-  def loss_fn(params, batch, hp):
-    loss = task.loss(params, batch)
-    return loss if objective is None else objective(loss, hp)
-
-  def config_step(params, opt_state, alive, div_at, hp, batch, t, value, fresh):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch, hp)
-    tx = optax.with_extra_args_support(optimizer(hp))
-    extra = {"value": value, "evaluate": fresh} if plateau_value else {}
-    updates, opt_state = tx.update(grads, opt_state, params, **extra)
-    ok = jnp.isfinite(loss) & _all_finite(updates)
-    keep = alive & ok
-    # Freeze by masking the update (fused into the parameter add) rather than selecting whole
-    # parameter and optimizer-state trees: a frozen run's optimizer state may still move, its
-    # parameters never do. Non-finite updates are caught here; an update that is finite but
-    # overflows the parameters shows up as a non-finite loss at the next step.
-    params = jax.tree.map(
-        lambda p, u: (p + jnp.where(keep, u, jnp.zeros_like(u))).astype(p.dtype), params, updates
-    )
-    div_at = jnp.where(alive & ~ok, t, div_at)
-    return params, opt_state, keep, div_at, jnp.where(alive, loss, jnp.nan)
-
-  configs_step = jax.vmap(config_step, in_axes=(0, 0, 0, 0, 0, None, None, 0, None))
-  seeds_step = jax.vmap(configs_step, in_axes=(0, 0, 0, 0, None, 0, None, 0, None))
-
-  def evaluate(params):
-    out = {}
-    for split, data in eval_splits.items():
-      per_cfg = jax.vmap(jax.vmap(lambda p: task.metrics(p, data)))(params)
-      for name, val in per_cfg.items():
-        out[f"{split}/{name}"] = val
-    return out
-
-  def chunk(carry: _Carry, hparams, data_keys, start):
-    def body(c: _Carry, t):
-      idx = jax.vmap(lambda k: batch_indices(k, t, num_examples, batch_size))(data_keys)
-      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), train)  # (S, B, ...)
-      value = jnp.where(c.fresh, c.last_value, jnp.nan)
-      params, opt_state, alive, div_at, loss = seeds_step(
-          c.params, c.opt_state, c.alive, c.diverged_at, hparams, batch, t, value, c.fresh
-      )
-      c = c._replace(
-          params=params, opt_state=opt_state, alive=alive, diverged_at=div_at,
-          fresh=jnp.array(False),
-      )
-      return c, loss
-
-    steps = start + jnp.arange(chunk_steps, dtype=jnp.int32)
-    carry, losses = jax.lax.scan(body, carry, steps)
-    metrics = evaluate(carry.params)
-    end = start + chunk_steps
-    if monitor is not None:
-      value = metrics[monitor]
-      carry = carry._replace(last_value=value, fresh=jnp.array(True))
-      if early_stop is not None:
-        signed = monitor_sign * value
-        improved = signed < carry.best - early_stop.min_delta
-        best = jnp.where(improved, signed, carry.best)
-        best_step = jnp.where(improved, end, carry.best_step)
-        wait = jnp.where(improved, 0, carry.wait + 1)
-        stop = carry.alive & (wait >= early_stop.patience)
-        carry = carry._replace(
-            best=best, best_step=best_step, wait=wait,
-            alive=carry.alive & ~stop,
-            stopped_at=jnp.where(stop, end, carry.stopped_at),
-        )
-    return carry, jnp.moveaxis(losses, 0, -1), metrics
-
-  return chunk
-
-
-# ----------------------------------------------------------------------------------------
-# Host side: validation, memory, groups, checkpoints.
-
-
-def _check_hparams(space_arrays: Mapping[str, np.ndarray], n: int) -> None:
+def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> None:
   for name, arr in space_arrays.items():
     if arr.shape[:1] != (n,):
-      raise ValueError(f"sweep: hyperparameter {name!r} has shape {arr.shape}, expected ({n}, ...)")
+      raise ValueError(f"{fn}: hyperparameter {name!r} has shape {arr.shape}, expected ({n}, ...)")
+    if arr.dtype == bool:
+      raise ValueError(f"{fn}: hyperparameter {name!r} holds booleans; use 0/1 numbers")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+      raise ValueError(f"{fn}: hyperparameter {name!r} must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
       bad = int(np.flatnonzero(~np.isfinite(arr))[0])
-      raise ValueError(f"sweep: hyperparameter {name!r} is not finite in config {bad}: {arr[bad]}")
+      raise ValueError(f"{fn}: hyperparameter {name!r} is not finite in config {bad}: {arr[bad]}")
     lname = name.lower()
     if lname in ("lr", "learning_rate", "peak_lr", "max_lr", "base_lr") or lname.endswith("_lr"):
       if np.any(arr <= 0):
         bad = int(np.flatnonzero(arr <= 0)[0])
-        raise ValueError(
-            f"sweep: {name} must be > 0, config {bad} has {name}={arr[bad].item()!r}"
-        )
+        raise ValueError(f"{fn}: {name} must be > 0, config {bad} has {name}={arr[bad].item()!r}")
 
 
-def _device_memory_bytes() -> int | None:
-  dev = jax.devices()[0]
+def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: Sequence[str],
+              extra: Mapping[str, Any] | None = None) -> dict:
+  """Builds every config's transform on the host with concrete values (the transforms' own
+  eager validation rejects bad settings before anything is traced), checks that every axis is
+  read by the optimizer or the objective, and returns the optimizer state's shape."""
+  seen: set[str] = set()
+  extra = dict(extra or {})
+  for i, config in enumerate(configs):
+    try:
+      tx = optimizer(_core.ReadRecorder({**config, **extra}, seen))
+    except (ValueError, TypeError, KeyError) as e:
+      what = f"KeyError: no hyperparameter {e}" if isinstance(e, KeyError) else str(e)
+      raise ValueError(f"{fn}: config {i} {config} is invalid: {what}") from e
+    if not isinstance(tx, (optax.GradientTransformation, optax.GradientTransformationExtraArgs)) \
+        and not (hasattr(tx, "init") and hasattr(tx, "update")):
+      raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation"
+                      f" (e.g. lambda h: optax.sgd(h['lr'])), it returned {type(tx).__name__}")
+  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  hp_one = {k: jax.ShapeDtypeStruct((), np.asarray(v).dtype) for k, v in {**configs[0], **extra}.items()}
   try:
-    stats = dev.memory_stats()
-  except Exception:  # noqa: BLE001 -- backends without memory stats
-    stats = None
-  if stats and "bytes_limit" in stats:
-    return int(stats["bytes_limit"])
-  try:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-  except (ValueError, OSError, AttributeError):
-    return None
+    opt_shape = jax.eval_shape(lambda p, h: optimizer(h).init(p), params_shape, hp_one)
+  except Exception as e:  # noqa: BLE001 -- re-raised with context
+    raise ValueError(f"{fn}: optimizer(hparams).init(params) fails with traced hyperparameters "
+                     f"(the optimizer must be hparams -> optax.GradientTransformation, e.g. "
+                     f"lambda h: optax.sgd(h['lr'])): {type(e).__name__}: {e}") from e
+  if objective is not None:
+    def obj(h):
+      return objective(jax.numpy.zeros(()), _core.ReadRecorder(h, seen))
+    try:
+      jax.eval_shape(obj, hp_one)
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(f"{fn}: objective(loss, hparams) fails: {type(e).__name__}: {e}") from e
+  unused = [n for n in names if n not in seen]
+  if unused:
+    why = "; ".join(_NOT_SUPPORTED_AXES[n] for n in unused if n in _NOT_SUPPORTED_AXES)
+    raise ValueError(
+        f"{fn}: the space's axis {unused[0]!r} is read by neither the optimizer nor the objective"
+        + (f" (also unused: {unused[1:]})" if len(unused) > 1 else "")
+        + f"; it would only repeat identical runs. Read it as hparams[{unused[0]!r}] or remove it"
+        + (f" ({why})" if why else "")
+    )
+  return {"params": params_shape, "opt_state": opt_shape}
 
 
-def _tree_bytes(tree) -> int:
-  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+def check_task(fn: str, task, batch_size: Any) -> int:
+  from optaxlr.tasks import Task
+
+  if not isinstance(task, Task):
+    raise TypeError(f"{fn}: task must be an optaxlr.Task, got {type(task).__name__}")
+  n_train = task.n_train
+  if batch_size is None:
+    batch_size = min(128, n_train)
+  return check_int(fn, "batch_size", batch_size, 1, n_train)
 
 
-def _fingerprint(obj) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def base_fingerprint(fn: str, task, optimizer, objective, shapes, *, hp, seeds, key, **settings) -> dict:
+  """Every input that changes a sweep's numbers, for checkpoints (see CheckpointStore)."""
+  return {
+      "driver": fn,
+      "dtype": "float64" if jax.config.jax_enable_x64 else "float32",
+      "task": getattr(task, "name", ""),
+      "task_functions": _fingerprint.function_id((task.init, task.loss, task.metrics)),
+      "data": _fingerprint.data_id({"train": task.train, "eval": task.eval}),
+      "params": _fingerprint.structure_id(shapes["params"]),
+      "opt_state": _fingerprint.structure_id(shapes["opt_state"]),
+      "optimizer": _fingerprint.function_id(optimizer),
+      "objective": _fingerprint.function_id(objective),
+      "hparams": _fingerprint.data_id({k: np.asarray(v) for k, v in hp.items()}),
+      "hparam_names": sorted(hp),
+      "seeds": list(seeds),
+      "key": key_data(key),
+      "jax": jax.__version__,
+      **{k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+         for k, v in settings.items()},
+  }
 
 
-def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
-  tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _flatten(prefix: str, tree) -> dict[str, np.ndarray]:
-  leaves = jax.tree.leaves(tree)
-  return {f"{prefix}{i}": np.asarray(x) for i, x in enumerate(leaves)}
-
-
-def _unflatten(prefix: str, like, data) -> PyTree:
-  treedef = jax.tree.structure(like)
-  return jax.tree.unflatten(treedef, [jnp.asarray(data[f"{prefix}{i}"]) for i in range(treedef.num_leaves)])
-
-
-class _Progress:
-  def __init__(self, total: int, enabled: bool, desc: str):
-    self._bar = None
-    if enabled:
-      try:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=total, desc=desc, unit="step", leave=True)
-      except ImportError:  # pragma: no cover
-        self._bar = None
-
-  def update(self, n: int, **post):
-    if self._bar is not None:
-      self._bar.update(n)
-      if post:
-        self._bar.set_postfix(post, refresh=False)
-
-  def close(self):
-    if self._bar is not None:
-      self._bar.close()
-
-
-def _split_seeds(space, seeds) -> tuple[Any, list[int]]:
+def split_seeds(fn: str, space, seeds) -> tuple[Any, list[int]]:
   """The space without its "seed" axis, and the seed values (from the space or ``seeds``)."""
   from optaxlr import search  # a sibling layer below the engine
 
@@ -297,31 +187,70 @@ def _split_seeds(space, seeds) -> tuple[Any, list[int]]:
     space = search.zip(**space)
   if not isinstance(space, search.Space):
     raise TypeError(
-        f"sweep: space must be an optaxlr.search.Space or a dict of 1-D arrays, got {type(space)!r}"
+        f"{fn}: space must be an optaxlr.search.Space or a dict of 1-D arrays, got {type(space)!r}"
     )
   if search.FOLD in space.dims:
     raise ValueError(
-        "sweep: a 'fold' axis is not supported yet; split the data into folds in the task and"
+        f"{fn}: a 'fold' axis is not supported yet; split the data into folds in the task and"
         " sweep each fold's task"
     )
   if search.SEED in space.dims:
     if seeds is not None:
-      raise ValueError("sweep: the space has a 'seed' axis; do not also pass seeds=")
+      raise ValueError(f"{fn}: the space has a 'seed' axis; do not also pass seeds=")
     seed_axis = next(a for a in space.axes if a.dim == search.SEED)
+    if seed_axis.names != (search.SEED,):
+      raise ValueError(f"{fn}: the 'seed' axis must hold only seeds, got {seed_axis.names}")
     rest = [a for a in space.axes if a.dim != search.SEED]
     if not rest:
-      raise ValueError("sweep: the space holds only seeds; add at least one hyperparameter axis")
-    return search.Space(rest, space.fixed), [int(v) for v in seed_axis.values[search.SEED]]
-  if seeds is None:
-    seeds = 1
-  if isinstance(seeds, int):
-    if seeds < 1:
-      raise ValueError(f"sweep: seeds must be >= 1 or a non-empty list, got seeds={seeds!r}")
-    return space, list(range(seeds))
-  seed_list = [int(v) for v in seeds]
-  if not seed_list or len(set(seed_list)) != len(seed_list):
-    raise ValueError(f"sweep: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
-  return space, seed_list
+      raise ValueError(f"{fn}: the space holds only seeds; add at least one hyperparameter axis")
+    return search.Space(rest, space.fixed), seed_list(fn, seed_axis.values[search.SEED].tolist())
+  return space, seed_list(fn, 1 if seeds is None else seeds)
+
+
+def intervals(fn: str, steps: int, eval_every: Any, sync_every: Any, log_every: Any) -> tuple[int, int, int]:
+  """``eval_every`` (default: about a tenth of ``steps``), ``sync_every`` (a multiple of it,
+  default equal), ``log_every`` (divides it, default 1), checked."""
+  if eval_every is None:
+    eval_every = math.ceil(steps / min(10, steps))
+  eval_every = check_int(fn, "eval_every", eval_every, 1)
+  if eval_every > steps:
+    raise ValueError(f"{fn}: eval_every must be <= steps={steps}, got eval_every={eval_every}")
+  sync_every = eval_every if sync_every is None else check_int(fn, "sync_every", sync_every, 1)
+  if sync_every % eval_every:
+    raise ValueError(f"{fn}: sync_every must be a multiple of eval_every={eval_every}, "
+                     f"got sync_every={sync_every}")
+  log_every = check_int(fn, "log_every", log_every, 1)
+  if eval_every % log_every:
+    raise ValueError(f"{fn}: log_every must divide eval_every={eval_every}, got log_every={log_every}")
+  return eval_every, sync_every, log_every
+
+
+def metric_names(fn: str, task, splits: Sequence[str]) -> tuple[str, ...]:
+  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  names = []
+  for split in splits:
+    try:
+      ms = jax.eval_shape(task.metrics, params_shape, task.eval[split])
+    except Exception as e:  # noqa: BLE001 -- re-raised with context
+      raise ValueError(f"{fn}: task.metrics fails on split {split!r}: {type(e).__name__}: {e}") from e
+    for name, s in ms.items():
+      if s.shape != ():
+        raise ValueError(f"{fn}: task.metrics must return scalars, {split}/{name} has shape {s.shape}")
+      names.append(f"{split}/{name}")
+  return tuple(names)
+
+
+def check_loss(fn: str, task, batch_size: int) -> None:
+  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  batch_shape = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), task.train
+  )
+  try:
+    loss_shape = jax.eval_shape(task.loss, params_shape, batch_shape)
+  except Exception as e:  # noqa: BLE001 -- re-raised with context
+    raise ValueError(f"{fn}: task.loss fails on a batch of {batch_size} training examples: {e}") from e
+  if loss_shape.shape != ():
+    raise ValueError(f"{fn}: task.loss must return a scalar, got shape {loss_shape.shape}")
 
 
 def sweep(
@@ -330,21 +259,24 @@ def sweep(
     space,
     *,
     steps: int,
-    batch_size: int,
+    batch_size: int | None = None,
     seeds: int | Sequence[int] | None = None,
     eval_every: int | None = None,
+    sync_every: int | None = None,
+    log_every: int = 1,
     objective: Callable[[jax.Array, Hyperparams], jax.Array] | None = None,
     monitor: str | None = None,
-    monitor_mode: str = "min",
     plateau: bool = False,
+    plateau_stop: bool = True,
     early_stopping: EarlyStop | None = None,
+    update_ratio: bool = True,
     key: int | jax.Array = 0,
     max_group_size: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
     keep_params: bool = False,
-    callback: Callable[[dict[str, Any]], Any] | None = None,
+    callback: Callable[[ChunkEvent], Control | bool | None] | None = None,
 ) -> SweepResult:
   """Trains every config of ``space`` (x ``seeds``) on ``task`` in one compiled program.
 
@@ -411,259 +343,94 @@ def sweep(
     >>> optaxlr.load(path).to_xarray()["val/loss"].dims
     ('seed', 'lr', 'wd', 'eval_step')
   """
-  t_start = time.perf_counter()
-  space, seed_list = _split_seeds(space, seeds)
+  fn = "sweep"
+  space, seeds_l = split_seeds(fn, space, seeds)
+  steps = check_int(fn, "steps", steps, 1)
+  batch_size = check_task(fn, task, batch_size)
+  eval_every, sync_every, log_every = intervals(fn, steps, eval_every, sync_every, log_every)
+  for name, flag in (("plateau", plateau), ("plateau_stop", plateau_stop), ("progress", progress),
+                     ("keep_params", keep_params), ("update_ratio", update_ratio)):
+    if not isinstance(flag, (bool, np.bool_)):
+      raise ValueError(f"{fn}: {name} must be True or False, got {name}={flag!r}")
+  if early_stopping is not None and not isinstance(early_stopping, EarlyStop):
+    raise TypeError(f"{fn}: early_stopping must be an optaxlr.EarlyStop, got {type(early_stopping).__name__}")
+  if callback is not None and not callable(callback):
+    raise TypeError(f"{fn}: callback must be callable, got {type(callback).__name__}")
+  if not callable(optimizer):
+    raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation")
+  if objective is not None and not callable(objective):
+    raise TypeError(f"{fn}: objective must be a function (loss, hparams) -> loss")
+  if max_group_size is not None:
+    max_group_size = check_int(fn, "max_group_size", max_group_size, 1)
+  key = as_key(fn, key)
+  devices = check_devices(fn, devices)
+  if monitor is not None and not plateau and early_stopping is None:
+    raise ValueError(f"{fn}: monitor={monitor!r} is read only with plateau=True or early_stopping=")
+  if early_stopping is not None and monitor is not None and monitor != early_stopping.metric:
+    raise ValueError(f"{fn}: monitor={monitor!r} differs from early_stopping.metric="
+                     f"{early_stopping.metric!r}; set one")
+  if plateau and monitor is None:
+    monitor = early_stopping.metric if early_stopping is not None else "val/loss"
+
   hp_np = {k: np.asarray(v) for k, v in space.columns.items()}
   n_cfg = len(space)
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"sweep: steps must be an int >= 1, got steps={steps!r}")
-  n_train = int(jax.tree.leaves(task.train)[0].shape[0])
-  if not isinstance(batch_size, int) or not 1 <= batch_size <= n_train:
-    raise ValueError(
-        f"sweep: batch_size must be an int in [1, {n_train}] (the training set size),"
-        f" got batch_size={batch_size!r}"
-    )
-  if eval_every is None:
-    eval_every = math.ceil(steps / min(10, steps))
-  if not isinstance(eval_every, int) or eval_every < 1:
-    raise ValueError(f"sweep: eval_every must be an int >= 1, got eval_every={eval_every!r}")
-  if monitor_mode not in ("min", "max"):
-    raise ValueError(f"sweep: monitor_mode must be 'min' or 'max', got {monitor_mode!r}")
-  if early_stopping is not None:
-    monitor = monitor or early_stopping.metric
-    monitor_mode = early_stopping.mode
-    if early_stopping.mode not in ("min", "max"):
-      raise ValueError(f"sweep: early_stopping.mode must be 'min' or 'max', got {early_stopping.mode!r}")
-    if early_stopping.patience < 1:
-      raise ValueError(f"sweep: early_stopping.patience must be >= 1, got {early_stopping.patience}")
-  if plateau and monitor is None:
-    monitor = "val/loss"
-  n_chunks = math.ceil(steps / eval_every)
-  steps = n_chunks * eval_every
-
-  _check_hparams(hp_np, n_cfg)
+  check_hparams(fn, hp_np, n_cfg)
   task.validate()
-  eval_splits = dict(task.eval)
-  metric_shapes = {}
-  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  for split, data in eval_splits.items():
-    ms = jax.eval_shape(task.metrics, params_shape, data)
-    for name, s in ms.items():
-      if s.shape != ():
-        raise ValueError(f"sweep: task.metrics must return scalars, {split}/{name} has shape {s.shape}")
-      metric_shapes[f"{split}/{name}"] = s
-  if monitor is not None and monitor not in metric_shapes:
-    raise ValueError(
-        f"sweep: monitor={monitor!r} is not an evaluated metric; available: {sorted(metric_shapes)}"
-    )
-  # Build every config's optimizer once on the host with concrete values: the transforms'
-  # own eager validation then rejects bad settings before anything is traced.
-  for i, config in enumerate(space):
-    try:
-      optimizer(config)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"sweep: config {i} {config} is invalid: {e}") from e
-  hp_one = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in hp_np.items()}
-  opt_shape = jax.eval_shape(lambda p, h: optimizer(h).init(p), params_shape, hp_one)
-  batch_shape = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), task.train
+  check_loss(fn, task, batch_size)
+  splits = tuple(task.eval)
+  names = metric_names(fn, task, splits)
+  if monitor is not None and monitor not in names:
+    raise ValueError(f"{fn}: monitor={monitor!r} is not an evaluated metric; available: {sorted(names)}")
+  eval_rules = ()
+  if early_stopping is not None:
+    early_stopping.validate(names)
+    eval_rules = (early_stopping,)
+  shapes = read_axes(fn, task, optimizer, objective, list(space), space.names)
+  step_rules = ()
+  if plateau and plateau_stop:
+    if not _rules.has_plateau(shapes["opt_state"]):
+      raise ValueError(f"{fn}: plateau=True feeds a reduce_on_plateau, but the optimizer holds "
+                       "none (chain optaxlr.reduce_on_plateau(...) into it)")
+    step_rules = (_rules.PlateauDone(),)
+  elif plateau and not _rules.has_plateau(shapes["opt_state"]):
+    raise ValueError(f"{fn}: plateau=True feeds a reduce_on_plateau, but the optimizer holds none")
+
+  plan = _driver.Plan(
+      fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp={},
+      seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,
+      sync_every=sync_every, log_every=log_every, eval_splits=splits, monitor=monitor,
+      plateau=plateau, step_rules=step_rules, eval_rules=eval_rules, update_ratio=update_ratio,
+      devices=devices, max_group_size=max_group_size, checkpoint_dir=checkpoint_dir,
+      progress=progress, callback=callback, keep_params=keep_params,
   )
-  try:
-    loss_shape = jax.eval_shape(task.loss, params_shape, batch_shape)
-  except Exception as e:  # noqa: BLE001 -- re-raised with context
-    raise ValueError(f"sweep: task.loss fails on a batch of {batch_size} training examples: {e}") from e
-  if loss_shape.shape != ():
-    raise ValueError(f"sweep: task.loss must return a scalar, got shape {loss_shape.shape}")
-
-  # Memory: parameters, gradients, updates and optimizer state per config.
-  per_cfg = 3 * _tree_bytes(params_shape) + _tree_bytes(opt_shape)
-  per_cfg_total = per_cfg * len(seed_list)
-  mem = _device_memory_bytes()
-  if mem is not None and per_cfg_total > mem // 2:
-    raise ValueError(
-        f"sweep: one config needs about {per_cfg_total / 2**20:.1f} MiB for {len(seed_list)} seeds"
-        f" (parameters, gradients, updates, optimizer state), more than half of the device memory"
-        f" ({mem / 2**20:.0f} MiB); use fewer seeds or a smaller model"
+  if checkpoint_dir is not None:
+    plan.fingerprint = base_fingerprint(
+        fn, task, optimizer, objective, shapes, hp=hp_np, seeds=seeds_l, key=key, steps=steps,
+        batch_size=batch_size, eval_every=eval_every, sync_every=sync_every, log_every=log_every,
+        monitor=monitor, plateau=plateau, plateau_stop=plateau_stop, update_ratio=update_ratio,
+        early_stopping=repr(early_stopping), keep_params=keep_params, devices=len(devices),
+        processes=jax.process_count(),
     )
-  devices = list(devices) if devices is not None else jax.local_devices()
-  n_dev = len(devices)
-  if max_group_size is None:
-    fit = n_cfg if mem is None else max(1, (mem // 2) // max(per_cfg_total, 1))
-    max_group_size = min(n_cfg, fit)
-  group = min(n_cfg, max_group_size)
-  group = max(n_dev, math.ceil(group / n_dev) * n_dev)  # a multiple of the device count
-  n_groups = math.ceil(n_cfg / group)
-
-  monitor_sign = -1.0 if monitor_mode == "max" else 1.0
-  chunk = _build_chunk_fn(
-      task, optimizer, objective, batch_size=batch_size, chunk_steps=eval_every,
-      eval_splits=eval_splits, monitor=monitor, monitor_sign=monitor_sign,
-      plateau_value=plateau, early_stop=early_stopping,
-  )
-  mesh = jax.sharding.Mesh(np.array(devices), ("config",))
-  cfg_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "config"))
-  hp_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("config"))
-  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  donate = (0,) if devices[0].platform != "cpu" else ()  # the CPU backend cannot donate
-  chunk_jit = jax.jit(chunk, donate_argnums=donate)
-
-  def shard_carry(carry):
-    return jax.tree.map(
-        lambda x: jax.device_put(x, cfg_sharding if x.ndim >= 2 else repl), carry
-    )
-
-  def init_carry(hparams, keys):
-    def one(k, h):
-      params = task.init(k)
-      return params, optimizer(h).init(params)
-
-    params, opt_state = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(keys, hparams)
-    shape = (len(seed_list), group)
-    dtype = jnp.result_type(float)
-    return _Carry(
-        params=params, opt_state=opt_state,
-        alive=jnp.ones(shape, bool),
-        diverged_at=jnp.full(shape, -1, jnp.int32),
-        stopped_at=jnp.full(shape, -1, jnp.int32),
-        best=jnp.full(shape, jnp.inf, dtype),
-        best_step=jnp.full(shape, -1, jnp.int32),
-        wait=jnp.zeros(shape, jnp.int32),
-        last_value=jnp.full(shape, jnp.nan, dtype),
-        fresh=jnp.array(False),
-    )
-
-  init_jit = jax.jit(init_carry)
-  keys = jnp.stack([run_keys(key, s)[0] for s in seed_list])
-  data_keys = jnp.stack([run_keys(key, s)[1] for s in seed_list])
-  data_keys = jax.device_put(data_keys, repl)
-
-  # Results buffers (host).
-  n_s = len(seed_list)
-  out_dtype = np.dtype(jnp.result_type(float))  # float32, or float64 under jax_enable_x64
-  batch_loss = np.full((n_s, n_cfg, steps), np.nan, out_dtype)
-  metrics = {m: np.full((n_s, n_cfg, n_chunks), np.nan, out_dtype) for m in metric_shapes}
-  diverged_at = np.full((n_s, n_cfg), -1, np.int64)
-  stopped_at = np.full((n_s, n_cfg), -1, np.int64)
-  final_params = []
-
-  ckpt = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else None
-  fp = _fingerprint({
-      "hp": {k: v.tolist() for k, v in hp_np.items()}, "seeds": seed_list, "steps": steps,
-      "batch_size": batch_size, "eval_every": eval_every, "task": getattr(task, "name", ""),
-      "group": group, "key": key if isinstance(key, int) else np.asarray(key).tolist(),
-      "objective": objective is not None, "plateau": plateau, "monitor": monitor,
-      "early_stopping": dataclasses.asdict(early_stopping) if early_stopping else None,
-  })
-  done_groups, resume_state, resume_chunk = 0, None, 0
-  if ckpt is not None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    meta_path = ckpt / "meta.json"
-    if meta_path.exists():
-      meta = json.loads(meta_path.read_text())
-      if meta.get("fingerprint") != fp:
-        raise ValueError(
-            f"sweep: checkpoint_dir={str(ckpt)!r} holds a different sweep (its settings differ);"
-            " use another folder or delete it"
-        )
-      with np.load(ckpt / "results.npz") as data:
-        batch_loss[...] = data["batch_loss"]
-        for m in metrics:
-          metrics[m][...] = data[f"metric:{m}"]
-        diverged_at[...] = data["diverged_at"]
-        stopped_at[...] = data["stopped_at"]
-      done_groups, resume_chunk = meta["group"], meta["chunk"]
-      if resume_chunk > 0:
-        resume_state = np.load(ckpt / "state.npz")
-
-  compile_s = 0.0
-  run_s = 0.0
-  bar = _Progress(n_groups * steps, progress, desc=f"sweep {n_cfg}x{n_s}")
-  bar.update(done_groups * steps + resume_chunk * eval_every)
-  stop_all = False
-  for g in range(done_groups, n_groups):
-    if stop_all:
-      break
-    lo, hi = g * group, min((g + 1) * group, n_cfg)
-    sel = np.concatenate([np.arange(lo, hi), np.full(group - (hi - lo), lo)])  # pad with a copy
-    hp_g = jax.device_put({k: jnp.asarray(v[sel]) for k, v in hp_np.items()}, hp_sharding)
-    carry = init_jit(hp_g, keys)
-    first_chunk = 0
-    if resume_state is not None and g == done_groups:
-      carry = _unflatten("s", carry, resume_state)
-      first_chunk = resume_chunk
-    carry = shard_carry(carry)
-    for c in range(first_chunk, n_chunks):
-      start = jnp.int32(c * eval_every)
-      t0 = time.perf_counter()
-      if compile_s == 0.0:
-        lowered = chunk_jit.lower(carry, hp_g, data_keys, start)
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-      carry, losses, mets = compiled(carry, hp_g, data_keys, start)
-      losses = np.asarray(losses)
-      mets = {k: np.asarray(v) for k, v in mets.items()}
-      run_s += time.perf_counter() - t0
-      n_real = hi - lo
-      batch_loss[:, lo:hi, c * eval_every:(c + 1) * eval_every] = losses[:, :n_real]
-      for k, v in mets.items():
-        metrics[k][:, lo:hi, c] = v[:, :n_real]
-      diverged_at[:, lo:hi] = np.asarray(carry.diverged_at)[:, :n_real]
-      for k in metrics:  # a diverged run has no metrics from its divergence on
-        gone = diverged_at[:, lo:hi] >= 0
-        metrics[k][:, lo:hi, c][gone] = np.nan
-      stopped_at[:, lo:hi] = np.asarray(carry.stopped_at)[:, :n_real]
-      alive = np.asarray(carry.alive)[:, :n_real]
-      bar.update(eval_every, diverged=int((diverged_at >= 0).sum()))
-      if ckpt is not None:
-        last = c + 1 == n_chunks
-        if not last:
-          _save_npz(ckpt / "state.npz", _flatten("s", carry))
-        _save_npz(ckpt / "results.npz", {
-            "batch_loss": batch_loss, "diverged_at": diverged_at, "stopped_at": stopped_at,
-            **{f"metric:{m}": v for m, v in metrics.items()},
-        })
-        nxt_g, nxt_c = (g + 1, 0) if last else (g, c + 1)
-        (ckpt / "meta.json").write_text(json.dumps({"fingerprint": fp, "group": nxt_g, "chunk": nxt_c}))
-      if callback is not None and callback({
-          "group": g, "chunk": c, "step": (c + 1) * eval_every, "configs": (lo, hi),
-          "metrics": {k: v[:, lo:hi, c] for k, v in metrics.items()},
-          "diverged_at": diverged_at[:, lo:hi], "stopped_at": stopped_at[:, lo:hi],
-      }) is True:
-        stop_all = True
-        break
-      if not alive.any() and c + 1 < n_chunks:
-        # Every config diverged or stopped: the rest of this group would only repeat them.
-        for k in metrics:
-          metrics[k][:, lo:hi, c + 1:] = metrics[k][:, lo:hi, c:c + 1]
-        break
-    if keep_params:
-      final_params.append(jax.tree.map(lambda x: np.asarray(x)[:, : hi - lo], carry.params))
-  bar.close()
-
-  params_out = None
-  if keep_params and final_params:
-    params_out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *final_params)
-  eval_steps = (np.arange(n_chunks) + 1) * eval_every
+  out = _driver.run(plan)
+  metrics = dict(out.metrics)
+  if out.update_ratio is not None:
+    metrics["train/update_ratio"] = out.update_ratio
+  diverged = out.reason == _rules.reason_code("diverged")
   return SweepResult(
       space=space,
-      seeds=np.asarray(seed_list),
-      batch_loss=batch_loss,
+      seeds=np.asarray(seeds_l),
+      batch_loss=out.loss,
       metrics=metrics,
-      eval_steps=eval_steps,
-      diverged_at=diverged_at,
-      stopped_at=stopped_at,
-      params=params_out,
+      eval_steps=out.eval_steps,
+      diverged_at=np.where(diverged, out.stopped_at, -1),
+      stopped_at=out.stopped_at,
+      stop_reason=np.asarray(_rules.STOP_REASONS)[out.reason],
+      params=out.params,
       info={
-          "task": getattr(task, "name", ""),
-          "steps": steps,
-          "batch_size": batch_size,
-          "eval_every": eval_every,
-          "group_size": group,
-          "groups": n_groups,
-          "devices": n_dev,
-          "compile_s": compile_s,
-          "run_s": run_s,
-          "total_s": time.perf_counter() - t_start,
+          "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
+          "sync_every": sync_every, "log_every": log_every,
+          **out.info,
+          **({"steering": out.steering, "hparams_final": {k: v.tolist() for k, v in out.hparams.items()}}
+             if out.steering else {}),
       },
   )

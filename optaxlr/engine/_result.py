@@ -25,10 +25,19 @@ class SweepResult:
     metrics: ``"split/name" -> (S, C, E)`` evaluations at ``eval_steps``; NaN from a run's
       divergence on.
     eval_steps: the step after which each evaluation was taken, ``(E,)``.
-    diverged_at: the step at which a run's loss or parameters turned non-finite, -1 if never.
-    stopped_at: the step at which early stopping froze a run, -1 if never.
+    diverged_at: the step at which a run's loss or parameters turned non-finite, -1 if never
+      (``stopped_at`` of the runs whose ``stop_reason`` is ``"diverged"``).
+    stopped_at: the number of updates a run had received when it stopped, for any reason
+      (divergence, early stopping, a plateau that can reduce no further, the host), -1 if it
+      ran every step.
     params: the final parameters (leaves ``(S, C, ...)``) when the sweep kept them.
     info: settings and timings (``compile_s``, ``run_s``...).
+    stop_reason: ``(S, C)`` why each run ended, one of
+      :data:`optaxlr.engine.STOP_REASONS`: ``"completed"``, ``"diverged"``,
+      ``"early_stopping"``, ``"range_test"``, ``"plateau_done"``, ``"host"``, ``"not_run"``.
+
+  ``batch_loss`` holds one value per step, or with ``sweep(log_every=k)`` the mean over each
+  window of ``k`` steps (``info["log_every"]``).
   """
 
   space: Any
@@ -40,6 +49,14 @@ class SweepResult:
   stopped_at: np.ndarray
   params: Any = None
   info: dict = dataclasses.field(default_factory=dict)
+  stop_reason: Any = None
+
+  def __post_init__(self):
+    if self.stop_reason is None:  # results of old files: what the two step arrays say
+      d = np.asarray(self.diverged_at)
+      st = np.asarray(self.stopped_at)
+      self.stop_reason = np.where(d >= 0, "diverged", np.where(st >= 0, "stopped", "completed"))
+    self.stop_reason = np.asarray(self.stop_reason).astype(str)
 
   # -- shape -------------------------------------------------------------------------------
 
@@ -130,6 +147,7 @@ class SweepResult:
         row.update({m: float(v[s_i, c]) for m, v in summaries.items()})
         row["diverged_at"] = int(self.diverged_at[s_i, c])
         row["stopped_at"] = int(self.stopped_at[s_i, c])
+        row["stop_reason"] = str(self.stop_reason[s_i, c])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -151,10 +169,11 @@ class SweepResult:
     data_vars["batch_loss"] = unfold(self.batch_loss, ("step",))
     data_vars["diverged_at"] = unfold(self.diverged_at, ())
     data_vars["stopped_at"] = unfold(self.stopped_at, ())
+    data_vars["stop_reason"] = unfold(self.stop_reason, ())
     coords = {
         "seed": self.seeds,
         "eval_step": self.eval_steps,
-        "step": np.arange(self.batch_loss.shape[-1]),
+        "step": np.arange(self.batch_loss.shape[-1]) * int(self.info.get("log_every", 1)),
     }
     for name, (dim, values) in self.space.coords.items():
       coords[name] = (dim, np.asarray(values)) if dim != () else np.asarray(values)
@@ -183,6 +202,7 @@ class SweepResult:
         "eval_steps": self.eval_steps,
         "diverged_at": self.diverged_at,
         "stopped_at": self.stopped_at,
+        "stop_reason": np.asarray(self.stop_reason).astype("U16"),
         "header": np.frombuffer(json.dumps(header, default=str).encode(), np.uint8),
     }
     for i, axis in enumerate(self.space.axes):
@@ -203,32 +223,154 @@ class SweepResult:
     return heatmap(self, x, y, metric, **kwargs)
 
 
+_FORMAT = "optaxlr.SweepResult/1"
+
+
+def _bad_file(path: pathlib.Path, what: str) -> ValueError:
+  return ValueError(f"load: {str(path)!r} {what}")
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every array of the ``.npz`` file at ``path``, read and checked (zip CRCs included).
+
+  Any failure to decode the bytes is reported as a ``ValueError`` naming the file and saying
+  what is wrong; the low-level exception (``BadZipFile``, ``zlib.error``...) is chained.
+  """
+  import io
+  import zipfile
+
+  if path.is_dir():
+    raise _bad_file(path, "is a directory, not a saved sweep result (.npz file)")
+  if not path.exists():
+    raise FileNotFoundError(f"load: no such file {str(path)!r}")
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if not magic:
+    raise _bad_file(path, "is empty (0 bytes), not a saved sweep result")
+  if magic != b"PK\x03\x04":
+    kind = "a single .npy array" if magic == b"\x93NUM" else "not a .npz file (no zip signature)"
+    raise _bad_file(path, f"is {kind}, not a saved sweep result")
+  try:
+    zf = zipfile.ZipFile(path)
+  except Exception as e:  # noqa: BLE001 -- any failure to parse untrusted bytes
+    raise _bad_file(path, "is truncated or damaged: its zip directory cannot be read") from e
+  arrays = {}
+  with zf:
+    for info in zf.infolist():
+      key = info.filename.removesuffix(".npy")
+      try:
+        raw = zf.read(info)
+      except Exception as e:  # noqa: BLE001 -- bad CRC, bad compressed data, bad local header
+        raise _bad_file(
+            path, f"is truncated or damaged: its array {key[:40]!a} cannot be read back intact"
+        ) from e
+      try:
+        arrays[key] = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+      except Exception as e:  # noqa: BLE001 -- bad .npy header, object data, short data
+        raise _bad_file(path, f"is damaged: its member {info.filename[:40]!a} is not a numeric array") from e
+  return arrays
+
+
+def _read_header(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The JSON header of a saved result, its structure checked."""
+  if "header" not in arrays:
+    raise _bad_file(path, f"is a .npz file but not an optaxlr sweep result (no header; it holds"
+                          f" {sorted(arrays)[:6]})")
+  raw = arrays["header"]
+  try:
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+      raise TypeError(f"header array of dtype {raw.dtype}, shape {raw.shape}")
+    header = json.loads(raw.tobytes().decode("utf-8"))
+  except (TypeError, ValueError) as e:  # json.JSONDecodeError, UnicodeDecodeError are ValueErrors
+    raise _bad_file(path, "is damaged: its header is not valid JSON text") from e
+  if not isinstance(header, dict):
+    raise _bad_file(path, f"is damaged: its header is a JSON {type(header).__name__}, not an object")
+  if header.get("format") != _FORMAT:
+    raise _bad_file(path, f"has format {header.get('format')!r}; this version of optaxlr reads"
+                          f" {_FORMAT!r}")
+
+  def is_str_list(v):
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+  axes = header.get("axes")
+  if not (isinstance(axes, list) and axes and all(
+      isinstance(a, dict) and isinstance(a.get("dim"), str) and is_str_list(a.get("names"))
+      and a["names"] for a in axes)):
+    raise _bad_file(path, "is damaged: its header's 'axes' is not a non-empty list of"
+                          " {'dim': str, 'names': [str, ...]}")
+  if not is_str_list(header.get("metrics")):
+    raise _bad_file(path, "is damaged: its header's 'metrics' is not a list of names")
+  if not isinstance(header.get("fixed") or {}, dict) or not isinstance(header.get("info", {}), dict):
+    raise _bad_file(path, "is damaged: its header's 'fixed' or 'info' is not a JSON object")
+  return header
+
+
 def load(path: str | os.PathLike) -> SweepResult:
   """Reads a :class:`SweepResult` written by :meth:`SweepResult.save`.
 
-  Raises:
-    ValueError: the file is not a saved sweep result.
-  """
-  path = pathlib.Path(path)
-  with np.load(path, allow_pickle=False) as data:
-    if "header" not in data:
-      raise ValueError(f"load: {str(path)!r} is not an optaxlr sweep result (no header)")
-    header = json.loads(bytes(data["header"]).decode())
-    if header.get("format") != "optaxlr.SweepResult/1":
-      raise ValueError(f"load: {str(path)!r} has unknown format {header.get('format')!r}")
-    from optaxlr import search
+  The whole file is read and checked: zip checksums, the header, and that every array has the
+  shape its header implies (``seeds (S,)``, ``diverged_at (S, C)``, ``batch_loss (S, C, T)``,
+  ``metric (S, C, E)`` with ``E = len(eval_steps)``, ``C`` the product of the axis lengths).
 
-    axes = [
-        search.Axis(a["dim"], tuple(a["names"]), {k: data[f"axis{i}:{k}"] for k in a["names"]})
-        for i, a in enumerate(header["axes"])
-    ]
-    return SweepResult(
-        space=search.Space(axes, header.get("fixed") or {}),
-        seeds=data["seeds"],
-        batch_loss=data["batch_loss"],
-        metrics={k: data[f"metric:{k}"] for k in header["metrics"]},
-        eval_steps=data["eval_steps"],
-        diverged_at=data["diverged_at"],
-        stopped_at=data["stopped_at"],
-        info=header.get("info", {}),
-    )
+  Raises:
+    FileNotFoundError: there is no file at ``path`` (other ``OSError``: it cannot be opened).
+    ValueError: the file is not a saved sweep result, or is truncated, damaged or
+      inconsistent; the message names the file and says what is wrong.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import optaxlr
+    >>> bad = os.path.join(tempfile.mkdtemp(), "r.npz")
+    >>> with open(bad, "wb") as f:
+    ...   _ = f.write(b"PK\x03\x04 and then nothing")
+    >>> optaxlr.load(bad)
+    Traceback (most recent call last):
+    ...
+    ValueError: load: '...r.npz' is truncated or damaged: its zip directory cannot be read
+  """
+  from optaxlr import search
+
+  path = pathlib.Path(path)
+  arrays = _read_npz(path)
+  header = _read_header(path, arrays)
+
+  def need(key: str, ndim: int, kinds: str) -> np.ndarray:
+    if key not in arrays:
+      raise _bad_file(path, f"is incomplete: its array {key!r} is missing")
+    a = arrays[key]
+    if a.ndim != ndim or a.dtype.kind not in kinds:
+      raise _bad_file(path, f"is inconsistent: {key!r} is a {a.ndim}-D {a.dtype} array,"
+                            f" expected {ndim}-D of kind {kinds!r}")
+    return a
+
+  def shaped(key: str, a: np.ndarray, expected: tuple[int, ...], meaning: str) -> np.ndarray:
+    if a.shape != expected:
+      raise _bad_file(path, f"is inconsistent: {key!r} has shape {a.shape}, expected {expected}"
+                            f" ({meaning})")
+    return a
+
+  axes = []
+  for i, a in enumerate(header["axes"]):
+    values = {k: need(f"axis{i}:{k}", 1, "biuf") for k in a["names"]}
+    axes.append(search.Axis(a["dim"], tuple(a["names"]), values))
+  try:
+    space = search.Space(axes, header.get("fixed") or {})
+  except (TypeError, ValueError) as e:
+    raise _bad_file(path, f"is inconsistent: its axes do not form a search space ({e})") from e
+  seeds = need("seeds", 1, "iu")
+  n_s, n_c = len(seeds), len(space)
+  eval_steps = need("eval_steps", 1, "iu")
+  batch_loss = need("batch_loss", 3, "f")
+  sc = "seeds x configs"
+  return SweepResult(
+      space=space,
+      seeds=seeds,
+      batch_loss=shaped("batch_loss", batch_loss, (n_s, n_c, batch_loss.shape[-1]), sc + " x steps"),
+      metrics={m: shaped(f"metric:{m}", need(f"metric:{m}", 3, "f"), (n_s, n_c, len(eval_steps)),
+                         sc + " x evaluations")
+               for m in header["metrics"]},
+      eval_steps=eval_steps,
+      diverged_at=shaped("diverged_at", need("diverged_at", 2, "iu"), (n_s, n_c), sc),
+      stopped_at=shaped("stopped_at", need("stopped_at", 2, "iu"), (n_s, n_c), sc),
+      info=header.get("info", {}),
+  )

@@ -1,0 +1,588 @@
+"""The host loop around the one program: groups, chunks, checkpoints, progress and steering.
+
+Every driver (``sweep``, ``lr_find``, ``lr_find_grid``) validates its own arguments, then
+describes the run as a :class:`Plan` and calls :func:`run`. The loop:
+
+1. sizes groups of configs from what the compiled program needs (``memory_analysis`` of the
+   compiled chunk: arguments, outputs and temporaries, activations and evaluation included)
+   against the device's memory;
+2. runs the chunks of each group, always the same compiled executable (cached across calls);
+3. after each chunk, records the numbers, hands a :class:`ChunkEvent` to the callback, applies
+   the :class:`Control` it returns (stop runs, set a slot's hyperparameters, copy a slot's
+   state into another) and commits the checkpoint (one atomic commit);
+4. with several processes (``jax.distributed``) the config axis is sharded over the global
+   mesh; every process gets the full result and process 0 writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optaxlr.engine import _core
+from optaxlr.engine import _rules
+from optaxlr.engine._checkpoint import CheckpointStore
+from optaxlr.engine._data import key_data, run_keys
+
+PyTree = Any
+
+__all__ = ["Plan", "Output", "ChunkEvent", "Control", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkEvent:
+  """What the host loop tells a callback after each chunk (for the configs of one group).
+
+  Indices in ``configs`` are global config indices; arrays have axes ``(seed, config)`` over
+  ``configs``. Dict-style access (``event["step"]``) works as well.
+
+  Attributes:
+    group: the group of configs being trained.
+    chunk: the chunk just finished within the group.
+    step: updates received so far by a run that never stopped.
+    configs: the global indices of the group's configs, ``range(lo, hi)``.
+    hparams: name -> ``(n,)`` the hyperparameters each slot trains with now (after steering).
+    metrics: name -> ``(S, n)`` at the latest evaluation (NaN for diverged runs).
+    history: name -> ``(S, n, E)`` every evaluation so far; ``eval_steps`` their steps.
+    eval_steps: ``(E,)``.
+    alive: ``(S, n)`` bool; ``stopped_at``, ``diverged_at``: ``(S, n)`` (-1: not stopped);
+    stop_reason: ``(S, n)`` strings from :data:`optaxlr.engine.STOP_REASONS`.
+  """
+
+  group: int
+  chunk: int
+  step: int
+  configs: range
+  hparams: dict
+  metrics: dict
+  history: dict
+  eval_steps: np.ndarray
+  alive: np.ndarray
+  stopped_at: np.ndarray
+  diverged_at: np.ndarray
+  stop_reason: np.ndarray
+
+  def __getitem__(self, name: str) -> Any:
+    if name == "configs":
+      return (self.configs.start, self.configs.stop)
+    return getattr(self, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+  """What a callback may return to steer the sweep between chunks, without recompiling.
+
+  Applied in this order: ``copy``, then ``set_hparams``, then ``stop``, then ``stop_sweep``.
+  Config indices are global and must lie in the event's group.
+
+  Attributes:
+    stop: configs to stop now (every seed), reason ``"host"``.
+    set_hparams: ``{config: {name: value}}``: the slot trains with these values from now on.
+    copy: ``{dst: src}``: slot ``dst`` takes ``src``'s parameters, optimizer state, rule
+      states and status (every seed), e.g. population-based training's exploit step.
+    stop_sweep: end the whole sweep after this chunk (what was not run stays NaN).
+  """
+
+  stop: Sequence[int] = ()
+  set_hparams: Mapping[int, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  copy: Mapping[int, int] = dataclasses.field(default_factory=dict)
+  stop_sweep: bool = False
+
+
+@dataclasses.dataclass
+class Plan:
+  """Everything :func:`run` needs; drivers fill it after validating their arguments."""
+
+  fn: str
+  task: Any
+  optimizer: Callable
+  objective: Callable | None
+  hparams: dict[str, np.ndarray]  # (C,) per name
+  ramp: dict[str, np.ndarray]  # (T,) per name: per-step values shared by every config
+  seeds: list[int]
+  key: jax.Array
+  steps: int
+  batch_size: int
+  eval_every: int
+  sync_every: int  # a multiple of eval_every
+  log_every: int
+  eval_splits: tuple[str, ...]
+  monitor: str | None
+  plateau: bool
+  step_rules: tuple
+  eval_rules: tuple
+  update_ratio: bool
+  devices: list
+  max_group_size: int | None
+  checkpoint_dir: Any = None
+  fingerprint: dict = dataclasses.field(default_factory=dict)
+  progress: bool = False
+  callback: Callable | None = None
+  keep_params: bool = False
+  end_when_all_stopped: bool = True
+
+
+@dataclasses.dataclass
+class Output:
+  loss: np.ndarray  # (S, C, ceil(steps / log_every))
+  metrics: dict  # (S, C, E)
+  step_records: dict  # (S, C, steps)
+  eval_records: dict  # (S, C, E)
+  update_ratio: np.ndarray | None  # (S, C, E)
+  stopped_at: np.ndarray  # (S, C) int64
+  reason: np.ndarray  # (S, C) int64 codes
+  eval_steps: np.ndarray  # (E,)
+  hparams: dict  # (C,) the values each config trained with at the end (after steering)
+  params: Any
+  steering: list
+  info: dict
+
+
+def device_memory_bytes(device) -> int | None:
+  """The memory the program may use on ``device``: its limit, or the host's RAM on a CPU."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001 -- backends without memory stats
+    stats = None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  try:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):  # pragma: no cover
+    return None
+
+
+def program_bytes(exe) -> int | None:
+  """Peak bytes of a compiled executable per device: arguments + outputs + temporaries."""
+  try:
+    m = exe.memory_analysis()
+  except Exception:  # noqa: BLE001 -- not every backend reports it
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+class _Progress:
+  def __init__(self, total: int, enabled: bool, desc: str):
+    self._bar = None
+    if enabled:
+      from tqdm.auto import tqdm
+
+      self._bar = tqdm(total=total, desc=desc, unit="step", leave=True)
+
+  def update(self, n: int, **post):
+    if self._bar is not None:
+      self._bar.update(n)
+      if post:
+        self._bar.set_postfix(post, refresh=False)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _flatten(prefix: str, tree) -> dict[str, np.ndarray]:
+  return {f"{prefix}{i}": _core.to_host(x) for i, x in enumerate(jax.tree.leaves(tree))}
+
+
+def _leaves_from(prefix: str, data: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+  return [data[f"{prefix}{i}"] for i in range(n)]
+
+
+def run(plan: Plan) -> Output:
+  t_start = time.perf_counter()
+  task = plan.task
+  fdtype = np.dtype(jnp.result_type(float))
+  n_cfg = len(next(iter(plan.hparams.values()))) if plan.hparams else 1
+  n_s = len(plan.seeds)
+  devices = plan.devices
+  n_dev = len(devices)
+  multi = jax.process_count() > 1
+  key_impl = None
+  if jnp.issubdtype(plan.key.dtype, jax.dtypes.prng_key):
+    key_impl = str(jax.random.key_impl(plan.key))
+  keys = [run_keys(plan.key, s) for s in plan.seeds]
+  raw = (lambda k: k) if key_impl is None else jax.random.key_data
+  init_keys = np.stack([np.asarray(raw(k[0])) for k in keys])
+  data_keys = np.stack([np.asarray(raw(k[1])) for k in keys])
+
+  spec = _core.Spec(
+      batch_size=plan.batch_size, eval_every=plan.eval_every,
+      blocks=plan.sync_every // plan.eval_every, log_every=plan.log_every,
+      eval_splits=plan.eval_splits, monitor=plan.monitor, plateau=plan.plateau,
+      step_rules=tuple(plan.step_rules), eval_rules=tuple(plan.eval_rules),
+      update_ratio=plan.update_ratio, key_impl=key_impl,
+  )
+  rules = spec.step_rules + spec.eval_rules
+  rule_args = tuple(
+      jax.tree.map(lambda v: np.asarray(np.minimum(np.float64(v), np.finfo(fdtype).max), fdtype), r.args())
+      for r in rules
+  )
+  donate = devices[0].platform != "cpu"
+  prog = _core.get_program(task, plan.optimizer, plan.objective, spec, donate=donate)
+
+  mesh = jax.sharding.Mesh(np.array(devices), ("config",))
+  P = jax.sharding.PartitionSpec
+  run_sh = jax.sharding.NamedSharding(mesh, P(None, "config"))
+  cfg_sh = jax.sharding.NamedSharding(mesh, P("config"))
+  repl = jax.sharding.NamedSharding(mesh, P())
+
+  train = {k: _core.put(np.asarray(v), repl) for k, v in task.train.items()}
+  evals = {s: {k: _core.put(np.asarray(v), repl) for k, v in task.eval[s].items()}
+           for s in plan.eval_splits}
+  ramp = {k: _core.put(np.asarray(v, fdtype), repl) for k, v in plan.ramp.items()}
+  data_keys_d = _core.put(data_keys, repl)
+  init_keys_d = _core.put(init_keys, repl)
+  rule_args_d = jax.tree.map(lambda a: _core.put(a, repl), rule_args)
+
+  def put_hp(hp_np: Mapping[str, np.ndarray]):
+    return {k: _core.put(v, cfg_sh) for k, v in hp_np.items()}
+
+  def place_carry(carry_np):
+    return jax.tree.map(lambda x: _core.put(x, run_sh if np.ndim(x) >= 2 else repl), carry_np)
+
+  # Groups: start with every config (a multiple of the device count), shrink to what the
+  # compiled program says fits in half of the device memory.
+  group = n_cfg if plan.max_group_size is None else min(n_cfg, plan.max_group_size)
+  group = max(n_dev, math.ceil(group / n_dev) * n_dev)
+  steps, chunk_steps = plan.steps, spec.chunk_steps
+  n_chunks = math.ceil(steps / chunk_steps)
+  n_evals = math.ceil(steps / plan.eval_every)
+  eval_steps = np.minimum((np.arange(n_evals) + 1) * plan.eval_every, steps)
+  n_log = math.ceil(steps / plan.log_every)
+  mem = device_memory_bytes(devices[0])
+  compile_s = 0.0
+
+  def pad_sel(lo, hi, g):
+    return np.concatenate([np.arange(lo, hi), np.full(g - (hi - lo), lo)]).astype(np.int64)
+
+  def example_args(g):
+    hp_g = put_hp({k: v[pad_sel(0, min(g, n_cfg), g)] for k, v in plan.hparams.items()})
+    carry_shape = jax.eval_shape(prog.init, hp_g, ramp, init_keys_d, jnp.arange(g), rule_args_d)
+    carry = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=run_sh if len(s.shape) >= 2 else repl),
+        carry_shape)
+    return hp_g, carry
+
+  def compile_for(g):
+    hp_g, carry = example_args(g)
+    return prog.compiled_chunk(carry, hp_g, ramp, data_keys_d, jnp.int32(0), jnp.int32(steps),
+                               train, evals, rule_args_d)
+
+  exe, dt = compile_for(group)
+  compile_s += dt
+  need = program_bytes(exe)
+  per_dev_budget = None if mem is None else mem // 2
+  fixed = sum(np.asarray(v).nbytes for v in task.train.values()) + sum(
+      np.asarray(v).nbytes for s in plan.eval_splits for v in task.eval[s].values())
+  tries = 0
+  while need is not None and per_dev_budget is not None and need > per_dev_budget:
+    # A part that does not depend on the configs (the data) and one that grows with the
+    # configs per device; memory is not exactly linear in the group, so check the new
+    # program and shrink again if it still does not fit.
+    per_dev = max(1, group // n_dev)
+    per_cfg = max(1, (need - fixed) // per_dev)
+    fit = min(per_dev - 1, (per_dev_budget - fixed) // per_cfg)
+    if fit < 1 or tries >= 6:
+      raise ValueError(
+          f"{plan.fn}: one config needs about {per_cfg / 2**20:.1f} MiB per device for {n_s} seeds"
+          f" (the compiled program's parameters, optimizer state, activations and evaluation; data"
+          f" {fixed / 2**20:.1f} MiB), more than half of the device memory ({mem / 2**20:.0f} MiB);"
+          " use fewer seeds, a smaller batch or a smaller model"
+      )
+    group = int(fit) * n_dev
+    exe, dt = compile_for(group)
+    compile_s += dt
+    need = program_bytes(exe)
+    tries += 1
+  n_groups = math.ceil(n_cfg / group)
+
+  # Host buffers.
+  loss = np.full((n_s, n_cfg, n_log), np.nan, fdtype)
+  metrics: dict[str, np.ndarray] = {}
+  step_records: dict[str, np.ndarray] = {}
+  eval_records: dict[str, np.ndarray] = {}
+  ratio = np.full((n_s, n_cfg, n_evals), np.nan, fdtype) if plan.update_ratio else None
+  stopped_at = np.full((n_s, n_cfg), -1, np.int64)
+  reason = np.zeros((n_s, n_cfg), np.int64)
+  hp_now = {k: np.array(v, copy=True) for k, v in plan.hparams.items()}
+  steering: list[dict] = []
+  final_params: dict[int, Any] = {}
+  params_treedef = None
+
+  def buf(store, name, tail):
+    if name not in store:
+      store[name] = np.full((n_s, n_cfg, tail), np.nan, fdtype)
+    return store[name]
+
+  def record(g, c, lo, hi, arrays):
+    """Places one chunk's numbers (from the program or a checkpoint) in the host buffers."""
+    n = hi - lo
+    s0, e0, w0 = c * chunk_steps, c * spec.blocks, c * chunk_steps // plan.log_every
+    s1, e1, w1 = min(s0 + chunk_steps, steps), min(e0 + spec.blocks, n_evals), min(
+        w0 + chunk_steps // plan.log_every, n_log)
+    loss[:, lo:hi, w0:w1] = arrays["loss"][:, :n, : w1 - w0]
+    for k, v in arrays.items():
+      if k.startswith("metric:"):
+        buf(metrics, k[7:], n_evals)[:, lo:hi, e0:e1] = v[:, :n, : e1 - e0]
+      elif k.startswith("erec:"):
+        buf(eval_records, k[5:], n_evals)[:, lo:hi, e0:e1] = v[:, :n, : e1 - e0]
+      elif k.startswith("srec:"):
+        buf(step_records, k[5:], steps)[:, lo:hi, s0:s1] = v[:, :n, : s1 - s0]
+    if ratio is not None:
+      ratio[:, lo:hi, e0:e1] = arrays["ratio"][:, :n, : e1 - e0]
+    stopped_at[:, lo:hi] = arrays["stopped_at"][:, :n]
+    reason[:, lo:hi] = arrays["reason"][:, :n]
+    for k in hp_now:
+      hp_now[k][lo:hi] = arrays[f"hp:{k}"][:n]
+
+  ckpt = None
+  start_group, start_chunk, resume_state = 0, 0, None
+  if plan.checkpoint_dir is not None:
+    ckpt = CheckpointStore(plan.checkpoint_dir, {**plan.fingerprint, "group_size": group},
+                           writer=jax.process_index() == 0)
+    ckpt.open()
+    for entry in sorted(ckpt.chunks, key=lambda e: (e["group"], e["chunk"])):
+      g, c = entry["group"], entry["chunk"]
+      arrays = ckpt.read(entry)
+      lo, hi = g * group, min((g + 1) * group, n_cfg)
+      record(g, c, lo, hi, arrays)
+      steering.extend(_decode_steering(arrays))
+      if "param:count" in arrays:
+        final_params[g] = [arrays[f"param:{i}"] for i in range(int(arrays["param:count"]))]
+    start_group, start_chunk = ckpt.position
+    if ckpt.state is not None:
+      resume_state = ckpt.read(ckpt.state)
+
+  bar = _Progress(n_groups * steps, plan.progress and jax.process_index() == 0,
+                  desc=f"{plan.fn} {n_cfg}x{n_s}")
+  bar.update(min(start_group * steps + start_chunk * chunk_steps, n_groups * steps))
+  run_s, steps_run, stop_all = 0.0, 0, False
+  if ckpt is not None and ckpt.finished:
+    stop_all = True
+  for g in range(start_group, n_groups):
+    if stop_all:
+      break
+    lo, hi = g * group, min((g + 1) * group, n_cfg)
+    n = hi - lo
+    sel = pad_sel(lo, hi, group)
+    hp_g_np = {k: v[sel] for k, v in hp_now.items()}
+    t0 = time.perf_counter()
+    carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(group), rule_args_d)
+    first = 0
+    if resume_state is not None and g == start_group:
+      leaves = _leaves_from("s", resume_state, len(jax.tree.leaves(carry)))
+      for a, b in zip(leaves, jax.tree.leaves(carry)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+          raise ValueError(f"{plan.fn}: checkpoint_dir={str(plan.checkpoint_dir)!r}: its state"
+                           f" does not fit this sweep ({a.shape} {a.dtype} vs {b.shape} {b.dtype})")
+      carry = jax.tree.unflatten(jax.tree.structure(carry), leaves)
+      hp_g_np = {k: resume_state[f"hp:{k}"] for k in hp_now}
+      first = start_chunk
+    carry = place_carry(jax.tree.map(_core.to_host, carry))
+    hp_g = put_hp(hp_g_np)
+    run_s += time.perf_counter() - t0
+    for c in range(first, n_chunks):
+      start = c * chunk_steps
+      t0 = time.perf_counter()
+      exe, dt = prog.compiled_chunk(carry, hp_g, ramp, data_keys_d, jnp.int32(start),
+                                    jnp.int32(steps), train, evals, rule_args_d)
+      compile_s += dt
+      t0 += dt
+      carry, out = exe(carry, hp_g, ramp, data_keys_d, jnp.int32(start), jnp.int32(steps),
+                       train, evals, rule_args_d)
+      arrays = {
+          "loss": _core.to_host(out.loss),
+          "stopped_at": _core.to_host(carry.stopped_at).astype(np.int64),
+          "reason": _core.to_host(carry.reason).astype(np.int64),
+          **{f"metric:{k}": _core.to_host(v) for k, v in out.metrics.items()},
+          **{f"srec:{k}": _core.to_host(v) for k, v in out.step_records.items()},
+          **{f"erec:{k}": _core.to_host(v) for k, v in out.eval_records.items()},
+      }
+      if ratio is not None:
+        arrays["ratio"] = _core.to_host(out.ratio)
+      run_s += time.perf_counter() - t0
+      done = min(start + chunk_steps, steps)
+      steps_run = max(steps_run, done)
+      alive = _core.to_host(carry.alive)
+      # Steering: the callback sees this chunk's numbers and may return a Control.
+      arrays.update({f"hp:{k}": v for k, v in hp_g_np.items()})
+      record(g, c, lo, hi, arrays)
+      _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, lo, hi)
+      ctrl = None
+      if plan.callback is not None:
+        event = ChunkEvent(
+            group=g, chunk=c, step=done, configs=range(lo, hi),
+            hparams={k: v[lo:hi].copy() for k, v in hp_now.items()},
+            metrics={k: v[:, lo:hi, min(c * spec.blocks + spec.blocks, n_evals) - 1].copy()
+                     for k, v in metrics.items()},
+            history={k: v[:, lo:hi, : min((c + 1) * spec.blocks, n_evals)].copy()
+                     for k, v in metrics.items()},
+            eval_steps=eval_steps[: min((c + 1) * spec.blocks, n_evals)],
+            alive=alive[:, :n].copy(), stopped_at=stopped_at[:, lo:hi].copy(),
+            diverged_at=np.where(reason[:, lo:hi] == 1, stopped_at[:, lo:hi], -1),
+            stop_reason=np.asarray(_rules.STOP_REASONS, dtype=object)[reason[:, lo:hi]],
+        )
+        ctrl = plan.callback(event)
+      last = c + 1 == n_chunks
+      if ctrl is not None and ctrl is not False:
+        if ctrl is True:
+          ctrl = Control(stop_sweep=True)
+        if not isinstance(ctrl, Control):
+          raise TypeError(f"{plan.fn}: callback must return None, True or an optaxlr.Control, got "
+                          f"{type(ctrl).__name__}")
+        carry, hp_g_np, log = _apply_control(plan.fn, prog, ctrl, carry, hp_g_np, lo, hi, group, done,
+                                             place_carry, sel)
+        if log:
+          log["group"], log["chunk"] = g, c
+          steering.append(log)
+          arrays["steering"] = np.frombuffer(repr([log]).encode(), np.uint8)
+          hp_g = put_hp(hp_g_np)
+          for k in hp_now:
+            hp_now[k][lo:hi] = hp_g_np[k][:n]
+            arrays[f"hp:{k}"] = hp_g_np[k]
+          stopped_at[:, lo:hi] = _core.to_host(carry.stopped_at)[:, :n]
+          reason[:, lo:hi] = _core.to_host(carry.reason)[:, :n]
+          arrays["stopped_at"] = _core.to_host(carry.stopped_at).astype(np.int64)
+          arrays["reason"] = _core.to_host(carry.reason).astype(np.int64)
+          alive = _core.to_host(carry.alive)
+        stop_all = ctrl.stop_sweep
+      all_stopped = plan.end_when_all_stopped and not alive[:, :n].any()
+      group_ends = last or all_stopped or stop_all
+      if group_ends and plan.keep_params:
+        leaves = [_core.to_host(x)[:, :n] for x in jax.tree.leaves(carry.params)]
+        params_treedef = jax.tree.structure(carry.params)
+        final_params[g] = leaves
+        arrays.update({f"param:{i}": x for i, x in enumerate(leaves)})
+        arrays["param:count"] = np.asarray(len(leaves))
+      if ckpt is not None:
+        state = None
+        if not group_ends:
+          state = {**_flatten("s", carry), **{f"hp:{k}": v for k, v in hp_g_np.items()}}
+        nxt = (g + 1, 0) if group_ends else (g, c + 1)
+        ckpt.commit(g, c, arrays, state, nxt, finished=stop_all or (group_ends and g + 1 == n_groups))
+      if multi:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"optaxlr chunk {g} {c}")
+      bar.update(done - start, stopped=int((reason > 0).sum()))
+      if group_ends:
+        if all_stopped and not last:
+          bar.update((n_chunks - c - 1) * chunk_steps)
+        break
+  bar.close()
+
+  # Runs that never ran (the sweep was stopped before their group) are "not_run".
+  never = np.isnan(loss).all(axis=-1) & (reason == 0) & (stopped_at < 0)
+  reason[never] = _rules.reason_code("not_run")
+  _fill_frozen(metrics, stopped_at, reason, eval_steps)
+  params = None
+  if plan.keep_params:
+    if len(final_params) < n_groups and not stop_all:
+      raise ValueError(f"{plan.fn}: keep_params=True but the checkpoint holds no parameters of"
+                       " some groups")
+    if final_params:
+      if params_treedef is None:
+        params_treedef = jax.tree.structure(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+      cat = [np.concatenate([final_params[g][i] for g in sorted(final_params)], axis=1)
+             for i in range(len(next(iter(final_params.values()))))]
+      params = jax.tree.unflatten(params_treedef, cat)
+  return Output(
+      loss=loss, metrics=metrics, step_records=step_records, eval_records=eval_records,
+      update_ratio=ratio, stopped_at=stopped_at, reason=reason, eval_steps=eval_steps,
+      hparams=hp_now, params=params, steering=steering,
+      info={
+          "steps": steps, "steps_run": steps_run, "group_size": group, "groups": n_groups,
+          "devices": n_dev, "processes": jax.process_count(), "compile_s": compile_s,
+          "run_s": run_s, "total_s": time.perf_counter() - t_start,
+          "program_bytes": need, "memory_bytes": mem,
+      },
+  )
+
+
+def _decode_steering(arrays) -> list:
+  if "steering" not in arrays:
+    return []
+  import ast
+
+  return ast.literal_eval(bytes(arrays["steering"]).decode())
+
+
+def _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, lo, hi):
+  """A diverged run has no evaluations after the step it diverged at."""
+  div = reason[:, lo:hi] == _rules.reason_code("diverged")
+  gone = div[..., None] & (eval_steps[None, None, :] > stopped_at[:, lo:hi, None])
+  for store in (metrics, eval_records):
+    for v in store.values():
+      v[:, lo:hi][gone] = np.nan
+  if ratio is not None:
+    ratio[:, lo:hi][gone] = np.nan
+
+
+def _fill_frozen(metrics, stopped_at, reason, eval_steps):
+  """A run stopped (not diverged) before the sweep's end was not evaluated again once its
+  group ended early: its later evaluations repeat its frozen state's (the last one)."""
+  frozen = (reason > 1) & (reason != _rules.reason_code("not_run"))
+  for v in metrics.values():
+    for s, c in zip(*np.nonzero(frozen)):
+      row = v[s, c]
+      ok = np.flatnonzero(np.isfinite(row))
+      if ok.size and ok[-1] + 1 < row.size:
+        row[ok[-1] + 1:] = row[ok[-1]]
+
+
+def _apply_control(fn, prog, ctrl: Control, carry, hp_g_np, lo, hi, group, step, place_carry, sel):
+  n = hi - lo
+
+  def slot(i, what):
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not lo <= i < hi:
+      raise ValueError(f"{fn}: Control.{what} names config {i!r}, outside the current group "
+                       f"[{lo}, {hi})")
+    return int(i) - lo
+
+  src = np.arange(group)
+  for dst, s in dict(ctrl.copy).items():
+    src[slot(dst, "copy")] = slot(s, "copy")
+  stop = np.zeros(group, bool)
+  stop_list = np.asarray(ctrl.stop)
+  if stop_list.dtype == bool:
+    if stop_list.shape != (n,):
+      raise ValueError(f"{fn}: Control.stop as a mask must have shape ({n},), got {stop_list.shape}")
+    stop[:n] = stop_list
+  else:
+    for i in stop_list.tolist():
+      stop[slot(i, "stop")] = True
+  hp = {k: v.copy() for k, v in hp_g_np.items()}
+  for dst, s in dict(ctrl.copy).items():
+    for k in hp:
+      hp[k][slot(dst, "copy")] = hp_g_np[k][slot(s, "copy")]
+  for i, values in dict(ctrl.set_hparams).items():
+    j = slot(i, "set_hparams")
+    for k, v in dict(values).items():
+      if k not in hp:
+        raise ValueError(f"{fn}: Control.set_hparams sets {k!r}, not a hyperparameter of the "
+                         f"space; allowed: {sorted(hp)}")
+      v = np.asarray(v, hp[k].dtype)
+      if not np.all(np.isfinite(v)) if np.issubdtype(v.dtype, np.floating) else False:
+        raise ValueError(f"{fn}: Control.set_hparams sets {k}={v!r} for config {i}: not finite")
+      hp[k][j] = v
+  changed = bool(ctrl.copy or ctrl.set_hparams or stop.any())
+  if not changed:
+    return carry, hp_g_np, None
+  carry = prog.steer(carry, jnp.asarray(src), jnp.asarray(stop), jnp.int32(step))
+  log = {"step": int(step), "copy": {int(k): int(v) for k, v in dict(ctrl.copy).items()},
+         "set_hparams": {int(k): {kk: float(vv) for kk, vv in dict(v).items()}
+                         for k, v in dict(ctrl.set_hparams).items()},
+         "stop": [int(lo + i) for i in np.flatnonzero(stop[:n])]}
+  del sel, place_carry
+  return carry, hp, log
