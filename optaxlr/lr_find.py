@@ -19,13 +19,10 @@ References:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import inspect
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +30,11 @@ import numpy as np
 import optax
 
 from optaxlr import _validate
-from optaxlr.engine._core import all_finite as _all_finite  # the core's check, shared
-from optaxlr.engine import SweepResult, batch_indices, run_keys, sweep
+from optaxlr.engine import _driver
+from optaxlr.engine import _engine
+from optaxlr.engine import _rules
+from optaxlr.engine import SweepResult, run_keys, sweep
+from optaxlr.engine._data import as_key
 
 __all__ = ["lr_find", "lr_find_grid", "LRFindResult", "LRGridResult", "range_test_lrs"]
 
@@ -85,60 +85,24 @@ def _range_lrs(fn: str, min_lr, max_lr, steps, mode) -> np.ndarray:
 
 
 def _check_int(fn: str, name: str, value: Any, low: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{fn}: {name} must be an int >= {low}, got {name}={value!r}")
-  if value < low:
-    raise ValueError(f"{fn}: {name} must be an int >= {low}, got {name}={value!r}")
+  _engine.check_int(fn, name, value, low)
 
 
-def _as_space(fn: str, space: Any):
+def _as_space(fn: str, space: Any, seeds: Any):
+  """The space of the other hyperparameters (``None``: one config) and the seed values."""
   from optaxlr import search
 
   if space is None:
-    return None
-  if isinstance(space, Mapping):
-    space = search.zip(**space)
-  if not isinstance(space, search.Space):
-    raise TypeError(f"{fn}: space must be an optaxlr.search.Space or a dict of 1-D arrays, "
-                    f"got {type(space).__name__}")
+    return None, _engine.seed_list(fn, 1 if seeds is None else seeds)
+  space, seed_values = _engine.split_seeds(fn, space, seeds)
   if "lr" in space.names:
     raise ValueError(f"{fn}: space must not hold 'lr' (the range test sets it), got "
                      f"space names {list(space.names)}")
-  if search.SEED in space.names:
-    raise ValueError(f"{fn}: pass seeds with seeds=, not as a 'seed' axis of the space")
-  return space
+  del search
+  return space, seed_values
 
 
-def _seed_list(fn: str, seeds: int | Sequence[int]) -> list[int]:
-  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-    if seeds < 1:
-      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of ints, got seeds={seeds!r}")
-    return list(range(int(seeds)))
-  out = [int(s) for s in seeds]
-  if not out or len(set(out)) != len(out):
-    raise ValueError(f"{fn}: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
-  return out
-
-
-def _is_factory(optimizer: Optimizer) -> bool:
-  """An optax-style factory takes the learning rate as its first argument."""
-  try:
-    params = list(inspect.signature(optimizer).parameters.values())
-  except (TypeError, ValueError):
-    return False
-  return bool(params) and params[0].name in _FACTORY_FIRST_ARGS
-
-
-def _builder(fn: str, optimizer: Optimizer) -> Callable[[Any, Mapping[str, Any]], Any]:
-  """``(lr, hparams) -> transform`` for either accepted form of ``optimizer``."""
-  if not callable(optimizer):
-    raise TypeError(f"{fn}: optimizer must be callable, got {type(optimizer).__name__}")
-  if _is_factory(optimizer):
-    return lambda lr, hp: optimizer(lr, **hp)
-  return lambda lr, hp: optimizer({**hp, "lr": lr})
-
-
-def _holds_injected_lr(state: PyTree) -> bool:
+def _holds_injected_lr(state: Any) -> bool:
   kinds = tuple(
       k for k in (getattr(optax, "InjectStatefulHyperparamsState", None),
                   getattr(optax, "InjectHyperparamsState", None)) if k is not None
@@ -146,9 +110,7 @@ def _holds_injected_lr(state: PyTree) -> bool:
   found = []
 
   def visit(x):
-    if isinstance(x, kinds) and any(
-        k in x.hyperparams for k in ("learning_rate", "lr")
-    ):
+    if isinstance(x, kinds) and any(k in x.hyperparams for k in ("learning_rate", "lr")):
       found.append(x)
     return x
 
@@ -156,173 +118,23 @@ def _holds_injected_lr(state: PyTree) -> bool:
   return bool(found)
 
 
-def _check_optimizer(fn: str, build, task, space, lr: float) -> None:
-  """Builds every config's transform on the host (eager validation), checks its state."""
-  configs = list(space) if space is not None else [{}]
-  for i, hp in enumerate(configs):
-    try:
-      tx = build(lr, hp)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"{fn}: config {i} {hp} is invalid: {e}") from e
-    if not hasattr(tx, "update"):
-      raise TypeError(f"{fn}: optimizer must return an optax.GradientTransformation, "
-                      f"got {type(tx).__name__}")
-  params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  state = jax.eval_shape(build(lr, configs[0]).init, params)
-  if _holds_injected_lr(state):
-    raise ValueError(
-        f"{fn}: the optimizer keeps its learning rate in an optax.inject_hyperparams state, "
-        "which ignores the rate passed at each step; pass the plain transform instead, "
-        "e.g. lambda h: optax.adam(h['lr'])"
-    )
-
-
-def _tree_where(cond: jax.Array, a: PyTree, b: PyTree) -> PyTree:
-  """``where(cond, a, b)`` leaf by leaf, ``cond`` aligned with the leaves' leading axes."""
-  def pick(x, y):
-    c = cond.reshape(cond.shape + (1,) * (x.ndim - cond.ndim))
-    return jnp.where(c, x, y)
-
-  return jax.tree.map(pick, a, b)
-
-
-# ----------------------------------------------------------------------------------------
-# The range-test program.
-
-
-class _State(NamedTuple):
-  params: PyTree  # leaves (S, C, ...)
-  opt_state: PyTree  # leaves (S, C, ...)
-  alive: jax.Array  # bool (S, C)
-  stopped_at: jax.Array  # int32 (S, C), -1 while running
-  nonfinite: jax.Array  # bool (S, C): stopped because a loss or a parameter was not finite
-  avg: jax.Array  # (S, C) the smoothed loss at the last recorded point
-  best: jax.Array  # (S, C) the lowest smoothed loss so far
-
-
-class _Program(NamedTuple):
-  init: Callable
-  chunk: Callable
-
-
-def _make_program(task, build, *, batch_size: int, block: int, blocks: int, val_split):
-  """Jitted ``init`` and ``chunk`` of the range test (see :func:`lr_find` for the rules)."""
-  n_train = task.n_train
-
-  def one_step(params, opt_state, hp, batch, lr):
-    loss, grads = jax.value_and_grad(task.loss)(params, batch)
-    updates, new_state = build(lr, hp).update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    ok = jnp.isfinite(loss) & _all_finite(new_params)
-    return loss, new_params, new_state, ok
-
-  # Inner vmap over configs (the minibatch is shared), outer over seeds (own minibatch).
-  cfg_step = jax.vmap(one_step, in_axes=(0, 0, 0, None, None))
-  seed_step = jax.vmap(cfg_step, in_axes=(0, 0, None, 0, None))
-
-  def val_loss(params, data):
-    return jax.vmap(jax.vmap(lambda p: task.metrics(p, data)["loss"]))(params)
-
-  def track(st: _State, active, value, first, t, smooth, diverge):
-    # pytorch-lr-finder's rule: the first point is kept as is; then
-    # s_t = smooth * loss_t + (1 - smooth) * s_{t-1} (smooth == 0: no smoothing);
-    # best = min(best, s_t); stop when s_t > diverge * best (or a value is not finite).
-    ema = smooth * value + (1 - smooth) * st.avg
-    s = jnp.where(first | (smooth == 0), value, ema)
-    best = jnp.where(first, s, jnp.minimum(st.best, s))
-    finite = jnp.isfinite(value) & jnp.isfinite(s)
-    stop = active & (~finite | (s > diverge * best))
-    nan = jnp.full_like(value, jnp.nan)
-    st = st._replace(
-        alive=st.alive & ~stop,
-        stopped_at=jnp.where(stop, t, st.stopped_at),
-        nonfinite=st.nonfinite | (stop & ~finite),
-        avg=jnp.where(active, s, st.avg),
-        best=jnp.where(active & finite, best, st.best),
-    )
-    return st, jnp.where(active, value, nan), jnp.where(active, s, nan), stop
-
-  def chunk(st: _State, hp, data_keys, lrs, n_steps, smooth, diverge, start, train, val):
-    def step_fn(st: _State, t):
-      idx = jax.vmap(lambda k: batch_indices(k, t, n_train, batch_size))(data_keys)
-      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), train)
-      lr = lrs[t]
-      active = st.alive & (t < n_steps)
-      loss, new_params, new_opt, ok = seed_step(st.params, st.opt_state, hp, batch, lr)
-      nan = jnp.full_like(loss, jnp.nan)
-      raw = sm = nan
-      if val_split is None:
-        st, raw, sm, stop = track(st, active, loss, t == 0, t, smooth, diverge)
-      else:
-        stop = active & ~ok
-        st = st._replace(alive=st.alive & ~stop, stopped_at=jnp.where(stop, t, st.stopped_at),
-                         nonfinite=st.nonfinite | stop)
-      bad_params = active & ~stop & ~ok  # finite loss, non-finite update
-      st = st._replace(alive=st.alive & ~bad_params,
-                       stopped_at=jnp.where(bad_params, t, st.stopped_at),
-                       nonfinite=st.nonfinite | bad_params)
-      keep = active & st.alive
-      st = st._replace(params=_tree_where(keep, new_params, st.params),
-                       opt_state=_tree_where(keep, new_opt, st.opt_state))
-      return st, (jnp.where(active, loss, nan), raw, sm)
-
-    def block_fn(st: _State, b):
-      st, (bl, raw, sm) = jax.lax.scan(step_fn, st, b + jnp.arange(block, dtype=jnp.int32))
-      if val_split is None:
-        return st, (bl, raw[0], sm[0])
-      t_end = b + block - 1
-      active = st.alive & (t_end < n_steps)
-      value = val_loss(st.params, val)
-      st, raw, sm, _ = track(st, active, value, t_end == block - 1, t_end, smooth, diverge)
-      return st, (bl, raw, sm)
-
-    starts = start + block * jnp.arange(blocks, dtype=jnp.int32)
-    st, (bl, raw, sm) = jax.lax.scan(block_fn, st, starts)
-    bl = bl.reshape((blocks * block, *bl.shape[2:]))  # (steps, S, C)
-    return st, jnp.moveaxis(bl, 0, -1), jnp.moveaxis(raw, 0, -1), jnp.moveaxis(sm, 0, -1)
-
-  def init(hp, cfg_ids, init_keys, lr0):
-    def one(k, h, i):
-      del i  # only sizes the config axis when the space is empty
-      params = task.init(k)
-      return params, build(lr0, h).init(params)
-
-    params, opt_state = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, None))(
-        init_keys, hp, cfg_ids)
-    shape = (init_keys.shape[0], cfg_ids.shape[0])
-    dtype = jnp.result_type(float)
-    return _State(
-        params=params, opt_state=opt_state,
-        alive=jnp.ones(shape, bool),
-        stopped_at=jnp.full(shape, -1, jnp.int32),
-        nonfinite=jnp.zeros(shape, bool),
-        avg=jnp.zeros(shape, dtype),
-        best=jnp.full(shape, jnp.inf, dtype),
-    )
-
-  return _Program(init=jax.jit(init), chunk=jax.jit(chunk))
-
-
-# Compiled programs of recent calls, so that a second range test of the same task and
-# optimizer with other numbers (min_lr, max_lr, smooth, diverge, key) does not recompile.
-_CACHE: collections.OrderedDict = collections.OrderedDict()
-_CACHE_SIZE = 4
-
-
-def _program(task, optimizer, build, **structure) -> _Program:
-  key = (task, optimizer, tuple(sorted(structure.items())))
-  try:
-    hash(key)
-  except TypeError:
-    return _make_program(task, build, **structure)
-  if key in _CACHE:
-    _CACHE.move_to_end(key)
-    return _CACHE[key]
-  prog = _make_program(task, build, **structure)
-  _CACHE[key] = prog
-  while len(_CACHE) > _CACHE_SIZE:
-    _CACHE.popitem(last=False)
-  return prog
+def _monitor(fn: str, task, monitor: Any) -> tuple[str | None, tuple[str, ...]]:
+  """``"train/loss"`` -> (None, ()): the minibatch loss of every step; ``"split/name"`` ->
+  (that metric, (split,)): evaluated every ``eval_every`` steps."""
+  if monitor == "train/loss":
+    return None, ()
+  if not isinstance(monitor, str) or "/" not in monitor:
+    raise ValueError(f"{fn}: monitor must be 'train/loss' or an evaluated metric 'split/name' "
+                     f"(e.g. 'val/loss'), got monitor={monitor!r}")
+  split = monitor.split("/", 1)[0]
+  if split not in task.eval:
+    raise ValueError(f"{fn}: monitor={monitor!r} names split {split!r}; the task's evaluation "
+                     f"splits are {sorted(task.eval)} (or use 'train/loss')")
+  names = _engine.metric_names(fn, task, (split,))
+  if monitor not in names:
+    raise ValueError(f"{fn}: monitor={monitor!r} is not an evaluated metric; available: "
+                     f"{sorted(names)} or 'train/loss'")
+  return monitor, (split,)
 
 
 # ----------------------------------------------------------------------------------------
@@ -424,8 +236,14 @@ class LRFindResult:
     smoothed: its smoothed value (pytorch-lr-finder's rule), ``(S, C, P)``.
     schedule: the learning rate of every step, ``(T,)``.
     batch_loss: the training minibatch loss of every step, ``(S, C, T)``.
-    stopped_at: the step at which a run stopped (diverged), -1 if it ran to the end.
+    stopped_at: the number of updates a run had received when it stopped, -1 if it ran to
+      the end: with ``monitor="train/loss"`` the index of the step whose point stopped it
+      (that step's update is discarded), with an evaluated metric the step after which the
+      stopping evaluation was taken (one meaning in every driver: see
+      :mod:`optaxlr.engine._rules`).
     nonfinite: ``(S, C)`` bool: the run stopped because a loss or a parameter was not finite.
+    stop_reason: ``(S, C)``: ``"completed"``, ``"range_test"`` (the smoothed loss exceeded
+      ``diverge`` times its best) or ``"diverged"`` (a non-finite value).
     seeds: the seed values, ``(S,)``.
     space: the :class:`optaxlr.search.Space` of the configs, or ``None`` (one config).
     tracked: ``"train"`` or ``"val"``: which loss the points hold.
@@ -446,6 +264,12 @@ class LRFindResult:
   tracked: str = "train"
   settings: dict = dataclasses.field(default_factory=dict)
   info: dict = dataclasses.field(default_factory=dict)
+  stop_reason: Any = None
+
+  def __post_init__(self):
+    if self.stop_reason is None:
+      self.stop_reason = np.where(np.asarray(self.nonfinite), "diverged",
+                                  np.where(np.asarray(self.stopped_at) >= 0, "range_test", "completed"))
 
   @property
   def num_configs(self) -> int:
@@ -469,8 +293,11 @@ class LRFindResult:
 
   @property
   def stop_lr(self) -> np.ndarray:
-    """``(S, C)``: the learning rate of the step at which a run stopped, NaN if it did not."""
-    idx = np.clip(self.stopped_at, 0, len(self.schedule) - 1)
+    """``(S, C)``: the learning rate of the point at which a run stopped, NaN if it did not:
+    the rate of the step whose loss stopped it (``"train"``), or of the last step before the
+    stopping evaluation (an evaluated metric)."""
+    last = self.stopped_at if self.tracked == "train" else self.stopped_at - 1
+    idx = np.clip(last, 0, len(self.schedule) - 1)
     return np.where(self.stopped, self.schedule[idx], np.nan)
 
   def mean_curve(self) -> np.ndarray:
@@ -608,28 +435,32 @@ class LRFindResult:
 def lr_find(
     task,
     optimizer: Optimizer,
+    space: Any = None,
     *,
+    steps: int = 100,
+    batch_size: int | None = None,
+    seeds: int | Sequence[int] | None = None,
+    eval_every: int = 1,
+    monitor: str = "train/loss",
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
-    steps: int = 100,
     mode: Literal["exp", "linear"] = "exp",
     smooth: float = 0.05,
     diverge: float = 4.0,
-    seeds: int | Sequence[int] = 1,
-    space: Any = None,
-    val: bool = False,
-    val_every: int = 1,
-    val_split: str = "val",
-    batch_size: int | None = None,
     key: int | jax.Array = 0,
-    chunk_steps: int | None = None,
+    sync_every: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = False,
 ) -> LRFindResult:
   """The learning-rate range test for every seed x config in one compiled program.
 
-  At step ``t`` the optimizer takes the rate ``lr_t`` of :func:`range_test_lrs` (``min_lr`` at
-  the first step, ``max_lr`` at the last). After each step the tracked loss ``l`` (the
-  training minibatch loss before the update; with ``val``, the validation loss after it) is
-  smoothed exactly as pytorch-lr-finder's ``range_test`` does::
+  A thin driver of the training core that :func:`optaxlr.sweep` runs: the rate of step ``t``,
+  ``lr_t`` of :func:`range_test_lrs` (``min_lr`` at the first step, ``max_lr`` at the last), is
+  a per-step input of the program, and the range test's stop is one of its rules
+  (:class:`optaxlr.engine.RangeTest`). After each point the tracked loss ``l`` (the training
+  minibatch loss before the update with ``monitor="train/loss"``; an evaluated metric such as
+  ``"val/loss"`` after every ``eval_every`` steps otherwise) is smoothed exactly as
+  pytorch-lr-finder's ``range_test`` does::
 
       s_0 = l_0;   s_t = smooth * l_t + (1 - smooth) * s_{t-1}   (smooth = 0: s_t = l_t)
       best_t = min(s_0 .. s_t);   stop when s_t > diverge * best_t
@@ -639,45 +470,46 @@ def lr_find(
   A run also stops when its loss, its smoothed loss or its parameters turn non-finite
   (pytorch-lr-finder would carry NaN on). A stopped run is frozen and its later points are
   NaN; the point that triggered the stop is kept (as in both libraries' histories). The
-  program runs in chunks of ``chunk_steps`` and ends as soon as every run has stopped.
+  host syncs every ``sync_every`` steps and ends as soon as every run has stopped.
 
   Every config of a seed sees the same minibatches and the same initial parameters (the
   keys of :func:`optaxlr.run_keys`, the order of :func:`optaxlr.batch_indices`), so one
-  row equals a range test of that config and seed alone. The compiled program of the last
-  few (task, optimizer, shapes) combinations is kept: a second call that changes only
-  numbers (``min_lr``, ``max_lr``, ``mode``, ``smooth``, ``diverge``, ``key``, the values of
-  the space) does not recompile.
+  row equals a range test of that config and seed alone. The core keeps the compiled program:
+  a second call that changes only numbers (``min_lr``, ``max_lr``, ``mode``, ``smooth``,
+  ``diverge``, ``key``, the values of the space) does not recompile.
 
   Departures: pytorch-lr-finder's default ``diverge_th`` is 5; this default is fastai's 4.
   The losses are assumed positive (the stopping rule compares with a multiple of the best).
 
   Args:
     task: an :class:`optaxlr.Task`.
-    optimizer: either ``hparams -> optax.GradientTransformation`` (as for
-      :func:`optaxlr.sweep`) where ``hparams["lr"]`` is the traced rate of the current step
-      and the other entries come from ``space``; or an optax factory whose first argument is
-      ``learning_rate`` (``optax.sgd``, ``optax.adamw``), called as
-      ``factory(lr, **config)``. The transform is rebuilt each step with the new rate, so it
-      must read the rate when built (every optax factory does); one that keeps it in an
-      ``optax.inject_hyperparams`` state is refused.
+    optimizer: ``hparams -> optax.GradientTransformation``, the same function
+      :func:`optaxlr.sweep` takes: ``hparams["lr"]`` is the traced rate of the current step and
+      the other entries come from ``space`` (e.g. ``lambda h: optax.sgd(h["lr"])``). The
+      transform is rebuilt each step with the new rate, so it must read the rate when built;
+      one that keeps it in an ``optax.inject_hyperparams`` state is refused.
+    space: other hyperparameters (an :mod:`optaxlr.search` space or a dict of equal-length
+      1-D arrays, e.g. ``search.grid(wd=[0, 1e-4])``, possibly with a seed axis); must not
+      contain ``"lr"``; every axis must be read by the optimizer.
+    steps: number of steps, ``>= 2``.
+    batch_size: minibatch size; default ``min(128, number of training examples)``.
+    seeds: number of seeds (0..n-1) or the list of seed values; default 1 (or the space's
+      seed axis).
+    eval_every: steps between evaluations of a ``monitor`` other than ``"train/loss"`` (one
+      point each; the last point is after the last step).
+    monitor: ``"train/loss"`` (every step's minibatch loss, the default) or an evaluated
+      metric (``"val/loss"``), as pytorch-lr-finder's ``val_loader``.
     min_lr: the first rate, ``> 0`` (``>= 0`` for ``mode="linear"``).
     max_lr: the last rate, ``> min_lr``.
-    steps: number of steps, ``>= 2`` (a multiple of ``val_every`` with ``val``).
     mode: ``"exp"`` (geometric, the default) or ``"linear"`` growth.
     smooth: the weight of the new loss in the moving average, in ``[0, 1)`` (0: none).
     diverge: stop when the smoothed loss exceeds ``diverge`` times its best, ``> 1``
       (``np.inf``: only non-finite values stop a run).
-    seeds: number of seeds (0..n-1) or the list of seed values.
-    space: other hyperparameters (an :mod:`optaxlr.search` space or a dict of equal-length
-      1-D arrays, e.g. ``search.grid(wd=[0, 1e-4])``); must not contain ``"lr"``.
-    val: track the validation loss (``task.metrics(params, task.eval[val_split])["loss"]``)
-      instead of the training loss, as pytorch-lr-finder's ``val_loader``.
-    val_every: with ``val``, evaluate after every ``val_every`` steps (one point each).
-    val_split: the evaluation split of ``val``.
-    batch_size: minibatch size; default ``min(128, number of training examples)``.
-    key: the base PRNG key (int or key), as :func:`optaxlr.sweep`.
-    chunk_steps: steps per compiled chunk (the host checks for early stop between chunks);
-      default about a tenth of ``steps``.
+    key: the base PRNG key (an int, or a raw or typed key), as :func:`optaxlr.sweep`.
+    sync_every: steps between host syncs (early end when every run stopped); a multiple of
+      ``eval_every``; default about a tenth of ``steps``.
+    devices: shard the config axis over these devices (default: all devices).
+    progress: show a progress bar.
 
   Returns:
     An :class:`LRFindResult` with ``suggest()``, ``cyclic_bounds()`` and ``plot()``.
@@ -689,7 +521,7 @@ def lr_find(
     ...     "quadratic", init=lambda key: {"w": jnp.ones(2)},
     ...     apply=lambda p, x: 0.5 * (p["w"] ** 2).sum() + 0.0 * x.sum(),
     ...     loss=lambda out, y: out, train={"x": jnp.zeros((1, 1)), "y": jnp.zeros(1)})
-    >>> res = lr_find(task, optax.sgd, min_lr=1e-3, max_lr=100.0, steps=40)
+    >>> res = lr_find(task, lambda h: optax.sgd(h["lr"]), min_lr=1e-3, max_lr=100.0, steps=40)
     >>> res.loss.shape, bool(res.stopped[0, 0])   # curvature 1: SGD diverges past lr = 2
     ((1, 1, 40), True)
     >>> 2.0 < float(res.stop_lr[0, 0]) < 20.0
@@ -702,105 +534,79 @@ def lr_find(
     https://github.com/davidtvs/pytorch-lr-finder.
   """
   fn = "lr_find"
-  t_start = time.perf_counter()
-  _check_int(fn, "steps", steps, 2)
+  steps = _engine.check_int(fn, "steps", steps, 2)
   lrs_np = _range_lrs(fn, min_lr, max_lr, steps, mode)
   _validate.in_range(fn, "smooth", smooth, 0.0, 1.0, closed="left")
   _validate.check(fn, "diverge", diverge, lambda v: v > 1, "> 1")
-  if not isinstance(val, bool):
-    raise ValueError(f"{fn}: val must be True or False, got val={val!r}")
-  _check_int(fn, "val_every", val_every, 1)
-  block = val_every if val else 1
-  if val and steps % val_every:
-    raise ValueError(f"{fn}: steps must be a multiple of val_every, got steps={steps}, "
-                     f"val_every={val_every}")
-  if val and val_split not in task.eval:
-    raise ValueError(f"{fn}: val_split must be one of the task's eval splits "
-                     f"{sorted(task.eval)}, got val_split={val_split!r}")
-  n_train = task.n_train
-  if batch_size is None:
-    batch_size = min(128, n_train)
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
-      not 1 <= batch_size <= n_train:
-    raise ValueError(f"{fn}: batch_size must be an int in [1, {n_train}] (the training set "
-                     f"size), got batch_size={batch_size!r}")
-  seed_list = _seed_list(fn, seeds)
-  space = _as_space(fn, space)
-  build = _builder(fn, optimizer)
+  batch_size = _engine.check_task(fn, task, batch_size)
+  space, seed_values = _as_space(fn, space, seeds)
+  metric, splits = _monitor(fn, task, monitor)
+  if metric is None and eval_every != 1:
+    raise ValueError(f"{fn}: eval_every={eval_every!r} is read only when monitor is an "
+                     "evaluated metric (e.g. 'val/loss'); with 'train/loss' every step is a point")
+  eval_every = _engine.check_int(fn, "eval_every", eval_every, 1, steps)
+  if sync_every is None:
+    sync_every = eval_every * max(1, math.ceil(steps / eval_every / 10))
+  sync_every = _engine.check_int(fn, "sync_every", sync_every, 1)
+  if sync_every % eval_every:
+    raise ValueError(f"{fn}: sync_every must be a multiple of eval_every={eval_every}, got "
+                     f"sync_every={sync_every}")
+  if not callable(optimizer):
+    raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation")
+  if not isinstance(progress, bool):
+    raise ValueError(f"{fn}: progress must be True or False, got progress={progress!r}")
+  key = as_key(fn, key)
+  devices = _engine.check_devices(fn, devices)
   task.validate()
-  _check_optimizer(fn, build, task, space, float(lrs_np[0]))
-
-  points = steps // block
-  if chunk_steps is None:
-    blocks = max(1, math.ceil(points / 10))
-  else:
-    _check_int(fn, "chunk_steps", chunk_steps, 1)
-    if chunk_steps % block:
-      raise ValueError(f"{fn}: chunk_steps must be a multiple of val_every, got "
-                       f"chunk_steps={chunk_steps}, val_every={block}")
-    blocks = chunk_steps // block
-  chunk_len = blocks * block
-  n_chunks = math.ceil(steps / chunk_len)
-  prog = _program(task, optimizer, build, batch_size=int(batch_size), block=block,
-                  blocks=blocks, val_split=val_split if val else None)
-
-  dtype = jnp.result_type(float)
-  hp = space.to_pytree() if space is not None else {}
+  _engine.check_loss(fn, task, batch_size)
+  hp_np = {k: np.asarray(v) for k, v in space.columns.items()} if space is not None else {}
   n_cfg = len(space) if space is not None else 1
-  padded = np.concatenate([lrs_np, np.full(n_chunks * chunk_len - steps, lrs_np[-1])])
-  lrs_dev = jnp.asarray(padded, dtype)
-  keys = [run_keys(key, s) for s in seed_list]
-  init_keys = jnp.stack([k[0] for k in keys])
-  data_keys = jnp.stack([k[1] for k in keys])
-  train = task.train
-  val_data = task.eval[val_split] if val else {}
-  big = float(np.finfo(dtype).max)  # diverge=1e300 in float32 means "never" as well
-  scalars = (jnp.asarray(steps, jnp.int32), jnp.asarray(smooth, dtype),
-             jnp.asarray(np.minimum(np.float64(diverge), big), dtype))
-
-  n_s = len(seed_list)
-  out_dtype = np.dtype(dtype)
-  batch_loss = np.full((n_s, n_cfg, steps), np.nan, out_dtype)
-  loss = np.full((n_s, n_cfg, points), np.nan, out_dtype)
-  smoothed = np.full((n_s, n_cfg, points), np.nan, out_dtype)
-
-  t0 = time.perf_counter()
-  st = prog.init(hp, jnp.arange(n_cfg), init_keys, lrs_dev[0])
-  compile_s, run_s, steps_run = time.perf_counter() - t0, 0.0, 0
-  for c in range(n_chunks):
-    start = c * chunk_len
-    t0 = time.perf_counter()
-    st, bl, raw, sm = prog.chunk(st, hp, data_keys, lrs_dev, *scalars, jnp.int32(start),
-                                 train, val_data)
-    bl, raw, sm = np.asarray(bl), np.asarray(raw), np.asarray(sm)
-    elapsed = time.perf_counter() - t0
-    if c == 0:
-      compile_s += elapsed
-    else:
-      run_s += elapsed
-    end = min(start + chunk_len, steps)
-    batch_loss[..., start:end] = bl[..., : end - start]
-    p0, p1 = start // block, end // block
-    loss[..., p0:p1] = raw[..., : p1 - p0]
-    smoothed[..., p0:p1] = sm[..., : p1 - p0]
-    steps_run = end
-    if not np.asarray(st.alive).any():
-      break
-
-  point_steps = np.arange(points) * block + block - 1
+  _engine.check_hparams(fn, hp_np, n_cfg)
+  configs = list(space) if space is not None else [{}]
+  shapes = _engine.read_axes(fn, task, optimizer, None, configs,
+                             space.names if space is not None else (),
+                             extra={"lr": float(lrs_np[0])})
+  if _holds_injected_lr(shapes["opt_state"]):
+    raise ValueError(
+        f"{fn}: the optimizer keeps its learning rate in an optax.inject_hyperparams state, "
+        "which ignores the rate passed at each step; pass the plain transform instead, "
+        "e.g. lambda h: optax.adam(h['lr'])"
+    )
+  rule = _rules.RangeTest(smooth=float(smooth), diverge=float(diverge), metric=metric)
+  plan = _driver.Plan(
+      fn=fn, task=task, optimizer=optimizer, objective=None, hparams=hp_np,
+      ramp={"lr": lrs_np}, seeds=seed_values, key=key, steps=steps, batch_size=batch_size,
+      eval_every=eval_every if metric is not None else sync_every, sync_every=sync_every,
+      log_every=1, eval_splits=splits, monitor=None, plateau=False,
+      step_rules=(rule,) if metric is None else (), eval_rules=(rule,) if metric is not None else (),
+      update_ratio=False, devices=devices, max_group_size=None, progress=progress,
+  )
+  out = _driver.run(plan)
+  records = out.step_records if metric is None else out.eval_records
+  loss, smoothed = records["0/raw"], records["0/smoothed"]
+  if metric is None:
+    point_steps = np.arange(steps)
+  else:
+    point_steps = out.eval_steps - 1  # the last step before each evaluation
+  reason = np.asarray(_rules.STOP_REASONS)[out.reason]
   return LRFindResult(
       lrs=lrs_np[point_steps], steps=point_steps, loss=loss, smoothed=smoothed,
-      schedule=lrs_np, batch_loss=batch_loss,
-      stopped_at=np.asarray(st.stopped_at).astype(np.int64),
-      nonfinite=np.asarray(st.nonfinite), seeds=np.asarray(seed_list), space=space,
-      tracked="val" if val else "train",
+      schedule=lrs_np, batch_loss=out.loss, stopped_at=out.stopped_at,
+      nonfinite=reason == "diverged", seeds=np.asarray(seed_values), space=space,
+      tracked="train" if metric is None else metric.split("/", 1)[0],
       settings={"min_lr": float(lrs_np[0]), "max_lr": float(lrs_np[-1]), "steps": steps,
                 "mode": mode, "smooth": float(smooth), "diverge": float(diverge),
-                "batch_size": int(batch_size), "val_every": block, "val_split":
-                val_split if val else None, "key": key if isinstance(key, int) else None},
-      info={"steps_run": steps_run, "compile_s": compile_s, "run_s": run_s,
-            "total_s": time.perf_counter() - t_start},
+                "batch_size": int(batch_size), "eval_every": eval_every, "monitor": monitor,
+                "key": key_repr(key)},
+      info=out.info,
+      stop_reason=reason,
   )
+
+
+def key_repr(key) -> list[int]:
+  from optaxlr.engine._data import key_data
+
+  return key_data(key)
 
 
 # ----------------------------------------------------------------------------------------
@@ -908,12 +714,13 @@ def lr_find_grid(
     task,
     optimizer: Optimizer,
     lrs: Any,
+    space: Any = None,
     *,
     steps: int = 100,
     batch_size: int | None = None,
-    seeds: int | Sequence[int] = 1,
-    space: Any = None,
-    metric: Literal["train", "val"] = "train",
+    seeds: int | Sequence[int] | None = None,
+    eval_every: int | None = None,
+    monitor: str = "train/loss",
     window: int | None = None,
     fall_threshold: float = 0.05,
     key: int | jax.Array = 0,
@@ -934,15 +741,16 @@ def lr_find_grid(
 
   Args:
     task: an :class:`optaxlr.Task`.
-    optimizer: as :func:`lr_find`: ``hparams -> transform`` with ``hparams["lr"]``, or an
-      optax factory taking the rate first.
+    optimizer: ``hparams -> transform`` reading ``hparams["lr"]``, as :func:`optaxlr.sweep`.
     lrs: the rates to try, a 1-D array of positive values (e.g. ``search.logspace(1e-4, 1,
       9)``); sorted increasingly in the result.
     steps: steps per run.
     batch_size: minibatch size; default ``min(128, number of training examples)``.
     seeds: number of seeds or their values.
     space: other hyperparameters (crossed with every rate), without ``"lr"``.
-    metric: ``"train"`` or ``"val"`` (the task's ``"val"`` split).
+    eval_every: steps between evaluations (as :func:`optaxlr.sweep`).
+    monitor: ``"train/loss"`` (the mean minibatch loss of the last ``window`` steps) or
+      ``"val/loss"`` (the validation loss after the last step).
     window: steps averaged for the final training loss; default ``max(1, steps // 10)``.
     fall_threshold: the relative decrease that counts as falling, in ``[0, 1)``.
     key: the base PRNG key.
@@ -959,14 +767,14 @@ def lr_find_grid(
     ...     "quadratic", init=lambda key: {"w": jnp.ones(2)},
     ...     apply=lambda p, x: 0.5 * (p["w"] ** 2).sum() + 0.0 * x.sum(),
     ...     loss=lambda out, y: out, train={"x": jnp.zeros((1, 1)), "y": jnp.zeros(1)})
-    >>> res = lr_find_grid(task, optax.sgd, [0.5, 1.5, 2.5], steps=20)
+    >>> res = lr_find_grid(task, lambda h: optax.sgd(h["lr"]), [0.5, 1.5, 2.5], steps=20)
     >>> res.fell[:, 0].tolist(), res.suggest(0)["largest_falling"]   # stable below lr = 2
     ([True, True, False], 1.5)
   """
   fn = "lr_find_grid"
   from optaxlr import search
 
-  lrs_np = np.asarray(lrs, dtype=np.float64)
+  lrs_np = np.asarray(lrs, dtype=np.float64) if not isinstance(lrs, (str, bytes)) else np.asarray([])
   if lrs_np.ndim != 1 or lrs_np.size == 0:
     raise ValueError(f"{fn}: lrs must be a non-empty 1-D sequence, got shape {lrs_np.shape}")
   _validate.positive(fn, "lrs", lrs_np)
@@ -974,46 +782,42 @@ def lr_find_grid(
   if len(np.unique(lrs_np)) != lrs_np.size:
     raise ValueError(f"{fn}: lrs must be distinct, got lrs={lrs_np.tolist()}")
   lrs_np = np.sort(lrs_np)
-  _check_int(fn, "steps", steps, 1)
-  _validate.one_of(fn, "metric", metric, ("train", "val"))
+  steps = _engine.check_int(fn, "steps", steps, 1)
+  _validate.one_of(fn, "monitor", monitor, ("train/loss", "val/loss"))
   _validate.in_range(fn, "fall_threshold", fall_threshold, 0.0, 1.0, closed="left")
+  if window is not None and monitor != "train/loss":
+    raise ValueError(f"{fn}: window={window!r} is read only with monitor='train/loss'")
   if window is None:
     window = max(1, steps // 10)
-  _check_int(fn, "window", window, 1)
+  window = _engine.check_int(fn, "window", window, 1)
   if window > steps:
     raise ValueError(f"{fn}: window must be <= steps={steps}, got window={window}")
-  if metric == "val" and "val" not in task.eval:
-    raise ValueError(f"{fn}: metric='val' needs a 'val' split, the task has {sorted(task.eval)}")
-  if batch_size is None:
-    batch_size = min(128, task.n_train)
-  extra = _as_space(fn, space)
-  build = _builder(fn, optimizer)
+  if monitor == "val/loss" and "val" not in task.eval:
+    raise ValueError(f"{fn}: monitor='val/loss' needs a 'val' split, the task has {sorted(task.eval)}")
+  batch_size = _engine.check_task(fn, task, batch_size)
+  extra, seed_values = _as_space(fn, space, seeds)
   n_cfg = len(extra) if extra is not None else 1
   grid = search.grid(lr=lrs_np)
   full = grid * extra if extra is not None else grid
-  names = [k for k in full.names if k != "lr"]
-
-  def opt(h):
-    return build(h["lr"], {k: h[k] for k in names})
-
-  res = sweep(task, opt, full, steps=steps, batch_size=batch_size, seeds=seeds, key=key,
-              progress=progress, **sweep_kwargs)
+  res = sweep(task, optimizer, full, steps=steps, batch_size=batch_size, seeds=seed_values,
+              eval_every=eval_every, key=key, progress=progress, **sweep_kwargs)
   n_s, n_lr = len(res.seeds), len(lrs_np)
   diverged = res.diverged.reshape(n_s, n_lr, n_cfg)
-  if metric == "train":
-    tail = res.batch_loss[..., -window:]
+  if monitor == "train/loss":
+    per = int(res.info.get("log_every", 1))
+    tail = res.batch_loss[..., -max(1, window // per):]
     with np.errstate(all="ignore"):
       final = np.nanmean(np.where(np.isfinite(tail), tail, np.nan), axis=-1)
   else:
     final = res.metrics["val/loss"][..., -1]
   final = final.reshape(n_s, n_lr, n_cfg)
   final = np.where(diverged | ~np.isfinite(final), np.inf, final)
-  data = task.train if metric == "train" else task.eval["val"]
+  data = task.train if monitor == "train/loss" else task.eval["val"]
   init_loss = jax.jit(jax.vmap(lambda k: task.loss(task.init(k), data)))
   initial = np.asarray(init_loss(jnp.stack([run_keys(key, int(s))[0] for s in res.seeds])))
   initial = np.broadcast_to(initial[:, None], (n_s, n_cfg)).astype(np.float64)
   mean_final = final.mean(axis=0)
   fell = ~diverged.any(axis=0) & (mean_final < (1 - fall_threshold) * initial.mean(axis=0))
   return LRGridResult(lrs=lrs_np, initial=initial, final=final, diverged=diverged, fell=fell,
-                      fall_threshold=float(fall_threshold), metric=metric, space=extra,
-                      sweep=res)
+                      fall_threshold=float(fall_threshold), metric=monitor.split("/")[0],
+                      space=extra, sweep=res)

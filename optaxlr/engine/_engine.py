@@ -114,6 +114,9 @@ def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: S
       tx = optimizer(_core.ReadRecorder({**config, **extra}, seen))
     except (ValueError, TypeError, KeyError) as e:
       what = f"KeyError: no hyperparameter {e}" if isinstance(e, KeyError) else str(e)
+      if isinstance(e, TypeError):
+        what += (" (optimizer must be a function hparams -> optax.GradientTransformation, e.g."
+                 " lambda h: optax.sgd(h['lr']), not an optax factory such as optax.sgd)")
       raise ValueError(f"{fn}: config {i} {config} is invalid: {what}") from e
     if not isinstance(tx, (optax.GradientTransformation, optax.GradientTransformationExtraArgs)) \
         and not (hasattr(tx, "init") and hasattr(tx, "update")):

@@ -242,7 +242,7 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
   if path.is_dir():
     raise _bad_file(path, "is a directory, not a saved sweep result (.npz file)")
   if not path.exists():
-    raise FileNotFoundError(f"load: no such file {str(path)!r}")
+    raise FileNotFoundError(f"load: {str(path)!r} does not exist")
   with open(path, "rb") as f:
     magic = f.read(4)
   if not magic:
@@ -267,7 +267,9 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
       try:
         arrays[key] = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
       except Exception as e:  # noqa: BLE001 -- bad .npy header, object data, short data
-        raise _bad_file(path, f"is damaged: its member {info.filename[:40]!a} is not a numeric array") from e
+        raise _bad_file(
+            path, f"is damaged: its member {info.filename[:40]!a} is not a valid .npy array"
+        ) from e
   return arrays
 
 
@@ -284,7 +286,8 @@ def _read_header(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict[str,
   except (TypeError, ValueError) as e:  # json.JSONDecodeError, UnicodeDecodeError are ValueErrors
     raise _bad_file(path, "is damaged: its header is not valid JSON text") from e
   if not isinstance(header, dict):
-    raise _bad_file(path, f"is damaged: its header is a JSON {type(header).__name__}, not an object")
+    raise _bad_file(path, f"is damaged: its header is a JSON {type(header).__name__}, not an"
+                          " object")
   if header.get("format") != _FORMAT:
     raise _bad_file(path, f"has format {header.get('format')!r}; this version of optaxlr reads"
                           f" {_FORMAT!r}")
@@ -300,7 +303,8 @@ def _read_header(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict[str,
                           " {'dim': str, 'names': [str, ...]}")
   if not is_str_list(header.get("metrics")):
     raise _bad_file(path, "is damaged: its header's 'metrics' is not a list of names")
-  if not isinstance(header.get("fixed") or {}, dict) or not isinstance(header.get("info", {}), dict):
+  fixed, info = header.get("fixed") or {}, header.get("info", {})
+  if not isinstance(fixed, dict) or not isinstance(info, dict):
     raise _bad_file(path, "is damaged: its header's 'fixed' or 'info' is not a JSON object")
   return header
 
@@ -362,10 +366,14 @@ def load(path: str | os.PathLike) -> SweepResult:
   eval_steps = need("eval_steps", 1, "iu")
   batch_loss = need("batch_loss", 3, "f")
   sc = "seeds x configs"
+  stop_reason = None  # files written before stop reasons were saved: derived by SweepResult
+  if "stop_reason" in arrays:
+    stop_reason = shaped("stop_reason", need("stop_reason", 2, "U"), (n_s, n_c), sc)
   return SweepResult(
       space=space,
       seeds=seeds,
-      batch_loss=shaped("batch_loss", batch_loss, (n_s, n_c, batch_loss.shape[-1]), sc + " x steps"),
+      batch_loss=shaped("batch_loss", batch_loss, (n_s, n_c, batch_loss.shape[-1]),
+                        sc + " x logged steps"),
       metrics={m: shaped(f"metric:{m}", need(f"metric:{m}", 3, "f"), (n_s, n_c, len(eval_steps)),
                          sc + " x evaluations")
                for m in header["metrics"]},
@@ -373,4 +381,5 @@ def load(path: str | os.PathLike) -> SweepResult:
       diverged_at=shaped("diverged_at", need("diverged_at", 2, "iu"), (n_s, n_c), sc),
       stopped_at=shaped("stopped_at", need("stopped_at", 2, "iu"), (n_s, n_c), sc),
       info=header.get("info", {}),
+      stop_reason=stop_reason,
   )
