@@ -115,8 +115,8 @@ def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: S
     except (ValueError, TypeError, KeyError) as e:
       what = f"KeyError: no hyperparameter {e}" if isinstance(e, KeyError) else str(e)
       if isinstance(e, TypeError):
-        what += (" (optimizer must be a function hparams -> optax.GradientTransformation, e.g."
-                 " lambda h: optax.sgd(h['lr']), not an optax factory such as optax.sgd)")
+        what += (" (if optimizer is an optax factory such as optax.sgd, pass a function"
+                 " hparams -> optax.GradientTransformation instead, e.g. lambda h: optax.sgd(h['lr']))")
       raise ValueError(f"{fn}: config {i} {config} is invalid: {what}") from e
     if not isinstance(tx, (optax.GradientTransformation, optax.GradientTransformationExtraArgs)) \
         and not (hasattr(tx, "init") and hasattr(tx, "update")):
@@ -286,46 +286,69 @@ def sweep(
   ``optimizer(hparams)`` builds the optax transformation of one config from a dict of scalar
   (traced) hyperparameters; it is called inside ``jit`` and ``vmap``, once per compilation.
   Hyperparameters may also reach the loss through ``objective(loss, hparams)`` (e.g.
-  ``lambda loss, h: optaxlr.flood(loss, h["flood"])``).
+  ``lambda loss, h: optaxlr.flood(loss, h["flood"])``). Every axis of the space must be read by
+  one of them: an axis nothing reads (a typo, ``batch_size``) is an error before compiling.
 
   Row ``i`` of the result equals a standalone run of config ``i`` with the keys of
   :func:`run_keys` and the minibatch order of :func:`batch_indices`: in float64 on the CPU to a
   few ulps (most steps bitwise; XLA's batched matmuls and reductions may sum in another order
-  than a single run's), within rounding in float32. A config whose loss (or parameters) turn non-finite is frozen
-  and marked diverged at that step; it never changes another config's numbers.
+  than a single run's), within rounding in float32. Each run receives exactly ``steps``
+  updates. A config whose loss or parameters turn non-finite is frozen and marked diverged at
+  that step; it never changes another config's numbers. Why and when each run ended is in
+  ``stop_reason`` / ``stopped_at`` (one meaning in every driver).
+
+  The program runs ``sync_every`` steps per call (a chunk), evaluating every ``eval_every``
+  steps inside it; between chunks the host records, checkpoints and calls ``callback``. The
+  same structure with other values (other hyperparameter values, seeds, key) reuses the
+  compiled program: ``info["compile_s"]`` is 0.0 on such a call.
 
   Args:
     task: an :class:`optaxlr.Task` (init, loss, metrics, train and eval data).
     optimizer: ``hparams -> optax.GradientTransformation``.
     space: an :mod:`optaxlr.search` space (or a dict of equal-length 1-D arrays).
-    steps: optimizer steps per run (rounded up to a multiple of ``eval_every``).
-    batch_size: minibatch size (<= number of training examples).
+    steps: optimizer steps per run, exactly.
+    batch_size: minibatch size, in ``[1, number of training examples]``; default
+      ``min(128, number of training examples)``.
     seeds: number of seeds (0..n-1) or the list of seed values; default 1, or the values of
       the space's "seed" axis (``space * search.seeds(3)``).
-    eval_every: evaluate every this many steps; also the length of one compiled chunk.
-      Default: ``steps`` (one evaluation at the end) split into at most 10 chunks.
+    eval_every: evaluate every this many steps (and after the last step). Default: about a
+      tenth of ``steps``.
+    sync_every: steps per compiled chunk (host syncs: progress, checkpoint, callback); a
+      multiple of ``eval_every``, default ``eval_every``. The last chunk may run masked steps.
+    log_every: record the training loss as the mean over windows of this many steps (it must
+      divide ``eval_every``); default 1 (every step). Long sweeps keep host memory bounded.
     objective: optional ``(loss, hparams) -> loss`` (flooding, penalties).
-    monitor: the metric (``"val/loss"``...) fed to ``value=`` of the optimizer (when
-      ``plateau``) and watched by ``early_stopping``. Default: ``early_stopping.metric`` or
-      ``"val/loss"`` when ``plateau``.
-    monitor_mode: "min" or "max" for ``early_stopping``.
+    monitor: the metric (``"val/loss"``...) fed to ``value=`` of the optimizer when
+      ``plateau``; default ``early_stopping.metric`` or ``"val/loss"``.
     plateau: pass ``value=<monitor at the last evaluation>, evaluate=True`` to the optimizer on
       the first step after each evaluation and ``evaluate=False`` (``value`` NaN) on the others:
       the convention of :func:`optaxlr.reduce_on_plateau`, which then counts one "epoch" per
       evaluation as PyTorch's ``ReduceLROnPlateau`` stepped after each validation.
-    early_stopping: per-config early stopping (an :class:`EarlyStop`).
-    key: the base PRNG key (int or key).
+    plateau_stop: with ``plateau``, stop a config once its plateau is ``done`` (can reduce no
+      further), reason ``"plateau_done"``, as ``scheduler.step(val); if done: break``.
+    early_stopping: per-config early stopping (an :class:`EarlyStop`, the rules of
+      :func:`optaxlr.transforms.early_stopping`).
+    update_ratio: record ``||update|| / ||params||`` of the last step before each evaluation
+      as the metric ``"train/update_ratio"`` (the seeds' rule of thumb: about 1e-3).
+    key: the base PRNG key: an int, a raw key (``jax.random.PRNGKey``) or a typed key
+      (``jax.random.key``).
     max_group_size: train at most this many configs at once; more are split into groups that
-      reuse the same compiled program. Default: as many as fit in half of the device memory.
-    checkpoint_dir: save the state after every chunk there and resume from it.
+      reuse the same compiled program. Default: as many as fit in half of the device memory,
+      measured on the compiled program (``memory_analysis``: parameters, optimizer state,
+      activations, evaluation).
+    checkpoint_dir: commit the state after every chunk there (atomically) and resume from it;
+      a folder of another sweep or a damaged one is a ``ValueError`` saying what differs.
     progress: show a progress bar (tqdm) with the ETA.
-    devices: shard the config axis over these devices (default: all local devices).
+    devices: shard the config axis over these devices (default: all devices, of every
+      process under ``jax.distributed``).
     keep_params: return the final parameters (leaves with leading (seed, config) axes).
-    callback: called on the host after every chunk (after its checkpoint is written) with
-      ``{"group", "chunk", "step", "configs", "metrics", "diverged_at", "stopped_at"}`` for
-      the configs of the current group; returning ``True`` stops the sweep there (the result
-      then holds NaN for what was not run). An exception raised in it propagates, and a sweep
-      with a ``checkpoint_dir`` resumes after the last finished chunk.
+    callback: called on the host after every chunk with a :class:`ChunkEvent` (dict access
+      such as ``event["step"]`` works too); it may return a :class:`Control` to stop configs,
+      set a slot's hyperparameters or copy one slot's state into another, without recompiling,
+      or ``True`` to end the sweep there (what was not run is NaN, ``stop_reason="not_run"``).
+      The control is applied before the chunk's checkpoint is committed; an exception raised
+      in the callback propagates, and a sweep with a ``checkpoint_dir`` resumes after the last
+      committed chunk.
 
   Returns:
     A :class:`SweepResult` labelled by hyperparameter values.
@@ -335,12 +358,14 @@ def sweep(
     >>> from optaxlr import search
     >>> task = optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
     >>> space = search.grid(lr=[1e-3, 1e-2], wd=[0.0, 1e-3]) * search.seeds(2)
-    >>> res = optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], h["wd"]), space,
-    ...                     steps=20, batch_size=16, eval_every=10, progress=False)
+    >>> res = optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], weight_decay=h["wd"]),
+    ...                     space, steps=20, batch_size=16, eval_every=10, progress=False)
     >>> res.metrics["val/loss"].shape  # (seeds, configs, evaluations)
     (2, 4, 2)
     >>> sorted(res.best("val/loss")["hparams"])
     ['lr', 'wd']
+    >>> res.stop_reason[0, 0]
+    'completed'
     >>> import tempfile, os
     >>> path = res.save(os.path.join(tempfile.mkdtemp(), "r.npz"))
     >>> optaxlr.load(path).to_xarray()["val/loss"].dims
