@@ -1,18 +1,34 @@
 """The ``optaxlr`` command: sweeps, schedules, plots and diagnoses from the shell.
 
-Exit codes: 0 success; 1 the run failed (every config diverged, a file could not be read);
-2 bad usage (unknown option, bad value) — argparse's convention.
+Exit codes: 0 success; 1 the run failed (every config diverged) or a result file given to
+``plot``/``diagnose`` could not be read (missing, damaged, not a sweep result); 2 bad usage
+(unknown option, bad value, bad ``--space`` file, unwritable ``--out``), argparse's convention.
+
+Every option value is checked before anything is trained or drawn; a bad one ends the command
+with ONE line on stderr, ``optaxlr <command>: error: <option>: <what is wrong and what is
+allowed>``, and exit code 2 (never a traceback).
+
+``optaxlr sweep`` also says when the best config sits on the edge of the grid: for every grid
+axis with at least 3 values, a best value equal to the largest value tried (or to the smallest,
+unless that is 0, the floor of a weight decay or momentum) is reported as ``"lr=max"`` /
+``"wd=min"`` in the printed table and in ``summary.json`` (``"on_edge"``), with a line saying to
+extend the grid. With 2 values every value is an edge, so such axes are not flagged.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import os
 import pathlib
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -24,7 +40,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TASKS = ("digits", "digits-cnn", "sinusoid", "two_gaussians", "spiral", "teacher_student")
 
 
+@functools.cache
 def make_task(name: str, *, quick: bool = False):
+  """The built-in task ``name`` (cached: the checks and the run share one)."""
   from optaxlr import tasks
 
   if name == "digits":
@@ -48,6 +66,8 @@ OPTIMIZERS = {
     "sgdw": ("SGDW (decoupled)", "decoupled", "sgd"),
 }
 SCHEDULES = ("constant", "cosine", "one_cycle", "warmup_cosine")
+# The hyperparameters each base optimizer reads (see make_optimizer; every schedule reads lr).
+AXES_READ = {"adam": ("lr", "wd"), "sgd": ("lr", "wd", "momentum")}
 
 
 def make_optimizer(name: str, schedule: str, steps: int) -> Callable:
@@ -69,48 +89,282 @@ def make_optimizer(name: str, schedule: str, steps: int) -> Callable:
   def build(h):
     kw = {} if decay != "paper" else {"base_lr": h["lr"]}
     if base == "adam":
-      return optaxlr.adamw(lr_of(h), h["wd"], decay=decay, **kw)
-    return optaxlr.sgd(lr_of(h), h.get("momentum", 0.9), weight_decay=h["wd"], decay=decay, **kw)
+      return optaxlr.adamw(lr_of(h), weight_decay=h["wd"], decay=decay, **kw)
+    return optaxlr.sgd(lr_of(h), momentum=h.get("momentum", 0.9), weight_decay=h["wd"],
+                       decay=decay, **kw)
 
   return build
 
 
 # ----------------------------------------------------------------------------------------
-# Parsing helpers.
+# Usage errors and value parsing.
+
+
+class UsageError(ValueError):
+  """A bad option value: :func:`main` prints it as one line and exits with code 2."""
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+  line = " ".join(str(message).split())  # one line, whatever the message held
+  sys.stderr.write(f"{prog}: error: {line}\n")
+  raise SystemExit(EXIT_USAGE)
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse, with its errors on one line (no usage block) and exit code 2."""
+
+  def error(self, message: str) -> NoReturn:
+    _fail(self.prog, f"{message} (see '{self.prog} --help')")
+
+
+class _Version(argparse.Action):
+  def __init__(self, option_strings, dest, **kwargs):
+    super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    import optaxlr
+
+    print(f"optaxlr {optaxlr.__version__}")
+    parser.exit(EXIT_OK)
+
+
+MAX_AXIS_VALUES = 10_000
+MAX_STEPS = 2**31 - 1  # step counters are int32
+MAX_KEY = 2**32 - 1  # a PRNG seed is 32 bits: larger ones silently wrap around
+LR_FIND_MIN_STEPS = 20  # fewer points leave the suggestions (which skip both ends) undefined
+SCHEDULES_MAX_STEPS = 1_000_000
+VALUES_FORMS = "'a,b,c', 'lo:hi:n' (n log-spaced values) or 'lo:hi:1-3' (the 1-3-10 grid)"
+
+
+def _number(text: Any) -> float:
+  try:
+    v = float(text)
+  except (TypeError, ValueError):
+    raise ValueError(f"{text!r} is not a number") from None
+  if not math.isfinite(v):
+    raise ValueError(f"{text!r} is not a finite number")
+  return v
+
+
+def _unique_finite(vals: list[float]) -> list[float]:
+  if not vals:
+    raise ValueError("no values")
+  if len(vals) > MAX_AXIS_VALUES:
+    raise ValueError(f"{len(vals)} values, at most {MAX_AXIS_VALUES} are allowed")
+  dup = sorted({v for v in vals if vals.count(v) > 1})
+  if dup:
+    raise ValueError(f"{dup[0]:g} is given twice (values must be distinct)")
+  return vals
+
+
+def _parse_values(text: str) -> list[float]:
+  """"1e-4,3e-4" (a list), "1e-4:1e-1:7" (log-spaced) or "1e-4:1e-1:1-3" (the 1-3-10 grid).
+
+  Raises ``ValueError`` with the reason (not a number, not finite, a repeated value...).
+
+  >>> _parse_values("1e-3, 1e-2")
+  [0.001, 0.01]
+  >>> _parse_values("1e-3:1e-1:3")
+  [0.001, 0.01, 0.1]
+  >>> _parse_values("1e-3:1e-1:1-3")
+  [0.001, 0.003, 0.01, 0.03, 0.1]
+  """
+  from optaxlr import search
+
+  text = text.strip()
+  if ":" not in text:
+    items = [v.strip() for v in text.split(",")]
+    if not text or any(not v for v in items):
+      raise ValueError("an empty value")
+    return _unique_finite([_number(v) for v in items])
+  parts = [v.strip() for v in text.split(":")]
+  if len(parts) != 3:
+    raise ValueError(f"a range has 3 parts 'lo:hi:n', got {len(parts)}")
+  lo, hi = _number(parts[0]), _number(parts[1])
+  if not 0 < lo < hi:
+    raise ValueError(f"a range needs 0 < lo < hi, got lo={lo:g}, hi={hi:g}")
+  if parts[2] == "1-3":
+    vals = search.one_three(lo, hi).tolist()
+    if not vals:
+      raise ValueError(f"no 1-3-10 value lies in [{lo:g}, {hi:g}]")
+    return _unique_finite(vals)
+  try:
+    n = int(parts[2])
+  except ValueError:
+    raise ValueError(f"n must be an int or '1-3', got {parts[2]!r}") from None
+  if not 2 <= n <= MAX_AXIS_VALUES:
+    raise ValueError(f"n must be in [2, {MAX_AXIS_VALUES}], got n={n}")
+  return _unique_finite(search.logspace(lo, hi, n).tolist())
 
 
 def _values(text: str) -> list[float]:
-  """"1e-4,3e-4" (a list), "1e-4:1e-1:7" (log-spaced), or "1e-4:1e-1:1-3" (the 1-3-10 grid)."""
-  from optaxlr import search
-
+  """argparse ``type=`` for a list of values (``--lr``, ``--wd``)."""
   try:
-    if ":" in text:
-      lo, hi, n = text.split(":")
-      if n == "1-3":
-        return search.one_three(float(lo), float(hi)).tolist()
-      return search.logspace(float(lo), float(hi), int(n)).tolist()
-    return [float(v) for v in text.split(",") if v.strip()]
+    return _parse_values(text)
   except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"expected 'a,b,c', 'lo:hi:n' or 'lo:hi:1-3', got {text!r} ({e})"
-    ) from e
+    raise argparse.ArgumentTypeError(f"{text!r}: {e}; expected {VALUES_FORMS}") from None
 
 
-def _load_space_file(path: str) -> dict[str, list[float]]:
-  """A TOML or YAML file: ``lr = [1e-4, 1e-3]`` / ``wd = "1e-5:1e-1:5"``."""
+# Which values each hyperparameter axis allows: name -> (test, description).
+AXIS_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "> 0"),
+    "wd": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _check_rule(where: str, name: str, vals: list[float]) -> None:
+  ok, allowed = AXIS_RULES[name]
+  bad = [v for v in vals if not ok(v)]
+  if bad:
+    raise UsageError(f"{where} values must be {allowed}, got {bad[0]:g} in {vals}")
+
+
+def allowed_axes(optimizers: Sequence[str]) -> tuple[str, ...]:
+  """The hyperparameters every one of ``optimizers`` reads (the schedules read only lr).
+
+  >>> allowed_axes(["adamw", "sgdw"]), allowed_axes(["sgd_l2", "sgdw"])
+  (('lr', 'wd'), ('lr', 'wd', 'momentum'))
+  """
+  read = [AXES_READ[OPTIMIZERS[o][2]] for o in optimizers]
+  return tuple(a for a in read[0] if all(a in r for r in read))
+
+
+def _space_axis(where: str, name: str, value: Any) -> list[float]:
+  """One axis of a space file: a range string, a number, or a list of numbers."""
+  try:
+    if isinstance(value, str):
+      return _parse_values(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return _unique_finite([_number(value)])
+    if isinstance(value, list):
+      if not value:
+        raise ValueError("an empty list")
+      for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+          raise ValueError(f"the list holds {v!r} ({type(v).__name__}), not a number")
+      return _unique_finite([_number(v) for v in value])
+    raise ValueError(f"{value!r} ({type(value).__name__}) is not a number, list or range")
+  except ValueError as e:
+    raise UsageError(f"{where}: {name}: {e}; expected a number, a list of numbers or a range"
+                     f" string {VALUES_FORMS}") from None
+
+
+def _read_space_file(path: str) -> dict[str, Any]:
+  """The table of a TOML or YAML space file (its ``[space]`` table if it has one)."""
+  where = f"--space {path}"
   p = pathlib.Path(path)
-  text = p.read_text()
+  if not p.is_file():
+    raise UsageError(f"{where}: no such file" + (" (it is a folder)" if p.is_dir() else ""))
+  try:
+    text = p.read_text(encoding="utf-8")
+  except UnicodeDecodeError:
+    raise UsageError(f"{where}: not UTF-8 text; expected a TOML (or .yaml) file") from None
+  except OSError as e:
+    raise UsageError(f"{where}: cannot be read ({e.strerror or e})") from None
   if p.suffix in (".yaml", ".yml"):
     try:
       import yaml
-    except ImportError as e:
-      raise SystemExit(f"optaxlr: reading {path} needs PyYAML (pip install pyyaml), or use TOML") from e
-    raw = yaml.safe_load(text)
+    except ImportError:
+      raise UsageError(f"{where}: reading YAML needs PyYAML (pip install pyyaml), or use a"
+                       " .toml file") from None
+    try:
+      raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+      mark = getattr(e, "problem_mark", None)
+      at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+      problem = getattr(e, "problem", None) or e
+      raise UsageError(f"{where}: not valid YAML{at} ({problem})") from None
   else:
-    raw = tomllib.loads(text)
-  raw = raw.get("space", raw)
-  return {k: (_values(v) if isinstance(v, str) else [float(x) for x in np.atleast_1d(v)])
-          for k, v in raw.items()}
+    try:
+      raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+      raise UsageError(f"{where}: not valid TOML: {e}") from None
+  if not isinstance(raw, dict):
+    raise UsageError(f"{where}: expected a table of axes such as lr = [1e-3, 1e-2], got a"
+                     f" {type(raw).__name__}")
+  if "space" in raw:
+    others = sorted(k for k in raw if k != "space")
+    if not isinstance(raw["space"], dict) or others:
+      raise UsageError(f"{where}: 'space' must be a table holding every axis"
+                       + (f"; found other top-level keys {others}" if others else ""))
+    raw = raw["space"]
+  if not raw:
+    raise UsageError(f"{where}: defines no axes; write e.g. lr = [1e-3, 1e-2]")
+  return raw
+
+
+def load_space_file(path: str, optimizers: Sequence[str]) -> dict[str, list[float]]:
+  """The axes of a TOML/YAML space file, checked for the chosen ``optimizers``.
+
+  An axis is a range string (``wd = "1e-5:1e-1:5"``), a number or a list of numbers
+  (``lr = [1e-4, 1e-3]``); only the hyperparameters every chosen optimizer reads are allowed
+  (:func:`allowed_axes`), each with the values of ``AXIS_RULES``.
+
+  Raises:
+    UsageError: naming the file, the axis and what is allowed.
+  """
+  where = f"--space {path}"
+  raw = _read_space_file(path)
+  allowed = allowed_axes(optimizers)
+  axes = {}
+  for name, value in raw.items():
+    if name not in allowed:
+      note = ""
+      if name in AXIS_RULES:
+        readers = [o for o in OPTIMIZERS if name in AXES_READ[OPTIMIZERS[o][2]]]
+        note = f" ({name} is read only by {', '.join(readers)})"
+      raise UsageError(f"{where}: unknown axis {name!r}; --optimizers {','.join(optimizers)}"
+                       f" read only: {', '.join(allowed)}{note}")
+    axes[name] = _space_axis(where, name, value)
+    _check_rule(f"{where}: {name}", name, axes[name])
+  return axes
+
+
+def _check_int(option: str, value: int, low: int, high: int, why: str = "") -> None:
+  if not low <= value <= high:
+    rng = f">= {low}" if value < low and high >= MAX_STEPS else f"in [{low}, {high}]"
+    raise UsageError(f"{option} must be {rng}{why}, got {value}")
+
+
+def _check_out(out: str) -> None:
+  """The output folder exists or can be made, and a file can be written in it."""
+  if not out.strip():
+    raise UsageError("--out must be a folder path, got ''")
+  p = pathlib.Path(out)
+  if p.exists() and not p.is_dir():
+    raise UsageError(f"--out {out!r} is a file; give a folder (created if missing)")
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=p, prefix=".optaxlr-write-test"):
+      pass
+  except OSError as e:
+    raise UsageError(f"--out {out!r}: cannot write there ({e.strerror or e})") from None
+
+
+def _memory_bytes() -> int | None:
+  try:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _check_record_size(runs: int, steps: int, hint: str) -> None:
+  """The per-step loss record (runs x steps float32) must fit in a quarter of the memory."""
+  need, mem = 4 * runs * steps, _memory_bytes()
+  if mem is not None and need > mem // 4:
+    raise UsageError(
+        f"--steps {steps} x {runs} runs: the per-step loss record alone needs about"
+        f" {need / 2**30:.1f} GiB, more than a quarter of this machine's memory"
+        f" ({mem / 2**30:.0f} GiB); use fewer {hint}"
+    )
+
+
+def _check_batch_size(args: argparse.Namespace, quick: bool) -> None:
+  n_train = make_task(args.task, quick=quick).n_train
+  if args.batch_size > n_train:
+    raise UsageError(f"--batch-size must be in [1, {n_train}] (the training set size of --task"
+                     f" {args.task}), got {args.batch_size}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,6 +377,33 @@ def _fmt_pm(mean: float, std: float, pct: bool) -> str:
   return f"{100 * mean:5.2f} ± {100 * std:4.2f} %" if pct else f"{mean:.4f} ± {std:.4f}"
 
 
+def on_edge(res, best: dict[str, Any]) -> list[str]:
+  """Where the best config sits on the edge of the grid: ``["lr=max", "wd=min", ...]``.
+
+  Flagged: a grid axis with at least 3 values whose best value is the largest value tried
+  (``"=max"``) or the smallest (``"=min"``), unless that smallest value is 0 (the floor of a
+  weight decay or a momentum: there is nothing below it to try). With 2 values every value is
+  an edge, so such axes are not flagged.
+
+  >>> from types import SimpleNamespace
+  >>> from optaxlr import search
+  >>> res = SimpleNamespace(space=search.grid(lr=[1e-3, 1e-2, 1e-1], wd=[0.0, 1e-3, 1e-2]))
+  >>> on_edge(res, {"lr": 0.1, "wd": 0.0}), on_edge(res, {"lr": 1e-3, "wd": 1e-3})
+  (['lr=max'], ['lr=min'])
+  """
+  out = []
+  for axis in res.space.axes:
+    for name, values in axis.values.items():
+      vals = np.unique(np.asarray(values))
+      if axis.dim != name or vals.size < 3 or name not in best:
+        continue
+      if best[name] == vals.max():
+        out.append(f"{name}=max")
+      elif best[name] == vals.min() and vals.min() != 0:
+        out.append(f"{name}=min")
+  return out
+
+
 def _summary_rows(name, res) -> dict:
   metric = "val/error" if "val/error" in res.metrics else "val/loss"
   best = res.best(metric)
@@ -130,6 +411,7 @@ def _summary_rows(name, res) -> dict:
   row = {
       "optimizer": name,
       "best": {k: v for k, v in best["hparams"].items()},
+      "on_edge": on_edge(res, best["hparams"]),
       "metric": metric,
       "val": (best[metric], best[f"{metric}_std"]),
       "configs": res.num_configs,
@@ -161,11 +443,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  axes = {"lr": args.lr, "wd": args.wd}
-  if args.space:
-    axes.update(_load_space_file(args.space))
   task = make_task(args.task, quick=args.quick)
-  space = search.grid(**axes)
+  space = search.grid(**args.axes)
   devices = jax.devices()[: args.devices] if args.devices else None
   print(f"optaxlr sweep: task={args.task} ({task.info.get('n_train', len(task.train['y']))} train"
         f" examples), {len(space)} configs x {args.seeds} seeds x {len(args.optimizers)} optimizers,"
@@ -196,6 +475,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
   pct = any(r.get("metric") == "val/error" for r in rows)
   head = f"{'optimizer':<12} {'best lr':>9} {'best wd':>9}  {'val error' if pct else 'val loss':<18}"
   head += f" {'test error' if pct else 'test loss':<18} {'val loss':<16} {'diverged':>9}  compile/run"
+  head += "  on grid edge"
   print(head)
   print("-" * len(head))
   for r in rows:
@@ -207,7 +487,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     line += f" {_fmt_pm(*r['test'], pct) if 'test' in r else '-':<18}"
     line += f" {_fmt_pm(*r['val_loss'], False) if 'val_loss' in r else '-':<16}"
     line += f" {r['diverged_configs']:>3}/{r['configs']:<5}  {r['compile_s']:.1f}s/{r['run_s']:.1f}s"
+    line += "  " + (", ".join(r["on_edge"]) or "-")
     print(line)
+  for r in rows:
+    if r.get("all_diverged"):
+      continue
+    others = {k: v for k, v in r["best"].items() if k not in ("lr", "wd")}
+    if others:
+      print(f"  best ({r['optimizer']}): " + ", ".join(f"{k}={v:g}" for k, v in others.items()))
+    for edge in r["on_edge"]:
+      name, side = edge.split("=")
+      print(f"  best {name} ({r['optimizer']}) is the {'largest' if side == 'max' else 'smallest'}"
+            f" value tried ({r['best'][name]:g}): extend the grid"
+            f" {'upward' if side == 'max' else 'downward'}")
   for r in rows:
     if r.get("diagnoses"):
       found = {k: v for k, v in r["diagnoses"].items() if v}
@@ -255,7 +547,7 @@ def _demo_schedules(steps: int) -> dict:
   return {
       "step(5 epochs, x0.5)": s.epochs(s.step(lr, 5, 0.5), max(1, steps // 30)),
       "exponential (0.98/epoch)": s.epochs(s.exponential(lr, 0.98), max(1, steps // 30)),
-      "inverse_time (k=0.01)": s.inverse_time(lr, 0.01),
+      "inverse_time (k=0.01)": s.inverse_time(lr, k=0.01),
       "cosine": s.cosine(lr, steps),
       "cosine_restarts (SGDR)": s.cosine_restarts(lr, max(1, steps // 7), 2),
       "cyclic (triangular2)": s.cyclic(lr / 4, lr, max(1, steps // 8), mode="triangular2"),
@@ -360,19 +652,28 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 # optaxlr lr-find
 
 
+def _lr_find_builder(name: str) -> Callable:
+  """``hparams -> optax transform`` of a named optimizer for the range test (lr, wd)."""
+  import optaxlr
+
+  _, decay, base = OPTIMIZERS[name]
+
+  def build(h):
+    kw = {"base_lr": h["lr"]} if decay == "paper" else {}
+    if base == "adam":
+      return optaxlr.adamw(h["lr"], weight_decay=h["wd"], decay=decay, **kw)
+    return optaxlr.sgd(h["lr"], momentum=0.9, weight_decay=h["wd"], decay=decay, **kw)
+
+  return build
+
+
 def cmd_lr_find(args: argparse.Namespace) -> int:
   import optaxlr
   from optaxlr import search
 
   task = make_task(args.task, quick=True)
-  _, decay, base = OPTIMIZERS[args.optimizer]
   space = search.grid(wd=args.wd)
-
-  def build(h):
-    if base == "adam":
-      return optaxlr.adamw(h["lr"], h["wd"], decay=decay, **({"base_lr": h["lr"]} if decay == "paper" else {}))
-    return optaxlr.sgd(h["lr"], 0.9, weight_decay=h["wd"], decay=decay,
-                       **({"base_lr": h["lr"]} if decay == "paper" else {}))
+  build = _lr_find_builder(args.optimizer)
 
   res = optaxlr.lr_find(task, build, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
                         seeds=args.seeds, space=space, batch_size=args.batch_size)
@@ -395,33 +696,53 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 # optaxlr plot / diagnose
 
 
-def _load_result(path: str):
+def _load_result(command: str, path: str):
+  """The sweep result at ``path``, or None after one line on stderr (exit code 1)."""
   import optaxlr
 
   try:
     return optaxlr.load(path)
-  except (OSError, ValueError, KeyError) as e:
-    print(f"optaxlr: cannot read sweep result {path!r}: {e}", file=sys.stderr)
+  except (OSError, ValueError) as e:
+    msg = " ".join(str(e).removeprefix("load: ").split())
+    print(f"optaxlr {command}: error: cannot read the sweep result: {msg}", file=sys.stderr)
     return None
+
+
+def _check_plot_names(args: argparse.Namespace, res) -> tuple[str, str | None, str | None]:
+  """The metric and the heatmap's (x, y) of ``optaxlr plot``, checked against the result."""
+  metric = args.metric or ("val/error" if "val/error" in res.metrics else "val/loss")
+  if metric not in res.metrics:
+    raise UsageError(f"--metric {metric!r} is not in {args.result}; available:"
+                     f" {', '.join(sorted(res.metrics))}")
+  names = list(res.hparams)
+  for option, name in (("--x", args.x), ("--y", args.y)):
+    if name is not None and name not in names:
+      raise UsageError(f"{option} {name!r} is not a hyperparameter of {args.result}; available:"
+                       f" {', '.join(names)}")
+  if len(names) < 2:
+    if args.x or args.y:
+      raise UsageError(f"--x/--y: a heatmap needs two hyperparameters; {args.result} has only"
+                       f" {', '.join(names)}")
+    return metric, None, None
+  x = args.x or next(n for n in names if n != args.y)
+  y = args.y or next(n for n in names if n != x)
+  if x == y:
+    raise UsageError(f"--x and --y must differ, got {x!r} twice")
+  return metric, x, y
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
   from optaxlr import plot
 
-  res = _load_result(args.result)
+  res = _load_result(args.command, args.result)
   if res is None:
     return EXIT_FAILED
+  metric, x, y = _check_plot_names(args, res)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   stem = pathlib.Path(args.result).stem
-  metric = args.metric or ("val/error" if "val/error" in res.metrics else "val/loss")
-  if metric not in res.metrics:
-    print(f"optaxlr plot: no metric {metric!r}; available: {sorted(res.metrics)}", file=sys.stderr)
-    return EXIT_USAGE
-  names = list(res.hparams)
   written = []
-  if len(names) >= 2:
-    x, y = args.x or names[0], args.y or names[1]
+  if x is not None:
     fig = plot.heatmap(res, x, y, metric)
     written.append(out / f"{stem}_heatmap.png")
     fig.savefig(written[-1], dpi=110)
@@ -433,7 +754,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-  res = _load_result(args.result)
+  res = _load_result(args.command, args.result)
   if res is None:
     return EXIT_FAILED
   from optaxlr import doctor
@@ -446,58 +767,70 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="optaxlr",
       description="Learning-rate schedules, weight decay and whole-grid sweeps as vmappable "
       "optax pieces. With no command, runs 'optaxlr sweep' (a real sweep on built-in data).",
+      epilog="Exit codes: 0 success, 1 the run failed or a result file could not be read, "
+      "2 bad usage (every option value is checked before anything runs).",
   )
+  parser.add_argument("--version", action=_Version)
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
   p = sub.add_parser(
       "sweep", help="sweep lr x weight decay on built-in data, one compiled program per optimizer",
       description="Trains every (lr, wd) config x seed of each optimizer as ONE compiled, vmapped "
       "program; prints the best settings, writes results (.npz) and heatmaps of validation error "
-      "over (lr, wd) side by side (as Figure 2 of the AdamW paper).",
+      "over (lr, wd) side by side (as Figure 2 of the AdamW paper). A best value on the edge of "
+      "a grid axis with >= 3 values (its largest value, or its smallest unless 0) is flagged in "
+      "the table and in summary.json ('on_edge'): extend the grid that way.",
   )
   p.add_argument("--task", choices=TASKS, default="digits", help="built-in task (default digits)")
   p.add_argument("--optimizers", type=lambda s: s.split(","), default=["adam_l2", "adamw"],
                  help=f"comma-separated, from {', '.join(OPTIMIZERS)} (default adam_l2,adamw)")
-  p.add_argument("--lr", type=_values, default=_values("1e-4:1e-1:1-3"),
-                 help="learning rates: 'a,b,c', 'lo:hi:n' (log-spaced) or 'lo:hi:1-3' "
+  p.add_argument("--lr", type=_values, default="1e-4:1e-1:1-3",
+                 help="learning rates (> 0): 'a,b,c', 'lo:hi:n' (log-spaced) or 'lo:hi:1-3' "
                  "(default 1e-4:1e-1:1-3)")
-  p.add_argument("--wd", type=_values, default=_values("1e-5:1:6"),
-                 help="weight decays, same forms (default 1e-5:1:6)")
-  p.add_argument("--space", help="TOML/YAML file of extra or overriding axes, e.g. lr = '1e-4:1e-2:5'")
+  p.add_argument("--wd", type=_values, default="1e-5:1:6",
+                 help="weight decays (>= 0), same forms (default 1e-5:1:6)")
+  p.add_argument("--space", help="TOML/YAML file of extra or overriding axes, e.g. lr = "
+                 "'1e-4:1e-2:5'; allowed axes: lr, wd, and momentum (in [0, 1)) when every "
+                 "optimizer is an SGD one")
   p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="lr schedule (default cosine)")
   p.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
-  p.add_argument("--batch-size", type=int, default=64, help="minibatch size (default 64)")
+  p.add_argument("--batch-size", type=int, default=64,
+                 help="minibatch size, at most the task's training set (default 64)")
   p.add_argument("--seeds", type=int, default=5, help="seeds per config (default 5)")
-  p.add_argument("--eval-every", type=int, default=50, help="evaluate every N steps (default 50)")
+  p.add_argument("--eval-every", type=int, default=None,
+                 help="evaluate every N steps, a divisor of --steps (default: 50, or the largest "
+                 "divisor of --steps below 50)")
   p.add_argument("--devices", type=int, default=None, help="use the first N devices (default all)")
-  p.add_argument("--key", type=int, default=0, help="base PRNG seed (default 0)")
+  p.add_argument("--key", type=int, default=0, help=f"base PRNG seed in [0, {MAX_KEY}] (default 0)")
   p.add_argument("--quick", action="store_true", help="smaller models for the synthetic tasks")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
-  p.set_defaults(func=cmd_sweep)
+  p.set_defaults(func=cmd_sweep, check=_check_sweep)
 
   p = sub.add_parser("lr-find", help="the LR range test (Smith 2017), seeds x weight decays at once")
   p.add_argument("--task", choices=TASKS, default="digits", help="built-in task (default digits)")
   p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help="default adamw")
-  p.add_argument("--wd", type=_values, default=[0.0, 1e-2], help="weight decays (default 0,1e-2)")
-  p.add_argument("--min-lr", type=float, default=1e-6, help="default 1e-6")
-  p.add_argument("--max-lr", type=float, default=10.0, help="default 10")
-  p.add_argument("--steps", type=int, default=200, help="default 200")
+  p.add_argument("--wd", type=_values, default="0,1e-2", help="weight decays (default 0,1e-2)")
+  p.add_argument("--min-lr", type=float, default=1e-6, help="the first rate, > 0 (default 1e-6)")
+  p.add_argument("--max-lr", type=float, default=10.0, help="the last rate, finite (default 10)")
+  p.add_argument("--steps", type=int, default=200,
+                 help=f"steps, >= {LR_FIND_MIN_STEPS} (default 200)")
   p.add_argument("--seeds", type=int, default=3, help="default 3")
   p.add_argument("--batch-size", type=int, default=64, help="default 64")
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
-  p.set_defaults(func=cmd_lr_find)
+  p.set_defaults(func=cmd_lr_find, check=_check_lr_find)
 
   p = sub.add_parser("schedules", help="tabulate and plot the built-in schedules")
-  p.add_argument("--steps", type=int, default=300, help="number of steps to draw (default 300)")
+  p.add_argument("--steps", type=int, default=300,
+                 help=f"number of steps to draw, in [30, {SCHEDULES_MAX_STEPS}] (default 300)")
   p.add_argument("--torch", action="store_true",
                  help="draw PyTorch's scheduler of the same name beside each (needs torch)")
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
-  p.set_defaults(func=cmd_schedules)
+  p.set_defaults(func=cmd_schedules, check=_check_schedules)
 
   p = sub.add_parser("plot", help="heatmap and curves of a saved sweep result")
   p.add_argument("result", help="a .npz written by a sweep")
@@ -505,56 +838,120 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--x", help="hyperparameter on the x axis (default: the first)")
   p.add_argument("--y", help="hyperparameter on the y axis (default: the second)")
   p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
-  p.set_defaults(func=cmd_plot)
+  p.set_defaults(func=cmd_plot, check=lambda args: _check_out(args.out))
 
   p = sub.add_parser("diagnose", help="classify every run of a saved sweep and say what to do")
   p.add_argument("result", help="a .npz written by a sweep")
-  p.set_defaults(func=cmd_diagnose)
+  p.set_defaults(func=cmd_diagnose, check=lambda args: None)
   return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-  """Value checks argparse cannot express; errors exit with code 2 before any compute."""
-  if args.command == "sweep":
-    unknown = [o for o in args.optimizers if o not in OPTIMIZERS]
-    if unknown or not args.optimizers:
-      parser.error(f"--optimizers: unknown {unknown}; choose from {', '.join(OPTIMIZERS)}")
-    for name in ("steps", "batch_size", "seeds", "eval_every"):
-      if getattr(args, name) < 1:
-        parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.devices is not None and args.devices < 1:
-      parser.error(f"--devices must be >= 1, got {args.devices}")
-    for name in ("lr", "wd"):
-      vals = getattr(args, name)
-      if not vals:
-        parser.error(f"--{name} is empty")
-    if min(args.lr) <= 0:
-      parser.error(f"--lr values must be > 0, got {args.lr}")
-    if min(args.wd) < 0:
-      parser.error(f"--wd values must be >= 0, got {args.wd}")
-    if args.space and not pathlib.Path(args.space).is_file():
-      parser.error(f"--space: no such file {args.space!r}")
-  if args.command == "lr-find":
-    if not 0 < args.min_lr < args.max_lr:
-      parser.error(f"--min-lr and --max-lr must satisfy 0 < min < max, got {args.min_lr}, {args.max_lr}")
-    for name in ("steps", "seeds", "batch_size"):
-      if getattr(args, name) < 1:
-        parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-  if args.command == "schedules" and args.steps < 30:
-    parser.error(f"--steps must be >= 30, got {args.steps}")
+# ----------------------------------------------------------------------------------------
+# Value checks argparse cannot express: each raises UsageError before anything runs.
+
+def _default_eval_every(steps: int) -> int:
+  """50, or the largest divisor of ``steps`` below 50 (the run is whole chunks of it)."""
+  return max(d for d in range(1, min(50, steps) + 1) if steps % d == 0)
+
+
+def _check_sweep(args: argparse.Namespace) -> None:
+  import jax
+
+  names = args.optimizers
+  if any(not o for o in names) or not names:
+    raise UsageError(f"--optimizers: an empty name in {','.join(names)!r}; give comma-separated"
+                     f" names from {', '.join(OPTIMIZERS)}")
+  unknown = [o for o in names if o not in OPTIMIZERS]
+  if unknown:
+    raise UsageError(f"--optimizers: unknown {unknown}; choose from {', '.join(OPTIMIZERS)}")
+  twice = sorted({o for o in names if names.count(o) > 1})
+  if twice:
+    raise UsageError(f"--optimizers: {twice[0]} is given twice; each optimizer runs once")
+  _check_int("--steps", args.steps, 1, MAX_STEPS)
+  _check_int("--batch-size", args.batch_size, 1, MAX_STEPS)
+  _check_int("--seeds", args.seeds, 1, MAX_STEPS)
+  _check_int("--key", args.key, 0, MAX_KEY, " (a 32-bit PRNG seed; larger ones wrap around)")
+  if args.eval_every is None:
+    args.eval_every = _default_eval_every(args.steps)
+  _check_int("--eval-every", args.eval_every, 1, args.steps, " (at most --steps)")
+  if args.steps % args.eval_every:
+    raise UsageError(f"--eval-every {args.eval_every} must divide --steps {args.steps} (the run"
+                     f" is whole chunks of --eval-every steps); e.g. --eval-every"
+                     f" {_default_eval_every(args.steps)}")
+  if args.devices is not None:
+    n_dev = len(jax.devices())
+    _check_int("--devices", args.devices, 1, n_dev,
+               f" (this machine has {n_dev} {jax.default_backend()} device{'s' * (n_dev > 1)})")
+  _check_rule("--lr", "lr", args.lr)
+  _check_rule("--wd", "wd", args.wd)
+  args.axes = {"lr": args.lr, "wd": args.wd}
+  if args.space:
+    args.axes.update(load_space_file(args.space, names))
+  configs = math.prod(len(v) for v in args.axes.values())
+  _check_record_size(len(names) * configs * args.seeds, args.steps,
+                     "steps, seeds, optimizers or grid values")
+  for name in names:
+    _check_builds(f"--optimizers {name} with --schedule {args.schedule}",
+                  make_optimizer(name, args.schedule, args.steps), args.axes)
+  _check_batch_size(args, args.quick)
+  _check_out(args.out)
+
+
+def _check_builds(what: str, build: Callable, axes: dict[str, list[float]]) -> None:
+  """Builds the optimizer once per value of each axis (the others at their first value), so
+  the transforms' own checks reject a bad value here rather than inside the sweep."""
+  first = {k: v[0] for k, v in axes.items()}
+  for name, values in axes.items():
+    for v in values:
+      try:
+        build({**first, name: v})
+      except ValueError as e:  # the transforms' checks of a value (a TypeError is a bug here)
+        raise UsageError(f"{what} rejects {name}={v:g}: {e}") from None
+
+
+def _check_lr_find(args: argparse.Namespace) -> None:
+  for name in ("min_lr", "max_lr"):
+    if not math.isfinite(getattr(args, name)):
+      raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got"
+                       f" {getattr(args, name)}")
+  if not 0 < args.min_lr < args.max_lr:
+    raise UsageError(f"--min-lr and --max-lr must satisfy 0 < min < max, got --min-lr"
+                     f" {args.min_lr:g}, --max-lr {args.max_lr:g}")
+  _check_int("--steps", args.steps, LR_FIND_MIN_STEPS, MAX_STEPS,
+             " (the suggestions skip the first tenth and the last 5 points)")
+  _check_int("--seeds", args.seeds, 1, MAX_STEPS)
+  _check_int("--batch-size", args.batch_size, 1, MAX_STEPS)
+  _check_rule("--wd", "wd", args.wd)
+  _check_record_size(args.seeds * len(args.wd), args.steps, "steps, seeds or weight decays")
+  _check_builds(f"--optimizer {args.optimizer}", _lr_find_builder(args.optimizer),
+                {"wd": args.wd, "lr": [args.min_lr, args.max_lr]})
+  _check_batch_size(args, True)
+  _check_out(args.out)
+
+
+def _check_schedules(args: argparse.Namespace) -> None:
+  _check_int("--steps", args.steps, 30, SCHEDULES_MAX_STEPS)
+  _check_out(args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+  Bad usage raises ``SystemExit(2)`` after one line on stderr.
+  """
   parser = build_parser()
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+  if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
     argv = ["sweep", *argv]
   args = parser.parse_args(argv)
   if args.command is None:
     parser.print_help()
     return EXIT_USAGE
-  _check(parser, args)
-  return args.func(args)
+  try:
+    args.check(args)
+    return args.func(args)
+  except UsageError as e:
+    _fail(f"optaxlr {args.command}", str(e))
 
 
 if __name__ == "__main__":
