@@ -382,55 +382,99 @@ class LRFindResult:
       ax=None,
       raw: bool = True,
       suggestions: Sequence[str] = ("valley", "steep", "minimum"),
+      recommend: str | None = "valley",
       figsize=(7, 4),
   ):
-    """Loss against learning rate (log axis): raw points faint, the smoothed mean over seeds
-    bold with a min-max band over seeds, suggestions marked; returns the ``Figure``.
+    """Loss against learning rate (log axis); returns the ``Figure``.
+
+    Per config: the smoothed mean over seeds (bold, its label says the recommended rate), a
+    min-max band over seeds, the raw mean loss (faint, cut where it leaves the smoothed
+    curves' range), each suggestion as a marker and the recommended rate as a dashed
+    vertical line. The legend names every config and every kind of mark.
 
     Args:
       configs: config indices to draw (default: up to 8 spread over the configs).
       raw: also draw the raw (unsmoothed) mean loss, faint.
       suggestions: which suggestions to mark (any of ``suggest()``'s keys).
+      recommend: the suggestion drawn as the recommended rate (fastai recommends
+        ``"valley"``), or ``None``.
     """
+    from matplotlib.lines import Line2D
+
     fig, ax = _fig_ax(ax, figsize)
     if configs is None:
       configs = np.unique(np.linspace(0, self.num_configs - 1,
                                       min(8, self.num_configs)).astype(int))
+    configs = [int(c) for c in configs]
+    keys = ("minimum", "steep", "valley", "base_lr", "max_lr")
+    for name in (*suggestions, *([recommend] if recommend is not None else [])):
+      if name not in keys:
+        raise ValueError(f"LRFindResult.plot: suggestions and recommend must be among {keys}, "
+                         f"got {name!r}")
     mean = self.mean_curve()
-    sugg = self.suggest() if suggestions else {}
+    sugg = self.suggest() if (suggestions or recommend) else {}
     markers = dict(zip(("valley", "steep", "minimum", "max_lr", "base_lr"), "o^svD"))
+    n_s = self.smoothed.shape[0]
+    shown = mean[configs]
+    finite = shown[np.isfinite(shown)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
+    raw_means = {}
+    if raw:
+      for c in configs:
+        live = np.isfinite(mean[c])  # where every seed is still running
+        r = np.where(live, self.loss[:, c].mean(0), np.nan)
+        r = np.where(r <= hi, r, np.nan)  # above the smoothed curves' top: cut, not clipped
+        raw_means[c] = r
+        if np.isfinite(r).any():
+          lo = min(lo, float(np.nanmin(r)))
     for c in configs:
-      c = int(c)
       cfg = self.config(c)
-      label = ", ".join(f"{k}={v:.3g}" for k, v in cfg.items()) or "loss"
+      label = ", ".join(f"{k}={v:.3g}" for k, v in cfg.items()) or f"{self.tracked} loss"
+      rec = sugg[recommend][c] if recommend is not None else np.nan
+      if np.isfinite(rec):
+        label += f": {recommend} {rec:.3g}"
       line, = ax.plot(self.lrs, mean[c], label=label, lw=2)
       color = line.get_color()
-      live = np.isfinite(mean[c])  # where every seed is still running
-      if raw and live.any():
-        ax.plot(self.lrs[live], self.loss[:, c, live].mean(0), color=color, alpha=0.3, lw=1)
-      if self.smoothed.shape[0] > 1 and live.any():
+      live = np.isfinite(mean[c])
+      if c in raw_means:
+        ax.plot(self.lrs, raw_means[c], color=color, alpha=0.3, lw=1)
+      if n_s > 1 and live.any():
         band = self.smoothed[:, c, live]
         ax.fill_between(self.lrs[live], band.min(0), band.max(0), color=color, alpha=0.15,
                         lw=0)
       for name in suggestions:
         lr = sugg[name][c]
-        if np.isfinite(lr):
-          y = np.interp(np.log(lr), np.log(self.lrs[np.isfinite(mean[c])]),
-                        mean[c][np.isfinite(mean[c])]) if np.isfinite(mean[c]).any() else np.nan
-          ax.plot([lr], [y], markers.get(name, "x"), color=color, ms=7,
-                  label=f"{name} {lr:.2e}" if len(configs) == 1 else None)
+        if np.isfinite(lr) and live.any():
+          y = np.interp(np.log(lr), np.log(self.lrs[live]), mean[c][live])
+          ax.plot([lr], [y], markers.get(name, "x"), color=color, ms=7)
+      if np.isfinite(rec):  # a vertical line over the axes' height
+        ax.vlines(rec, 0, 1, transform=ax.get_xaxis_transform(), color=color, ls="--", lw=1)
     if self.settings.get("mode", "exp") == "exp":
       ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"{self.tracked} loss (smoothed)")
-    finite = mean[np.asarray(configs)][np.isfinite(mean[np.asarray(configs)])]
-    if finite.size:
-      lo, hi = finite.min(), finite.max()
+    ax.set_ylabel(f"{self.tracked} loss")
+    if np.isfinite(lo) and np.isfinite(hi):
       pad = 0.05 * (hi - lo) if hi > lo else 0.05 * abs(hi) + 1e-12
       ax.set_ylim(lo - pad, hi + pad)
-    ax.legend(fontsize=7)
+    # The legend: every config's line, then one entry per kind of mark.
+    handles, _ = ax.get_legend_handles_labels()
+    seeds = f"mean over {n_s} seed{'s' * (n_s != 1)}"
+    kinds = [Line2D([], [], color="k", lw=2, label=f"smoothed loss, {seeds}")]
+    if n_s > 1:
+      kinds.append(Line2D([], [], color="k", alpha=0.15, lw=6, label="min-max over seeds"))
+    if raw_means:
+      kinds.append(Line2D([], [], color="k", alpha=0.3, lw=1, label="raw loss (faint)"))
+    for name in suggestions:
+      kinds.append(Line2D([], [], color="k", ls="", marker=markers.get(name, "x"), label=name))
+    if recommend is not None:
+      kinds.append(Line2D([], [], color="k", ls="--", lw=1, label=f"recommended: {recommend}"))
+    ax.legend(handles=handles + kinds, fontsize=7, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
+    stopped = int(self.stopped.sum())
+    ax.set_title(f"LR range test, {self.settings.get('mode', 'exp')} rates: {self.tracked} loss"
+                 f" ({stopped} of {self.stopped.size} runs stopped early)", fontsize=9,
+                 wrap=True)
     return fig
-
 
 def lr_find(
     task,
@@ -676,39 +720,77 @@ class LRGridResult:
       return out
     return {k: float(v[config]) for k, v in out.items()}
 
-  def plot(self, configs: Sequence[int] | None = None, *, ax=None, figsize=(7, 4)):
-    """Final loss against the rate (log axes), the falling threshold dashed, the two
-    suggestions marked; returns the ``Figure``."""
+  def plot(self, configs: Sequence[int] | None = None, *, ax=None, recommend: str | None = "best",
+           figsize=(7, 4)):
+    """Final loss against the rate (log axes); returns the ``Figure``.
+
+    Per config: the mean over seeds of the final loss (its label says the recommended rate),
+    the falling threshold ``(1 - fall_threshold)`` x the initial loss dashed, diverged rates
+    as crosses at the top, both suggestions as markers and the recommended rate as a dotted
+    vertical line. The legend names every config and every kind of mark.
+
+    Args:
+      configs: config indices to draw (default: the first 8).
+      recommend: the suggestion drawn as the recommended rate, ``"best"`` or
+        ``"largest_falling"``, or ``None``.
+    """
+    from matplotlib.lines import Line2D
+
+    if recommend not in (None, "best", "largest_falling"):
+      raise ValueError(f"LRGridResult.plot: recommend must be 'best', 'largest_falling' or "
+                       f"None, got {recommend!r}")
     fig, ax = _fig_ax(ax, figsize)
     if configs is None:
       configs = range(min(8, self.num_configs))
     mean = self.mean_final()
     init = self.initial.mean(axis=0)
     sugg = self.suggest()
+    marks = {"largest_falling": "^", "best": "*"}
+    finite = mean[np.isfinite(mean)]
+    top = float(finite.max()) if finite.size else float(np.max(init))
+    any_div = False
     for c in configs:
+      c = int(c)
       cfg = self.config(c)
       label = ", ".join(f"{k}={v:.3g}" for k, v in cfg.items()) or f"{self.metric} loss"
+      rec = sugg[recommend][c] if recommend is not None else np.nan
+      if np.isfinite(rec):
+        label += f": {recommend} {rec:.3g}"
       y = np.where(np.isfinite(mean[:, c]), mean[:, c], np.nan)
       line, = ax.plot(self.lrs, y, "o-", label=label)
       color = line.get_color()
       ax.axhline((1 - self.fall_threshold) * init[c], color=color, ls="--", lw=1, alpha=0.6)
-      ax.plot(self.lrs[self.diverged[:, :, c].any(0)],
-              np.full(int(self.diverged[:, :, c].any(0).sum()), np.nanmax(y) if
-                      np.isfinite(y).any() else init[c]), "x", color=color)
-      for name, marker in (("largest_falling", "^"), ("best", "*")):
+      div = self.diverged[:, :, c].any(0)
+      any_div |= bool(div.any())
+      ax.plot(self.lrs[div], np.full(int(div.sum()), top), "x", color=color, ms=8)
+      for name, marker in marks.items():
         lr = sugg[name][c]
         if np.isfinite(lr):
           i = int(np.argmin(np.abs(self.lrs - lr)))
-          ax.plot([lr], [y[i]], marker, color=color, ms=10,
-                  label=f"{name} {lr:.2e}" if len(configs) == 1 else None)
+          ax.plot([lr], [y[i]], marker, color=color, ms=10)
+      if np.isfinite(rec):  # a vertical line over the axes' height
+        ax.vlines(rec, 0, 1, transform=ax.get_xaxis_transform(), color=color, ls=":", lw=1.5)
     ax.set_xscale("log")
-    if np.all(mean[np.isfinite(mean)] > 0):
+    if finite.size and np.all(finite > 0):
       ax.set_yscale("log")
     ax.set_xlabel("learning rate (constant)")
     ax.set_ylabel(f"final {self.metric} loss")
-    ax.legend(fontsize=7)
+    handles, _ = ax.get_legend_handles_labels()
+    n_s = self.final.shape[0]
+    kinds = [
+        Line2D([], [], color="k", marker="o", label=f"mean over {n_s} seed{'s' * (n_s != 1)}"),
+        Line2D([], [], color="k", ls="--", lw=1, alpha=0.6,
+               label=f"falling: below {1 - self.fall_threshold:.3g} x initial loss"),
+    ]
+    if any_div:
+      kinds.append(Line2D([], [], color="k", ls="", marker="x", label="diverged"))
+    kinds += [Line2D([], [], color="k", ls="", marker=m, ms=8, label=n) for n, m in marks.items()]
+    if recommend is not None:
+      kinds.append(Line2D([], [], color="k", ls=":", lw=1.5, label=f"recommended: {recommend}"))
+    ax.legend(handles=handles + kinds, fontsize=7, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(f"constant-rate runs: final {self.metric} loss", fontsize=9)
     return fig
-
 
 def lr_find_grid(
     task,

@@ -1,18 +1,22 @@
-"""diagnose(): labels of REAL short runs (a diverging, an exploding, a not-learning, an
-underfitting and a healthy rate on digits; an overfitting and an overconfident net on the
-noisy sinusoid) and of synthetic curves for the rest; evidence vs a plain NumPy restatement
-of the documented formulas; vectorised over runs == one run at a time; tables and errors."""
+"""diagnose(): labels of REAL short runs (a diverging, an exploding, a not-learning, a too
+slow and a healthy rate on digits; an overfitting and an overconfident net on the noisy
+sinusoid; a one-cycle run whose loss spikes and recovers; out-of-range labels) and of
+synthetic curves for the rest; the comparison with the sweep's best and the update/weight
+ratio rule on hand-built results; evidence vs a plain NumPy restatement of the documented
+formulas; vectorised over runs == one run at a time; tables and errors."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import optaxlr
-from optaxlr import search, tasks
+from optaxlr import schedules, search, tasks
 from optaxlr.doctor import (
     ADVICE,
     LABELS,
@@ -57,17 +61,78 @@ def digits_sweep():
 def test_real_runs_on_digits(digits_sweep):
   d = diagnose(digits_sweep)
   assert d.labels.shape == (1, 5)
-  assert d.labels[0].tolist() == ["not_learning", "underfitting", "healthy", "exploding",
+  assert d.labels[0].tolist() == ["not_learning", "too_slow", "healthy", "exploding",
                                   "diverged"]
   # Evidence behind them.
   ev = {k: v[0] for k, v in d.evidence.items()}
   np.testing.assert_array_equal(ev["diverged_at"], digits_sweep.diverged_at[0])
   assert ev["diverged_at"][4] >= 0 and (ev["diverged_at"][:4] == -1).all()
   assert abs(ev["improvement"][0]) < 0.05  # lr = 1e-7: flat
-  assert ev["recent_improvement"][1] > 0.01 and ev["remaining"][1] > 0.5  # lr = 1e-3: slow
-  assert ev["remaining"][2] < 0.1  # lr = 0.1 learns
-  assert ev["peak_ratio"][3] > 1e3  # lr = 1: the loss grows by orders of magnitude
+  assert ev["recent_improvement"][1] > 0.01  # lr = 1e-3: still improving...
+  # ...but far behind the best (lr = 0.1) at the same step: its validation error against the
+  # best config's, both read from the result.
+  err = digits_sweep.final("val/error")[0]
+  assert ev["score"][1] == pytest.approx(err[1]) and ev["best_score"][1] == pytest.approx(err[2])
+  assert ev["behind_ratio"][1] == pytest.approx(err[1] / err[2]) and ev["behind_ratio"][1] > 2
+  assert ev["remaining"][2] < 0.1 and ev["behind_ratio"][2] == 1.0  # lr = 0.1 is the best
+  # lr = 1: the loss grows by orders of magnitude and ends there, far above its minimum.
+  assert ev["peak_ratio"][3] > 1e3 and ev["end_over_min"][3] > 1e3
   np.testing.assert_array_equal(d.hparams["lr"], [1e-7, 1e-3, 0.1, 1.0, 1e3])
+  # The sweep records ||update|| / ||params|| at every evaluation: the evidence is its largest
+  # value over the run, growing with the rate.
+  ratio = digits_sweep.metrics["train/update_ratio"][0]
+  np.testing.assert_allclose(ev["update_ratio"][:4], np.nanmax(ratio[:4], axis=-1), rtol=1e-6)
+  assert (np.diff(ev["update_ratio"][:4]) > 0).all() and ev["update_ratio"][0] < 1e-4
+  assert not d.notes
+
+
+def test_real_one_cycle_spike_that_recovers_is_not_exploding():
+  # Notebook 04's one-cycle run (SGD + momentum 0.9, peak rate 0.62 from the range test): as
+  # the rate rises the loss climbs two orders of magnitude above its start, then falls below
+  # its earlier minimum as the rate anneals, ending at a few percent error.
+  task = tasks.digits(hidden=(64,))
+  res = optaxlr.sweep(task, lambda h: optax.sgd(schedules.one_cycle(h["lr"], 300), momentum=0.9),
+                      search.grid(lr=[0.62]), steps=300, batch_size=64, eval_every=30,
+                      progress=False)
+  d = diagnose(res)
+  ev = {k: v[0, 0] for k, v in d.evidence.items()}
+  assert ev["peak_ratio"] > d.thresholds.explode_ratio  # the old rule called it exploding
+  assert ev["end_over_min"] < 3  # it ends near its running minimum: recovered
+  assert res.final("val/error")[0, 0] < 0.06
+  assert not d.flags["exploding"][0, 0] and d.labels[0, 0] != "exploding", d.explain(0, 0)
+
+
+def test_out_of_range_labels_are_a_data_error_not_the_learning_rate():
+  # Task.from_functions without info["num_classes"]: Task.validate cannot check the labels, and
+  # label 3 with 3 outputs makes the cross-entropy NaN at step 0, before any update.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(32, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 32).astype(np.int32)
+  y[7] = 3
+
+  def init(key):
+    return {"w": 0.1 * jax.random.normal(key, (5, 3)), "b": jnp.zeros(3)}
+
+  task = tasks.Task.from_functions("bad labels", init, lambda p, x: x @ p["w"] + p["b"][None],
+                                   train={"x": x, "y": y}, eval={"val": {"x": x, "y": y}})
+  res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[1e-4, 1e-2, 1.0]),
+                      steps=4, batch_size=32, eval_every=2, progress=False)
+  assert (res.diverged_at == 0).all() and np.isnan(res.batch_loss[..., 0]).all()
+  d = diagnose(res)
+  assert d.labels.tolist() == [["data_error"] * 3]
+  assert d.flags["diverged"].all()  # it did diverge; the label names the cause
+  assert "labels outside [0, num_classes)" in d.advice[0, 0]
+  assert any("non-finite loss before any update" in n for n in d.notes)
+  # The same when a run's first recorded loss is finite but every rate diverges at step 0
+  # (a NaN gradient): no learning rate is to blame.
+  loss = np.where(np.arange(T) < 1, 2.3, np.nan) * np.ones((1, 3, T))
+  d = diagnose(loss, diverged_at=np.zeros((1, 3), int))
+  assert d.labels.tolist() == [["data_error"] * 3]
+  assert any("every run diverged at step 0" in n for n in d.notes)
+  # One rate diverging at step 0 while others learn is the rate's fault.
+  loss[0, 1:] = CURVES["healthy"]
+  assert diagnose(loss, diverged_at=[[0, -1, -1]]).labels.tolist() == [
+      ["diverged", "healthy", "healthy"]]
 
 
 def test_real_overfitting_and_overconfidence_on_noisy_sinusoid():
@@ -97,6 +162,21 @@ def test_synthetic_train_curves(label):
   d = diagnose(CURVES[label])
   assert d.labels.shape == (1, 1)
   assert d.labels[0, 0] == label, d.explain(0, 0)
+
+
+def test_a_spike_that_recovers_is_not_exploding():
+  # A schedule that raises the rate on purpose (one_cycle, cyclic) can push the loss far above
+  # its start; if it comes back down, that is not an explosion.
+  base = 2.3 * np.exp(-t / 30) + 0.02
+  bump = (t >= 80) & (t < 120)
+  recovers = noisy(np.where(bump, 2.3 * 50, base), 0.01)
+  stays = noisy(np.where(t >= 80, 2.3 * 50, base), 0.01)
+  d = diagnose(np.stack([recovers, stays]))
+  assert d.labels[0].tolist()[1] == "exploding" and not d.flags["exploding"][0, 0]
+  assert (d.evidence["peak_ratio"][0] > 40).all()  # both rose 50-fold
+  ev = restated_evidence(recovers)
+  assert d.evidence["end_over_min"][0, 0] == pytest.approx(ev["end_over_min"], rel=1e-10)
+  assert d.evidence["end_over_min"][0, 0] < 2 and d.evidence["end_over_min"][0, 1] > 100
 
 
 def test_loss_that_ends_higher_is_oscillating():
@@ -170,14 +250,16 @@ def restated_evidence(x, thr=DoctorThresholds()):
   l_end = x[n - w:].mean()
   m = min(n, max(w, int(np.round((1 - thr.recent_fraction) * n))))
   l_mid = x[m - w:m].mean()
-  peak = max(x[i - w:i].mean() for i in range(w, n + 1))
+  levels = [x[i - w:i].mean() for i in range(w, n + 1)]
   second = x[n // 2:]
   noise = np.sqrt(np.mean(np.diff(second) ** 2) / 2) / second.mean()
   return {"improvement": (l0 - l_end) / l0, "recent_improvement": (l_mid - l_end) / l_mid,
-          "remaining": l_end / l0, "peak_ratio": peak / l0, "noise_ratio": noise}
+          "remaining": l_end / l0, "peak_ratio": max(levels) / l0,
+          "end_over_min": l_end / max(min(levels), thr.explode_floor * l0),
+          "noise_ratio": noise}
 
 
-@pytest.mark.parametrize("label", ["healthy", "underfitting", "oscillating"])
+@pytest.mark.parametrize("label", ["healthy", "underfitting", "oscillating", "exploding"])
 def test_evidence_matches_restated_formulas(label):
   x = CURVES[label][:157]  # an odd length: window and half rounding matter
   d = diagnose(x)
@@ -194,25 +276,152 @@ def test_vectorised_over_runs_equals_one_run_at_a_time():
   cut = rng.integers(10, 3 * T, size=(s, c))  # about a third diverge somewhere
   train = np.where(np.arange(T) < cut[..., None], train, np.nan)
   val = np.stack([_val_curves("overfitting" if i % 3 else "overconfident")[0]
-                  * rng.uniform(0.8, 1.2, 10) for i in range(s * c)]).reshape(s, c, 10)
+                  * rng.uniform(0.8, 1.2, 10) * rng.choice([1.0, 4.0])  # some far behind
+                  for i in range(s * c)]).reshape(s, c, 10)
   acc = np.stack([_val_curves("overfitting" if i % 3 else "overconfident")[1]
                   for i in range(s * c)]).reshape(s, c, 10)
   d = diagnose(train, val_loss=val, val_accuracy=acc)
   assert d.labels.shape == (s, c)
   assert len(set(d.labels.ravel())) >= 5
+  assert d.flags["far_behind"].any() and not d.flags["far_behind"].all()
+  compared = {"score", "best_score", "behind_ratio"}  # these need the other runs
   for i in range(s):
     for j in range(c):
       one = diagnose(train[i, j], val_loss=val[i, j], val_accuracy=acc[i, j])
-      assert one.labels[0, 0] == d.labels[i, j]
+      # Alone, a run is its own best; in the sweep, a run far behind gets a label for it.
+      if not d.flags["far_behind"][i, j]:
+        assert one.labels[0, 0] == d.labels[i, j]
       for k, v in d.evidence.items():
-        np.testing.assert_allclose(one.evidence[k][0, 0], v[i, j], rtol=1e-12, equal_nan=True)
+        if k not in compared:
+          np.testing.assert_allclose(one.evidence[k][0, 0], v[i, j], rtol=1e-12, equal_nan=True)
+      alone = one.evidence["behind_ratio"][0, 0]
+      assert alone == 1.0 or np.isnan(one.evidence["score"][0, 0])
 
 
-def test_a_thousand_configs_is_fast():
+def _hand_result(batch_loss, metrics, *, eval_steps, diverged_at=None, stopped_at=None,
+                 info=None):
+  """A SweepResult built by hand, as the engine would return it (seeds x configs over lr)."""
+  n_s, n_c, _ = batch_loss.shape
+  minus = np.full((n_s, n_c), -1)
+  return optaxlr.SweepResult(
+      space=search.grid(lr=np.logspace(-4, -1, n_c)), seeds=np.arange(n_s),
+      batch_loss=np.asarray(batch_loss), metrics={k: np.asarray(v) for k, v in metrics.items()},
+      eval_steps=np.asarray(eval_steps),
+      diverged_at=minus if diverged_at is None else np.asarray(diverged_at),
+      stopped_at=minus if stopped_at is None else np.asarray(stopped_at),
+      info=dict(info or {}))
+
+
+def test_comparison_with_the_best_at_the_same_budget():
+  # 2 seeds x 3 configs, 5 evaluations. Seed 1 of config 2 diverges at step 90 (its metrics
+  # are NaN from there); seed 0 of config 1 was stopped early at step 120.
+  rng = np.random.default_rng(5)
+  steps_e = np.array([40, 80, 120, 160, 200])
+  err = rng.uniform(0.02, 0.3, size=(2, 3, 5))
+  err[1, 2, 2:] = np.nan
+  loss = np.broadcast_to(CURVES["healthy"], (2, 3, T)).copy()
+  loss[1, 2, 90:] = np.nan
+  diverged = np.array([[-1, -1, -1], [-1, -1, 90]])
+  stopped = np.array([[-1, 120, -1], [-1, -1, 90]])
+  res = _hand_result(loss, {"val/error": err, "val/loss": err * 10}, eval_steps=steps_e,
+                     diverged_at=diverged, stopped_at=stopped)
+  d = diagnose(res)
+  mean = err.mean(axis=0)  # (C, E): NaN for config 2 once a seed diverged
+  for (i, j), last in {(0, 0): 4, (1, 0): 4, (0, 1): 2, (1, 1): 4, (0, 2): 4, (1, 2): 1}.items():
+    best = np.nanmin(mean[:, last])
+    assert d.evidence["score"][i, j] == err[i, j, last]
+    assert d.evidence["best_score"][i, j] == pytest.approx(best, rel=1e-12)
+    far = err[i, j, last] > 2 * best and err[i, j, last] - best > 0.01
+    assert d.flags["far_behind"][i, j] == far
+  assert d.flags["far_behind"].any()
+  # The score is val/error when present (it is what the sweep is judged on), else val/loss.
+  res.metrics.pop("val/error")
+  np.testing.assert_allclose(diagnose(res).evidence["score"], d.evidence["score"] * 10)
+  # Tiny scores are not "far apart": 0.3% against 0.1% is three times, but within the margin.
+  curves = np.stack([CURVES["healthy"]] * 2)
+  d = diagnose(curves, val_loss=np.ones((2, 10)), score=np.array([[0.001] * 10, [0.003] * 10]))
+  assert d.evidence["behind_ratio"][0].tolist() == pytest.approx([1.0, 3.0])
+  assert not d.flags["far_behind"].any()
+  assert diagnose(curves, val_loss=np.ones((2, 10)), score=np.array([[0.001] * 10, [0.003] * 10]),
+                  behind_margin=0.0).flags["far_behind"][0].tolist() == [False, True]
+
+
+def test_update_ratio_rule_of_thumb():
+  # ||update|| / ||params|| near 1e-3 is the rule of thumb; far below: slow; far above:
+  # unstable. Configs: 0 the best (ratio 1e-3); 1 close to the best but still falling with
+  # tiny updates; 2 far behind with huge updates; 3 converged with tiny updates (fine);
+  # 4 diverges at step 100 (its ratios after it do not count).
+  steps_e = np.arange(20, T + 1, 20)
+  loss = np.stack([CURVES["healthy"], CURVES["underfitting"], CURVES["healthy"],
+                   CURVES["healthy"], CURVES["healthy"]])[None]
+  loss[0, 4, 100:] = np.nan
+  err = np.array([0.03, 0.035, 0.15, 0.03, 0.03])[None, :, None] * np.ones(10)
+  ratio = np.array([1e-3, 3e-5, 5e-2, 3e-5, 1e-3])[None, :, None] * np.linspace(1, 0.1, 10)
+  ratio[0, 4, 5:] = 1.0
+  metrics = {"val/error": err, "val/loss": 10 * err, "train/update_ratio": ratio}
+  res = _hand_result(loss, metrics, eval_steps=steps_e, diverged_at=[[-1, -1, -1, -1, 100]])
+  d = diagnose(res)
+  np.testing.assert_allclose(d.evidence["update_ratio"][0], [1e-3, 3e-5, 5e-2, 3e-5, 1e-3])
+  assert d.labels[0].tolist() == ["healthy", "too_slow", "oscillating", "healthy", "diverged"]
+  assert d.flags["slow_updates"][0].tolist() == [False, True, False, True, False]
+  assert d.flags["large_updates"][0].tolist() == [False, False, True, False, False]
+  assert not any("update/weight ratio" in n for n in d.notes)
+  assert "update ratio 3.0e-05 (rule of thumb ~1e-3)" in d.explain(0, 1)
+  # An old result without the metric: the rule is skipped, and the diagnosis says so.
+  del res.metrics["train/update_ratio"]
+  old = diagnose(res)
+  assert old.labels[0].tolist() == ["healthy", "underfitting", "too_slow", "healthy", "diverged"]
+  assert np.isnan(old.evidence["update_ratio"]).all()
+  assert any("'train/update_ratio'" in n and "skipped" in n for n in old.notes)
+  assert "note: update/weight ratio rule (~1e-3) skipped" in format_table(old)
+  # Thresholds are named: with a lower bar for "slow", config 1 is only underfitting.
+  assert diagnose(res, update_ratio=ratio, update_ratio_low=1e-5).labels[0, 1] == "underfitting"
+
+
+def test_recorded_losses_over_several_steps():
+  # sweep(log_every=k) records the mean loss of every k steps; steps (eval_steps,
+  # diverged_at, stopped_at) stay in steps.
+  x = CURVES["healthy"].copy()
+  x[120:] = np.nan
+  coarse = x.reshape(-1, 5).mean(axis=1)  # 40 windows of 5 steps, NaN from step 120 on
+  steps_e = np.arange(20, T + 1, 20)
+  val = np.where(steps_e <= 120, 0.5, np.nan)
+  fine = diagnose(_hand_result(x[None, None], {"val/loss": val[None, None]}, eval_steps=steps_e,
+                               diverged_at=[[120]]))
+  res = _hand_result(coarse[None, None], {"val/loss": val[None, None]}, eval_steps=steps_e,
+                     diverged_at=[[120]], info={"log_every": 5})
+  d = diagnose(res)
+  assert d.labels[0, 0] == fine.labels[0, 0] == "diverged"
+  assert d.evidence["diverged_at"][0, 0] == 120
+  assert d.evidence["remaining"][0, 0] == pytest.approx(fine.evidence["remaining"][0, 0], rel=0.2)
+
+
+def test_a_thousand_runs_of_known_kinds_in_one_call():
+  # 1000 runs drawn from six kinds, with random scales, time constants and noise: each gets
+  # its kind; the rules are relative, so scaling every loss changes nothing.
   rng = np.random.default_rng(4)
-  x = np.exp(-t / rng.uniform(5, 500, size=(1000, 1))) * rng.lognormal(0, 0.1, (1000, T))
+  kinds = ["healthy", "not_learning", "underfitting", "plateaued", "oscillating", "exploding"]
+  which = rng.integers(0, len(kinds), 1000)
+  scale = rng.uniform(0.1, 10.0, (1000, 1))
+  tau = rng.uniform(10, 30, (1000, 1))
+  make = {
+      "healthy": np.exp(-t / tau) + 0.01,
+      "not_learning": np.ones((1000, T)),
+      "underfitting": 1 - rng.uniform(0.2, 0.4, (1000, 1)) * t / T,
+      "plateaued": (lambda p: p + (1 - p) * np.exp(-t / (tau / 2)))(rng.uniform(0.3, 0.6,
+                                                                                (1000, 1))),
+      # the minibatch loss jumps between 0.1x and 1.9x its level from step to step
+      "oscillating": (0.3 + 0.7 * np.exp(-t / 40)) * (1 + 0.9 * (-1) ** t)
+                     * rng.lognormal(0.0, 0.1, (1000, T)),
+      "exploding": 10 ** (rng.uniform(2, 5, (1000, 1)) * t / T),
+  }
+  x = np.stack([make[kinds[k]][i] for i, k in enumerate(which)])
+  x = scale * np.where(which[:, None] == kinds.index("oscillating"), x, noisy(x, 0.003, rng))
   d = diagnose(x)
-  assert d.labels.shape == (1, 1000) and sum(d.counts().values()) == 1000
+  assert d.labels.shape == (1, 1000)
+  np.testing.assert_array_equal(d.labels[0], np.asarray(kinds)[which])
+  assert d.counts() == {k: int((np.asarray(kinds)[which] == k).sum()) for k in LABELS}
+  np.testing.assert_array_equal(diagnose(1e3 * x).labels, d.labels)
 
 
 # ----------------------------------------------------------------------------------------
@@ -225,21 +434,24 @@ def test_tables_and_pandas(digits_sweep):
   assert table == d.summary_table()
   lines = table.splitlines()
   assert lines[0] == ("5 runs (1 seed x 5 configs): 1 diverged, 1 exploding, 1 not_learning, "
-                      "1 underfitting, 1 healthy")
-  for label in ("diverged", "exploding", "not_learning", "underfitting", "healthy"):
+                      "1 too_slow, 1 healthy")
+  for label in ("diverged", "exploding", "not_learning", "too_slow", "healthy"):
     assert any(line.startswith(label) and ADVICE[label] in line for line in lines)
   # Config rows, problems first, with the hyperparameter.
   rows = lines[lines.index("configs (label of most seeds; problems first):") + 2:]
+  assert "" not in rows and not d.notes  # no notes: every rule had its data
   assert [r.split()[0] for r in rows] == ["4", "3", "0", "1", "2"]
   assert rows[0].split()[1] == "1000" and "diverged at step" in rows[0]
-  assert "more configs" in format_table(d, max_rows=2).splitlines()[-1]
+  assert any(line.startswith("... 3 more configs") for line in format_table(d, max_rows=2).splitlines())
 
   df = d.to_pandas()
   assert len(df) == 5 and {"config", "seed", "lr", "label", "advice", "noise_ratio",
                            "is_overfitting"} <= set(df.columns)
   assert df.set_index("config").loc[4, "label"] == "diverged"
-  assert d.counts() == {k: int(k in ("diverged", "exploding", "not_learning", "underfitting",
+  assert d.counts() == {k: int(k in ("diverged", "exploding", "not_learning", "too_slow",
                                      "healthy")) for k in LABELS}
+  err = digits_sweep.final("val/error")[0]
+  assert f"score {err[0]:.4g} vs best {err[2]:.4g} (x{err[0] / err[2]:.3g})" in rows[2]  # lr=1e-7
   labels, agree = d.by_config()
   assert labels.tolist() == d.labels[0].tolist() and (agree == 1).all()
   assert d.advice[0, 4] == ADVICE["diverged"]
@@ -268,7 +480,7 @@ def test_thresholds_are_named_and_change_the_verdict():
   assert {f.name for f in dataclasses.fields(DoctorThresholds)} >= {
       "window", "explode_ratio", "oscillation_noise", "not_learning_improvement",
       "plateau_improvement", "underfit_remaining", "converged_remaining", "val_rise",
-      "acc_rise"}
+      "acc_rise", "behind_ratio", "behind_margin", "update_ratio_low", "update_ratio_high"}
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -278,6 +490,12 @@ def test_thresholds_are_named_and_change_the_verdict():
     (dict(oscillation_noise=-1.0), r"DoctorThresholds: oscillation_noise must be > 0"),
     (dict(recent_fraction=1.0), r"DoctorThresholds: recent_fraction must be in \(0.0, 1.0\)"),
     (dict(val_rise=-0.1), r"DoctorThresholds: val_rise must be >= 0, got val_rise=-0.1"),
+    (dict(explode_floor=0.0), r"DoctorThresholds: explode_floor must be in \(0.0, 1.0\]"),
+    (dict(behind_ratio=1.0), r"DoctorThresholds: behind_ratio must be > 1, got behind_ratio=1.0"),
+    (dict(behind_margin=-1.0), r"DoctorThresholds: behind_margin must be >= 0"),
+    (dict(update_ratio_low=0.0), r"DoctorThresholds: update_ratio_low must be > 0"),
+    (dict(update_ratio_high=1e-5), r"DoctorThresholds: update_ratio_high must be > "
+                                   r"update_ratio_low=0.0001, got update_ratio_high=1e-05"),
 ])
 def test_bad_thresholds_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -300,9 +518,18 @@ def test_bad_inputs_raise():
     diagnose(np.ones((2, T)), stopped_at=[1, 2, 3])
   with pytest.raises(TypeError, match=r"diagnose: thresholds must be a DoctorThresholds"):
     diagnose(np.ones(T), thresholds={"window": 0.1})
+  with pytest.raises(ValueError, match=r"diagnose: score must have 10 evaluations like the other"):
+    diagnose(np.ones(T), val_loss=np.ones(10), score=np.ones(5))
+  res = _hand_result(np.ones((1, 2, T)), {"val/loss": np.ones((1, 2, 10))},
+                     eval_steps=np.arange(20, T + 1, 20))
+  with pytest.raises(ValueError, match=r"diagnose: score_metric 'val/f1' is not in the result; "
+                                       r"available: \['val/loss'\]"):
+    diagnose(res, score_metric="val/f1")
 
 
 def test_diagnosis_is_a_plain_dataclass():
   d = diagnose(CURVES["healthy"])
   assert isinstance(d, Diagnosis)
-  assert set(d.flags) == set(LABELS) and d.flags["healthy"][0, 0]
+  assert set(d.flags) == {*LABELS, "far_behind", "slow_updates", "large_updates"}
+  assert d.flags["healthy"][0, 0]
+  assert set(ADVICE) == set(LABELS)
