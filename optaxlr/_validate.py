@@ -1,9 +1,12 @@
 """Host-side checks of hyperparameters that may be Python numbers, arrays or tracers.
 
-A concrete value (a Python number, a NumPy array, a concrete ``jax.Array``) is checked at
-construction time and a bad one raises ``ValueError`` naming the function, the argument, the
-value and what is allowed. A traced value cannot be checked while tracing; the sweep engine
-checks the whole grid on the host before it traces anything.
+A concrete value (a Python number, a NumPy scalar or array, a concrete ``jax.Array``) is
+checked at construction time and a bad one raises ``ValueError`` naming the function, the
+argument, the value and what is allowed. NaN never passes; ``bool`` (``True``, ``np.bool_``, a
+boolean array) is refused wherever a number is expected, even when traced (its dtype is
+static); the range helpers (:func:`positive`, :func:`nonnegative`, :func:`at_least`,
+:func:`in_range`) also refuse ``inf``. A traced *value* cannot be checked while tracing; the
+sweep engine checks the whole grid on the host before it traces anything.
 """
 
 from __future__ import annotations
@@ -34,45 +37,70 @@ def _fmt(value: Any) -> str:
   return repr(value) if arr is None else f"array of shape {arr.shape}"
 
 
+def _is_bool(value: Any) -> bool:
+  """``True`` for a Python or NumPy bool and for any array (traced included) of dtype bool."""
+  if isinstance(value, (bool, np.bool_)):
+    return True
+  dtype = getattr(value, "dtype", None)
+  try:
+    return dtype is not None and np.dtype(dtype) == np.bool_
+  except TypeError:  # e.g. a PRNG key dtype
+    return False
+
+
 def check(
     fn: str,
     name: str,
     value: Any,
     ok: Callable[[np.ndarray], np.ndarray | bool],
     allowed: str,
+    *,
+    finite: bool = False,
 ) -> None:
   """Raises ``ValueError`` if the concrete ``value`` fails ``ok`` (elementwise, NaN fails).
+
+  A ``bool`` is refused even when traced: ``True`` is not a learning rate. Python numbers,
+  NumPy scalars (``np.float32(0.1)``, ``np.int64(5)``) and arrays of any numeric dtype pass on
+  to ``ok``.
 
   Args:
     fn: the public function being called, used in the message.
     name: the argument's name.
-    value: the argument; skipped when traced.
+    value: the argument; its value is skipped when traced.
     ok: elementwise predicate on the NumPy value.
     allowed: human description of the allowed values, e.g. ``"> 0"``.
+    finite: also refuse ``+-inf``.
   """
   arr = concrete(value)
+  if _is_bool(value) or (arr is not None and arr.dtype == np.bool_):
+    shown = _fmt(value) if arr is not None else "a traced bool"
+    raise ValueError(f"{fn}: {name} must be a number ({allowed}), not a bool, got {name}={shown}")
   if arr is None:
     return
-  if arr.dtype == object or not (
-      np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-  ):
+  if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
     raise TypeError(f"{fn}: {name} must be a number or a numeric array, got {name}={value!r}")
   with np.errstate(invalid="ignore"):
-    good = np.all(ok(arr)) and not np.any(np.isnan(arr.astype(float)))
+    bad_nan = np.any(np.isnan(arr.astype(float)))
+    bad_inf = finite and np.any(np.isinf(arr.astype(float)))
+    good = not bad_nan and not bad_inf and np.all(ok(arr))
   if not good:
-    raise ValueError(f"{fn}: {name} must be {allowed}, got {name}={_fmt(value)}")
+    what = f"finite and {allowed}" if bad_inf else allowed
+    raise ValueError(f"{fn}: {name} must be {what}, got {name}={_fmt(value)}")
 
 
 def positive(fn: str, name: str, value: Any) -> None:
-  check(fn, name, value, lambda v: v > 0, "> 0")
+  """Checks ``0 < value < inf``."""
+  check(fn, name, value, lambda v: v > 0, "> 0", finite=True)
 
 
 def nonnegative(fn: str, name: str, value: Any) -> None:
-  check(fn, name, value, lambda v: v >= 0, ">= 0")
+  """Checks ``0 <= value < inf``."""
+  check(fn, name, value, lambda v: v >= 0, ">= 0", finite=True)
 
 
 def at_least(fn: str, name: str, value: Any, low: float) -> None:
-  check(fn, name, value, lambda v: v >= low, f">= {low}")
+  """Checks ``low <= value < inf``."""
+  check(fn, name, value, lambda v: v >= low, f">= {low}", finite=True)
 
 
 def in_range(
@@ -83,7 +111,7 @@ def in_range(
   hi_ok = (lambda v: v <= high) if closed in ("both", "right") else (lambda v: v < high)
   lb = "[" if closed in ("both", "left") else "("
   rb = "]" if closed in ("both", "right") else ")"
-  check(fn, name, value, lambda v: lo_ok(v) & hi_ok(v), f"in {lb}{low}, {high}{rb}")
+  check(fn, name, value, lambda v: lo_ok(v) & hi_ok(v), f"in {lb}{low}, {high}{rb}", finite=True)
 
 
 def one_of(fn: str, name: str, value: Any, allowed: Sequence[Any]) -> None:

@@ -32,7 +32,7 @@ def flood(loss: ArrayLike, level: ArrayLike) -> jax.Array:
   Args:
     loss: the (scalar, batch-averaged) loss; any array works elementwise.
     level: the flood level ``b >= 0``; a number or a (traced) array. Concrete values are
-      checked.
+      checked (NaN, ``inf`` and ``bool`` are refused); traced ones cannot be.
 
   Returns:
     ``|loss - level| + level`` in the dtype of ``loss`` (promoted with ``level``).

@@ -181,5 +181,26 @@ def test_bad_level():
   jax.jit(flood)(1.0, -0.1)  # traced: not checkable at trace time, documented
 
 
+@pytest.mark.parametrize("fn,call", [("flood", lambda b: flood(1.0, b)),
+                                     ("flooded", lambda b: flooded(_quad, b))])
+def test_infinite_or_bool_level_raises(fn, call):
+  for bad in (np.inf, -np.inf, np.array([0.1, np.inf])):
+    with pytest.raises(ValueError, match=rf"^{fn}: level must be finite and >= 0, got level="):
+      call(bad)
+  for bad in (True, np.bool_(False), jnp.asarray(True)):
+    with pytest.raises(ValueError, match=rf"^{fn}: level must be a number .*not a bool, "
+                                         r"got level=(True|False)$"):
+      call(bad)
+
+
+def test_numpy_scalar_level_is_accepted():
+  for level in (np.float32(0.5), np.float64(0.5), np.int64(1)):
+    np.testing.assert_allclose(flood(0.2, level), abs(0.2 - float(level)) + float(level),
+                               rtol=1e-6)
+    loss = float(_quad(jnp.array([0.1])))  # 0.81
+    np.testing.assert_allclose(flooded(_quad, level)(jnp.array([0.1])),
+                               abs(loss - float(level)) + float(level), rtol=1e-6)
+
+
 def test_public_names():
   assert {"flood", "flooded"} <= set(optaxlr.__all__)

@@ -91,7 +91,8 @@ SPECS = [
     *[
         _spec(
             f"inverse_time-staircase={sc}",
-            (lambda sc: lambda lr, k, decay_steps: S.inverse_time(lr, k, decay_steps, sc))(sc),
+            (lambda sc: lambda lr, k, decay_steps: S.inverse_time(
+                lr, k=k, decay_steps=decay_steps, staircase=sc))(sc),
             {"lr": 0.1, "k": 0.5, "decay_steps": 4},
             {"lr": _LR, "k": (0.0, 0.5, 2.0), "decay_steps": (1, 4, 9)},
         )
@@ -141,8 +142,9 @@ SPECS = [
         _spec(
             f"one_cycle-{anneal}-three_phase={tp}",
             (lambda anneal, tp: lambda max_lr, total_steps, pct_start, div_factor,
-             final_div_factor: S.one_cycle(max_lr, total_steps, pct_start, anneal, div_factor,
-                                           final_div_factor, tp))(anneal, tp),
+             final_div_factor: S.one_cycle(
+                 max_lr, total_steps, pct_start=pct_start, anneal=anneal, div_factor=div_factor,
+                 final_div_factor=final_div_factor, three_phase=tp))(anneal, tp),
             {"max_lr": 0.1, "total_steps": 30, "pct_start": 0.3, "div_factor": 25.0,
              "final_div_factor": 1e4},
             {"max_lr": _LR, "total_steps": (10, 30, 50), "pct_start": (0.15, 0.3, 0.45),
@@ -155,8 +157,9 @@ SPECS = [
         _spec(
             f"one_cycle_momentum-{anneal}-three_phase={tp}",
             (lambda anneal, tp: lambda total_steps, pct_start, base_momentum, max_momentum:
-             S.one_cycle_momentum(total_steps, pct_start, anneal, base_momentum, max_momentum,
-                                  tp))(anneal, tp),
+             S.one_cycle_momentum(total_steps, pct_start=pct_start, anneal=anneal,
+                                  base_momentum=base_momentum, max_momentum=max_momentum,
+                                  three_phase=tp))(anneal, tp),
             {"total_steps": 30, "pct_start": 0.3, "base_momentum": 0.85, "max_momentum": 0.95},
             {"total_steps": (10, 30, 50), "pct_start": (0.15, 0.3, 0.45),
              "base_momentum": (0.5, 0.85, 0.9), "max_momentum": (0.9, 0.95, 0.99)},
@@ -196,8 +199,8 @@ SPECS = [
         _spec(
             f"warmup_stable_decay-{decay}",
             (lambda decay: lambda lr, total_steps, warmup_steps, decay_steps, end_lr:
-             S.warmup_stable_decay(lr, total_steps, warmup_steps, decay_steps, decay,
-                                   end_lr))(decay),
+             S.warmup_stable_decay(lr, total_steps, warmup_steps, decay_steps=decay_steps,
+                                   decay=decay, end_lr=end_lr))(decay),
             {"lr": 0.1, "total_steps": 40, "warmup_steps": 5, "decay_steps": 10, "end_lr": 0.001},
             {"lr": _LR, "total_steps": (20, 40, 60), "warmup_steps": (0, 5, 10),
              "decay_steps": (1, 10, 10), "end_lr": (0.0, 0.001, 0.005)},
@@ -356,8 +359,8 @@ def test_inject_hyperparams_sgd(spec):
 @pytest.mark.parametrize(
     "make", [
         lambda: S.cyclic_momentum(0.8, 0.95, 3, 2),
-        lambda: S.one_cycle_momentum(8, 0.3),
-        lambda: S.one_cycle_momentum(8, 0.4, "linear", three_phase=True),
+        lambda: S.one_cycle_momentum(8, pct_start=0.3),
+        lambda: S.one_cycle_momentum(8, pct_start=0.4, anneal="linear", three_phase=True),
     ])
 def test_momentum_schedules_drive_sgd_momentum_under_inject_hyperparams(make):
   """Momentum schedules are used as SGD's (traced) momentum; check against a manual trace."""
@@ -408,7 +411,7 @@ def test_integer_hyperparameters_may_be_float_arrays():
   t = _steps()
   cases = [
       (lambda v: S.step(0.1, v, 0.5), 7),
-      (lambda v: S.cosine(0.1, v, 0.01), 12),
+      (lambda v: S.cosine(0.1, v, eta_min=0.01), 12),
       (lambda v: S.cosine_restarts(0.1, v, 2), 3),
       (lambda v: S.one_cycle(0.1, v), 30),
       (lambda v: S.polynomial(0.1, v), 25),
@@ -450,7 +453,8 @@ def test_multistep_at_huge_steps_compares_exactly():
 
 def test_inverse_time_staircase_at_huge_steps():
   want = [1.0 / (1 + 1.0 * (t // 2**28)) for t in BIG]
-  np.testing.assert_allclose(_at_big(S.inverse_time(1.0, 1.0, 2**28, staircase=True)), want,
+  np.testing.assert_allclose(_at_big(S.inverse_time(1.0, k=1.0, decay_steps=2**28,
+                                                    staircase=True)), want,
                              rtol=1e-6)
 
 
@@ -469,7 +473,7 @@ def test_sequential_at_huge_steps():
 
 def test_cosine_at_huge_steps_keeps_phase():
   lr, eta, t_max = 0.1, 0.01, 1000
-  got = _at_big(S.cosine(lr, t_max, eta))
+  got = _at_big(S.cosine(lr, t_max, eta_min=eta))
   want = [eta + (lr - eta) * (1 + math.cos(math.pi * ((t % (2 * t_max)) / t_max))) / 2
           for t in BIG]
   assert np.all((got >= eta * (1 - 1e-6)) & (got <= lr * (1 + 1e-6))), got
@@ -478,7 +482,7 @@ def test_cosine_at_huge_steps_keeps_phase():
 
 def test_cosine_restarts_at_huge_steps():
   for t_0, t_mult in ((7, 1), (1, 2), (5, 3)):
-    got = _at_big(S.cosine_restarts(0.1, t_0, t_mult, 0.001))
+    got = _at_big(S.cosine_restarts(0.1, t_0, t_mult, eta_min=0.001))
     want = [_restarts_python(t, 0.1, t_0, t_mult, 0.001, 1.0) for t in BIG]
     assert np.all((got >= 0.001 * (1 - 1e-6)) & (got <= 0.1 * (1 + 1e-6))), got
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * 0.1, err_msg=f"{t_0}, {t_mult}")
@@ -502,24 +506,26 @@ def test_cyclic_at_huge_steps(mode):
 @pytest.mark.parametrize("three_phase", [False, True])
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
 def test_one_cycle_at_huge_steps_is_min_lr(anneal, three_phase):
-  got = _at_big(S.one_cycle(0.5, 1000, 0.3, anneal, 20.0, 100.0, three_phase))
+  got = _at_big(S.one_cycle(0.5, 1000, pct_start=0.3, anneal=anneal, div_factor=20.0,
+                             final_div_factor=100.0, three_phase=three_phase))
   np.testing.assert_allclose(got, 0.5 / 20.0 / 100.0, rtol=1e-5)
 
 
 def test_decays_at_huge_steps():
-  np.testing.assert_allclose(_at_big(S.polynomial(0.1, 1000, 2.0, 0.003)), 0.003, rtol=1e-6)
+  np.testing.assert_allclose(_at_big(S.polynomial(0.1, 1000, 2.0, end_lr=0.003)), 0.003, rtol=1e-6)
   np.testing.assert_allclose(_at_big(S.linear(0.1, 0.5, 0.2, 100)), 0.02, rtol=1e-6)
   np.testing.assert_allclose(_at_big(S.constant_factor(0.1, 0.5, 100)), 0.1, rtol=1e-6)
-  np.testing.assert_allclose(_at_big(S.warmup_stable_decay(0.1, 1000, 10, 100, "sqrt", 0.002)),
+  np.testing.assert_allclose(_at_big(S.warmup_stable_decay(
+      0.1, 1000, 10, decay_steps=100, decay="sqrt", end_lr=0.002)),
                              0.002, rtol=1e-6)
-  np.testing.assert_allclose(_at_big(S.inverse_time(0.1, 0.5)),
+  np.testing.assert_allclose(_at_big(S.inverse_time(0.1, k=0.5)),
                              [0.1 / (1 + 0.5 * t) for t in BIG], rtol=1e-5)
   np.testing.assert_allclose(_at_big(S.rsqrt(0.1, 100)),
                              [0.1 * math.sqrt(100 / t) for t in BIG], rtol=1e-5)
   np.testing.assert_allclose(_at_big(S.warmup(S.constant(0.1), 1000)), 0.1, rtol=1e-6)
   assert np.all(_at_big(S.exponential(0.1, 0.99)) == 0.0)  # underflows to 0, not NaN
   np.testing.assert_allclose(_at_big(S.exponential(0.1, 1.0)), 0.1, rtol=1e-6)
-  assert np.all(_at_big(S.exponential_decay(0.1, 0.01)) == 0.0)
+  assert np.all(_at_big(S.exponential_decay(0.1, k=0.01)) == 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,10 +551,10 @@ def test_cosine_restarts_float_t_mult_vs_simulation(x64, t_mult):
   t = jnp.arange(400, dtype=jnp.int32)
   for t_0, eta, m_mul in ((4, 0.0, 1.0), (3, 0.01, 0.7), (10, 0.02, 0.9), (1, 0.0, 0.5)):
     want = [_restarts_python(int(s), 0.1, t_0, t_mult, eta, m_mul) for s in range(400)]
-    got = S.cosine_restarts(0.1, t_0, t_mult, eta, m_mul)(t)
+    got = S.cosine_restarts(0.1, t_0, t_mult, eta_min=eta, m_mul=m_mul)(t)
     msg = f"t_0={t_0} t_mult={t_mult} eta_min={eta} m_mul={m_mul}"
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=msg)
-    traced = jax.jit(lambda a, b, c, d: S.cosine_restarts(0.1, a, b, c, d)(t))(
+    traced = jax.jit(lambda a, b, c, d: S.cosine_restarts(0.1, a, b, eta_min=c, m_mul=d)(t))(
         jnp.float64(t_0), jnp.float64(t_mult), jnp.float64(eta), jnp.float64(m_mul))
     np.testing.assert_allclose(traced, want, rtol=1e-9, atol=1e-12, err_msg="traced " + msg)
   # vmap over t_mult, float32
@@ -561,7 +567,7 @@ def test_cosine_restarts_float_t_mult_vs_simulation(x64, t_mult):
 def test_exponential_decay_reference(x64):
   t = np.arange(300)
   for lr, k in ((0.1, 0.01), (1.0, 0.3), (0.5, 0.0)):
-    np.testing.assert_allclose(S.exponential_decay(lr, k)(jnp.asarray(t)), lr * np.exp(-k * t),
+    np.testing.assert_allclose(S.exponential_decay(lr, k=k)(jnp.asarray(t)), lr * np.exp(-k * t),
                                rtol=1e-12)
 
 
@@ -597,7 +603,8 @@ def test_warmup_stable_decay_reference(x64, decay):
     p = np.clip((t - (total - dd)) / dd, 0.0, 1.0)
     want = np.where(t < w, lr * t / max(w, 1), np.where(t < total - dd, lr,
                                                        end + (lr - end) * shape(p)))
-    got = S.warmup_stable_decay(lr, total, w, d, decay, end)(jnp.asarray(t, dtype=jnp.int32))
+    got = S.warmup_stable_decay(lr, total, w, decay_steps=d, decay=decay, end_lr=end)(
+        jnp.asarray(t, dtype=jnp.int32))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15,
                                err_msg=f"lr={lr} T={total} W={w} D={d} end={end}")
 

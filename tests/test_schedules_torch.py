@@ -186,7 +186,7 @@ def test_cosine_vs_cosineannealinglr_periodic(x64):
     eta_min = 0.0 if i % 3 == 0 else lr * float(rng.uniform(0.0, 0.5))
     steps = 300
     want = _torch_run(lambda o: lr_scheduler.CosineAnnealingLR(o, t_max, eta_min), steps, lr)
-    got = _ours(S.cosine(lr, t_max, eta_min), steps)
+    got = _ours(S.cosine(lr, t_max, eta_min=eta_min), steps)
     # PyTorch's recursive ratio form accumulates rounding (measured <= 3.4e-13 * lr).
     _close(got, want, lr, dict(lr=lr, t_max=t_max, eta_min=eta_min), atol=1e-11)
 
@@ -202,7 +202,7 @@ def test_cosine_restarts_vs_warmrestarts(x64):
     want = _torch_run(
         lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, t_0, t_mult, eta_min), steps, lr
     )
-    got = _ours(S.cosine_restarts(lr, t_0, t_mult, eta_min), steps)
+    got = _ours(S.cosine_restarts(lr, t_0, t_mult, eta_min=eta_min), steps)
     _close(got, want, lr, dict(lr=lr, t_0=t_0, t_mult=t_mult, eta_min=eta_min))
 
 
@@ -256,7 +256,13 @@ def test_cyclic_noninteger_step_sizes(x64):
 @pytest.mark.parametrize("three_phase", [False, True])
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
 def test_one_cycle_vs_onecyclelr_with_momentum(x64, anneal, three_phase):
-  """Steps 0..total_steps equal PyTorch (which raises beyond); later steps give the final rate."""
+  """Steps ``0..T-1`` equal PyTorch; from ``T - 1`` on the final value is held.
+
+  PyTorch also accepts step ``T`` (it raises after), where its last anneal is evaluated at
+  ``pct = T / (T - 1) - ...`` past 1: the cosine climbs back up and the linear anneal goes
+  below the final rate (negative for a short last phase). The docstring promises the final
+  rate past the end, so step ``T`` and later hold it.
+  """
   rng = np.random.default_rng(20 + 2 * three_phase + (anneal == "cos"))
   for _ in range(N_SETTINGS):
     max_lr = _loguniform(rng, 1e-3, 1.0)
@@ -278,26 +284,31 @@ def test_one_cycle_vs_onecyclelr_with_momentum(x64, anneal, three_phase):
             cycle_momentum=True, base_momentum=base_m, max_momentum=max_m,
             div_factor=div, final_div_factor=final_div, three_phase=three_phase,
         ),
-        total + 1,
+        total,
         momentum=True,
     )
-    got_lr = _ours(S.one_cycle(max_lr, total, pct, anneal, div, final_div, three_phase),
+    got_lr = _ours(S.one_cycle(max_lr, total, pct_start=pct, anneal=anneal, div_factor=div,
+                               final_div_factor=final_div, three_phase=three_phase),
                    MAX_STEPS)
-    _close(got_lr[: total + 1], want_lr, max_lr, settings)
+    _close(got_lr[:total], want_lr, max_lr, settings)
     final = max_lr / div / final_div
-    _close(got_lr[total + 1 :], np.full(MAX_STEPS - total - 1, final), max_lr, settings)
-    got_m = _ours(S.one_cycle_momentum(total, pct, anneal, base_m, max_m, three_phase),
-                  total + 1)
-    _close(got_m, want_m, 1.0, dict(settings, base_momentum=base_m, max_momentum=max_m))
+    # PyTorch at T - 1 (its linear anneal (end - start) * 1 + start rounds: rtol 1e-10)
+    np.testing.assert_allclose(want_lr[-1], final, rtol=1e-10)
+    _close(got_lr[total - 1 :], np.full(MAX_STEPS - total + 1, final), max_lr, settings)
+    got_m = _ours(S.one_cycle_momentum(total, pct_start=pct, anneal=anneal,
+                                       base_momentum=base_m, max_momentum=max_m,
+                                       three_phase=three_phase), MAX_STEPS)
+    _close(got_m[:total], want_m, 1.0, dict(settings, base_momentum=base_m, max_momentum=max_m))
+    _close(got_m[total - 1 :], np.full(MAX_STEPS - total + 1, max_m), 1.0, settings)
 
 
 def test_one_cycle_first_phase_shorter_than_a_step(x64):
   """``pct_start * total_steps < 1``: PyTorch's first phase ends before step 0."""
   for total, pct in [(10, 0.05), (7, 0.1), (50, 0.015)]:
     want = _torch_run(
-        lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=total, pct_start=pct), total + 1
+        lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=total, pct_start=pct), total
     )
-    got = _ours(S.one_cycle(1.0, total, pct), total + 1)
+    got = _ours(S.one_cycle(1.0, total, pct_start=pct), total)
     _close(got, want, 1.0, dict(total_steps=total, pct_start=pct))
 
 
@@ -340,7 +351,7 @@ def test_sequential_vs_sequentiallr(x64):
       make = lambda o: lr_scheduler.SequentialLR(
           o, [lr_scheduler.ConstantLR(o, f, total),
               lr_scheduler.CosineAnnealingLR(o, t_max, eta)], [m])
-      ours = S.sequential([S.constant_factor(lr, f, total), S.cosine(lr, t_max, eta)], [m])
+      ours = S.sequential([S.constant_factor(lr, f, total), S.cosine(lr, t_max, eta_min=eta)], [m])
       settings = dict(kind="constant,cosine", factor=f, total=total, t_max=t_max, eta=eta, m=m)
     else:  # [LinearLR, StepLR, CosineAnnealingLR]
       sf, total = float(rng.uniform(0.01, 1.0)), int(rng.integers(1, 30))
@@ -458,7 +469,7 @@ def test_inverse_time_vs_keras(x64, staircase):
     k = _loguniform(rng, 1e-3, 2.0)
     decay_steps = int(rng.integers(1, 50))
     want = _keras_inverse_time(t, lr, k, decay_steps, staircase)
-    got = _ours(S.inverse_time(lr, k, decay_steps, staircase), MAX_STEPS)
+    got = _ours(S.inverse_time(lr, k=k, decay_steps=decay_steps, staircase=staircase), MAX_STEPS)
     _close(got, want, lr, dict(lr=lr, k=k, decay_steps=decay_steps, staircase=staircase))
 
 
@@ -472,7 +483,7 @@ def test_cosine_restarts_m_mul_vs_keras(x64):
     eta_min = 0.0 if i % 4 == 0 else lr * float(rng.uniform(0.0, 0.5))
     m_mul = float(rng.uniform(0.3, 1.0))
     want = _keras_cosine_decay_restarts(t, lr, t_0, float(t_mult), m_mul, eta_min / lr)
-    got = _ours(S.cosine_restarts(lr, t_0, t_mult, eta_min, m_mul), MAX_STEPS)
+    got = _ours(S.cosine_restarts(lr, t_0, t_mult, eta_min=eta_min, m_mul=m_mul), MAX_STEPS)
     # The Keras form goes through log/exp and t_mul**i: a few ulps, not exact.
     _close(got, want, lr, dict(lr=lr, t_0=t_0, t_mult=t_mult, eta_min=eta_min, m_mul=m_mul),
            rtol=1e-9, atol=1e-11)
@@ -506,7 +517,7 @@ def test_cosine_vs_optax_cosine_decay(x64):
     t_max = int(rng.integers(1, 200))
     eta_min = lr * float(rng.uniform(0.0, 0.5))
     want = np.asarray(optax.cosine_decay_schedule(lr, t_max, alpha=eta_min / lr)(_T64()))
-    _close(_ours(S.cosine(lr, t_max, eta_min), t_max + 1), want[: t_max + 1], lr,
+    _close(_ours(S.cosine(lr, t_max, eta_min=eta_min), t_max + 1), want[: t_max + 1], lr,
            dict(lr=lr, t_max=t_max, eta_min=eta_min))
 
 
@@ -529,7 +540,7 @@ def test_polynomial_vs_optax_polynomial_schedule(x64):
     total = int(rng.integers(1, 200))
     power = float(rng.uniform(0.1, 3.0))
     want = optax.polynomial_schedule(lr, end, power, total)(_T64())
-    _close(_ours(S.polynomial(lr, total, power, end), MAX_STEPS), want, lr,
+    _close(_ours(S.polynomial(lr, total, power, end_lr=end), MAX_STEPS), want, lr,
            dict(lr=lr, end_lr=end, total_steps=total, power=power))
 
 
@@ -570,3 +581,41 @@ def test_jax_x64_really_on(x64):
   """The float64 fixture is what makes the tolerances above meaningful."""
   assert jnp.asarray(1.0).dtype == jnp.float64
   assert S.constant(0.1)(0) == 0.1
+
+
+def test_readme_migration_table_equivalences(x64):
+  """The rewrites the README's "Coming from optax or PyTorch" table gives, against optax."""
+  t = _T64()
+  ti = jnp.arange(MAX_STEPS, dtype=jnp.int32)
+  v, peak, init, end, w, d = 0.3, 0.1, 0.02, 1e-3, 37, 250
+
+  def same(ours, theirs, what):
+    np.testing.assert_allclose(np.asarray(ours(ti)), np.asarray(theirs(t)), rtol=1e-10,
+                               atol=1e-14, err_msg=what)
+
+  same(S.linear(v, 1.0, end / v, 100), optax.linear_schedule(v, end, 100), "linear down")
+  same(S.linear(v, init / v, 1.0, 100), optax.linear_schedule(init, v, 100), "linear up")
+  same(S.warmup(S.constant(v), 100), optax.linear_schedule(0.0, v, 100), "linear from 0")
+  same(S.multistep(v, [40, 90, 90], 0.1),
+       optax.piecewise_constant_schedule(v, {40: 0.1, 90: 0.01}), "piecewise constant")
+  same(S.exponential(v, 0.5 ** (1 / 100)), optax.exponential_decay(v, 100, 0.5), "exp decay")
+  same(S.exponential_decay(v, k=np.log(2) / 100), optax.exponential_decay(v, 100, 0.5),
+       "exp decay, k")
+  same(S.step(v, 100, 0.5), optax.exponential_decay(v, 100, 0.5, staircase=True), "staircase")
+  same(S.polynomial(v, d, 1.7, end_lr=end), optax.polynomial_schedule(v, end, 1.7, d), "poly")
+  same(S.sequential([S.cosine(v, d, eta_min=0.1 * v), S.constant(0.1 * v)], [d]),
+       optax.cosine_decay_schedule(v, d, alpha=0.1), "cosine decay, held")
+  same(S.warmup(S.constant(peak), w, start_factor=init / peak),
+       optax.warmup_constant_schedule(init, peak, w), "warmup constant")
+  same(S.sequential([S.warmup(S.constant(peak), w, start_factor=init / peak),
+                     S.cosine(peak, d - w, eta_min=end), S.constant(end)], [w, d]),
+       optax.warmup_cosine_decay_schedule(init, peak, w, d, end), "warmup cosine decay")
+  same(S.sequential([S.warmup(S.constant(peak), w), S.cosine(peak, d - w), S.constant(0.0)],
+                    [w, d]),
+       optax.warmup_cosine_decay_schedule(0.0, peak, w, d), "warmup cosine decay from 0")
+  # ... and S.warmup multiplies instead: the cosine has run W steps when the ramp ends.
+  mult = np.asarray(S.warmup(S.cosine(peak, d, eta_min=end), w)(ti))
+  cos = np.asarray(S.cosine(peak, d, eta_min=end)(ti))
+  np.testing.assert_allclose(mult[w:d], cos[w:d], rtol=1e-12)
+  assert not np.allclose(mult[w:d], np.asarray(
+      optax.warmup_cosine_decay_schedule(0.0, peak, w, d, end)(t))[w:d])

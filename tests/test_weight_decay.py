@@ -3,6 +3,8 @@ jit / vmap / no-retrace, flax nnx, optax.chain and optax.inject_hyperparams, bad
 
 from __future__ import annotations
 
+import inspect
+
 import math
 
 from flax import nnx
@@ -175,7 +177,7 @@ def _groups(p, wd, decayed):
     "lr,wd,betas,eps", [(1e-2, 1e-2, (0.9, 0.999), 1e-8), (3e-2, 0.3, (0.8, 0.99), 1e-6)]
 )
 def test_adamw_decoupled_matches_torch_adamw_and_optax(x64, lr, wd, betas, eps):
-  tx = adamw(lr, wd, b1=betas[0], b2=betas[1], eps=eps)
+  tx = adamw(lr, weight_decay=wd, b1=betas[0], b2=betas[1], eps=eps)
   got = run_jax(tx)
   want = run_torch(lambda p: torch.optim.AdamW(p.values(), lr=lr, betas=betas, eps=eps,
                                                weight_decay=wd))
@@ -183,12 +185,13 @@ def test_adamw_decoupled_matches_torch_adamw_and_optax(x64, lr, wd, betas, eps):
   ref = run_jax(optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=wd))
   assert_traj(got, ref, TIGHT)
   # The decay moves the trajectory (else this test could not tell modes apart).
-  assert not np.allclose(got[-1]["Dense_0/kernel"], run_jax(adamw(lr, 0.0))[-1]["Dense_0/kernel"])
+  no_decay = run_jax(adamw(lr, weight_decay=0.0))[-1]["Dense_0/kernel"]
+  assert not np.allclose(got[-1]["Dense_0/kernel"], no_decay)
 
 
 @pytest.mark.torch
 def test_adamw_decoupled_float32_matches_torch():
-  got = run_jax(adamw(1e-2, 0.1), dtype=np.float32)
+  got = run_jax(adamw(1e-2, weight_decay=0.1), dtype=np.float32)
   want = run_torch(lambda p: torch.optim.AdamW(p.values(), lr=1e-2, weight_decay=0.1),
                    dtype=np.float32)
   assert_traj(got, want, LOOSE)
@@ -203,7 +206,7 @@ def test_adamw_default_weight_decay_is_torch_default(x64):
 @pytest.mark.torch
 @pytest.mark.parametrize("wd,betas,eps", [(0.1, (0.9, 0.999), 1e-8), (0.5, (0.8, 0.99), 1e-6)])
 def test_adamw_l2_matches_torch_adam(x64, wd, betas, eps):
-  got = run_jax(adamw(2e-2, wd, decay="l2", b1=betas[0], b2=betas[1], eps=eps))
+  got = run_jax(adamw(2e-2, weight_decay=wd, decay="l2", b1=betas[0], b2=betas[1], eps=eps))
   want = run_torch(lambda p: torch.optim.Adam(p.values(), lr=2e-2, betas=betas, eps=eps,
                                               weight_decay=wd))
   assert_traj(got, want, TIGHT)
@@ -211,7 +214,7 @@ def test_adamw_l2_matches_torch_adam(x64, wd, betas, eps):
 
 @pytest.mark.torch
 def test_adamw_none_matches_torch_adam(x64):
-  assert_traj(run_jax(adamw(2e-2, 0.5, decay="none")),
+  assert_traj(run_jax(adamw(2e-2, weight_decay=0.5, decay="none")),
               run_torch(lambda p: torch.optim.Adam(p.values(), lr=2e-2)), TIGHT)
 
 
@@ -221,7 +224,7 @@ def test_adamw_none_matches_torch_adam(x64):
                              (0.5, True, 0.0)]
 )
 def test_sgd_l2_matches_torch_sgd(x64, momentum, nesterov, wd):
-  got = run_jax(sgd(0.1, momentum, nesterov, wd))
+  got = run_jax(sgd(0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd))
   want = run_torch(lambda p: torch.optim.SGD(p.values(), lr=0.1, momentum=momentum,
                                              nesterov=nesterov, weight_decay=wd))
   assert_traj(got, want, TIGHT)
@@ -229,7 +232,7 @@ def test_sgd_l2_matches_torch_sgd(x64, momentum, nesterov, wd):
 
 @pytest.mark.torch
 def test_sgd_float32_matches_torch():
-  got = run_jax(sgd(0.1, 0.9, True, 0.1), dtype=np.float32)
+  got = run_jax(sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.1), dtype=np.float32)
   want = run_torch(lambda p: torch.optim.SGD(p.values(), lr=0.1, momentum=0.9, nesterov=True,
                                              weight_decay=0.1), dtype=np.float32)
   assert_traj(got, want, LOOSE)
@@ -247,24 +250,25 @@ def _np_cosine(t, total=STEPS):
 @pytest.mark.parametrize("wd", [0.1, 0.5])
 def test_adamw_paper_matches_algorithm_2(x64, wd):
   alpha = 3e-2
-  got = run_jax(adamw(lambda t: alpha * _cosine(t), wd, decay="paper"))
+  got = run_jax(adamw(lambda t: alpha * _cosine(t), weight_decay=wd, decay="paper"))
   assert_traj(got, np_adam(alpha, _np_cosine, wd, mode="paper"), TIGHT)
 
 
 def test_adamw_paper_with_warmup_needs_and_uses_base_lr(x64):
   alpha, wd = 3e-2, 0.2
   eta = lambda t: np.minimum(1.0, 0.25 * (t + 1))  # warmup: eta(0) = 0.25, not 1
-  got = run_jax(adamw(lambda t: alpha * jnp.minimum(1.0, 0.25 * (t + 1)), wd, decay="paper",
+  got = run_jax(adamw(lambda t: alpha * jnp.minimum(1.0, 0.25 * (t + 1)), weight_decay=wd,
+                      decay="paper",
                       base_lr=alpha, b1=0.8, b2=0.99, eps=1e-6))
   assert_traj(got, np_adam(alpha, eta, wd, mode="paper", b1=0.8, b2=0.99, eps=1e-6), TIGHT)
 
 
 def test_adamw_paper_constant_lr_and_independent(x64):
   # A constant rate: eta_t = lr / base_lr.
-  got = run_jax(adamw(2e-2, 0.1, decay="paper", base_lr=4e-2))
+  got = run_jax(adamw(2e-2, weight_decay=0.1, decay="paper", base_lr=4e-2))
   assert_traj(got, np_adam(4e-2, lambda t: 0.5, 0.1, mode="paper"), TIGHT)
   # Independent: decay not scaled by any rate.
-  got = run_jax(adamw(lambda t: 3e-2 * _cosine(t), 0.05, decay="independent"))
+  got = run_jax(adamw(lambda t: 3e-2 * _cosine(t), weight_decay=0.05, decay="independent"))
   assert_traj(got, np_adam(3e-2, _np_cosine, 0.05, mode="independent"), TIGHT)
 
 
@@ -274,7 +278,7 @@ def test_adamw_paper_constant_lr_and_independent(x64):
 )
 def test_sgd_decoupled_modes_match_numpy(x64, mode, momentum, nesterov):
   lr = lambda t: 0.1 * _cosine(t)
-  got = run_jax(sgd(lr, momentum, nesterov, 0.2, decay=mode))
+  got = run_jax(sgd(lr, momentum=momentum, nesterov=nesterov, weight_decay=0.2, decay=mode))
   want = np_sgd(lambda t: 0.1 * _np_cosine(t), 0.2, mode=mode, momentum=momentum,
                 nesterov=nesterov, base=0.1)
   assert_traj(got, want, TIGHT)
@@ -285,7 +289,7 @@ def test_sgd_decoupled_modes_match_numpy(x64, mode, momentum, nesterov):
 def test_lr_schedule_matches_torch_lambdalr(x64, decay):
   lr0, wd = 2e-2, 0.3
   factor = lambda t: 1.0 / (1.0 + 0.5 * t)
-  got = run_jax(adamw(lambda t: lr0 * factor(t), wd, decay=decay))
+  got = run_jax(adamw(lambda t: lr0 * factor(t), weight_decay=wd, decay=decay))
   cls = torch.optim.AdamW if decay == "decoupled" else torch.optim.Adam
   want = run_torch(lambda p: cls(p.values(), lr=lr0, weight_decay=wd), lr_lambda=factor)
   assert_traj(got, want, TIGHT)
@@ -294,7 +298,7 @@ def test_lr_schedule_matches_torch_lambdalr(x64, decay):
 @pytest.mark.torch
 def test_sgd_lr_schedule_matches_torch_lambdalr(x64):
   factor = lambda t: 1.0 / (1.0 + 0.5 * t)
-  got = run_jax(sgd(lambda t: 0.1 * factor(t), 0.9, True, 0.1))
+  got = run_jax(sgd(lambda t: 0.1 * factor(t), momentum=0.9, nesterov=True, weight_decay=0.1))
   want = run_torch(lambda p: torch.optim.SGD(p.values(), lr=0.1, momentum=0.9, nesterov=True,
                                              weight_decay=0.1), lr_lambda=factor)
   assert_traj(got, want, TIGHT)
@@ -317,7 +321,7 @@ _MASKS = [
 @pytest.mark.parametrize("mask,decayed", _MASKS)
 def test_masked_adamw_matches_torch_param_groups(x64, mask, decayed):
   wd = 0.5
-  got = run_jax(adamw(2e-2, wd, mask=mask))
+  got = run_jax(adamw(2e-2, weight_decay=wd, mask=mask))
   assert_traj(got, run_torch(lambda p: torch.optim.AdamW(_groups(p, wd, decayed), lr=2e-2)),
               TIGHT)
   bools = {k: k in decayed for k in NAMES}
@@ -329,17 +333,18 @@ def test_masked_adamw_matches_torch_param_groups(x64, mask, decayed):
 @pytest.mark.torch
 @pytest.mark.parametrize("mask,decayed", _MASKS[::2])
 def test_masked_l2_matches_torch_param_groups(x64, mask, decayed):
-  got = run_jax(sgd(0.1, 0.9, False, 0.3, mask=mask))
+  got = run_jax(sgd(0.1, momentum=0.9, weight_decay=0.3, mask=mask))
   want = run_torch(lambda p: torch.optim.SGD(_groups(p, 0.3, decayed), lr=0.1, momentum=0.9))
   assert_traj(got, want, TIGHT)
-  got = run_jax(adamw(2e-2, 0.3, decay="l2", mask=mask))
+  got = run_jax(adamw(2e-2, weight_decay=0.3, decay="l2", mask=mask))
   want = run_torch(lambda p: torch.optim.Adam(_groups(p, 0.3, decayed), lr=2e-2))
   assert_traj(got, want, TIGHT)
 
 
 def test_masked_paper_matches_numpy(x64):
   alpha = 3e-2
-  got = run_jax(adamw(lambda t: alpha * _cosine(t), 0.5, decay="paper", mask="no_bias_norm"))
+  got = run_jax(adamw(lambda t: alpha * _cosine(t), weight_decay=0.5, decay="paper",
+                      mask="no_bias_norm"))
   assert_traj(got, np_adam(alpha, _np_cosine, 0.5, mode="paper", decayed=KERNELS), TIGHT)
 
 
@@ -490,15 +495,18 @@ _WD_HP = _hp(lr=[1e-2, 3e-2, 1e-1], wd=[0.0, 0.1, 0.7], s=[0.1, 0.5, 1.0])
 
 _CASES = {
     **{f"adamw-{mode}": (lambda h, mode=mode: adamw(
-        h["lr"], h["wd"], decay=mode, b1=h["b1"], b2=h["b2"], eps=h["eps"], base_lr=h["base"],
+        h["lr"], weight_decay=h["wd"], decay=mode, b1=h["b1"], b2=h["b2"], eps=h["eps"],
+        base_lr=h["base"],
         mask="no_bias_norm"), _ADAM_HP) for mode in ("decoupled", "paper", "independent", "l2")},
-    "adamw-paper-schedule": (lambda h: adamw(lambda t: h["lr"] * 0.8**t, h["wd"], decay="paper",
-                                             b1=h["b1"], b2=h["b2"]), _ADAM_HP),
+    "adamw-paper-schedule": (lambda h: adamw(lambda t: h["lr"] * 0.8**t, weight_decay=h["wd"],
+                                             decay="paper", b1=h["b1"], b2=h["b2"]), _ADAM_HP),
     **{f"sgd-{mode}": (lambda h, mode=mode: sgd(
-        h["lr"], h["mom"], mode == "l2", h["wd"], decay=mode, base_lr=h["base"]), _SGD_HP)
+        h["lr"], momentum=h["mom"], nesterov=mode == "l2", weight_decay=h["wd"], decay=mode,
+        base_lr=h["base"]), _SGD_HP)
        for mode in ("l2", "decoupled", "paper", "independent")},
-    "sgd-paper-schedule": (lambda h: sgd(lambda t: h["lr"] * 0.8**t, h["mom"], True, h["wd"],
-                                         decay="paper"), _SGD_HP),
+    "sgd-paper-schedule": (lambda h: sgd(lambda t: h["lr"] * 0.8**t, momentum=h["mom"],
+                                         nesterov=True, weight_decay=h["wd"], decay="paper"),
+                           _SGD_HP),
     "l2": (lambda h: optax.chain(l2_regularization(h["wd"]), optax.sgd(h["lr"])), _WD_HP),
     "l1": (lambda h: optax.chain(l1_regularization(h["wd"], mask="no_bias_norm"),
                                  optax.sgd(h["lr"])), _WD_HP),
@@ -544,8 +552,9 @@ def chex_tree_allclose(a, b, **tol):
 # ------------------------------------------------------------------------------------------------
 
 _NNX_TX = {
-    "adamw": lambda: adamw(1e-2, 0.1, mask="no_bias_norm"),
-    "sgd": lambda: sgd(0.1, 0.9, True, 0.1, mask=no_bias_norm_mask),
+    "adamw": lambda: adamw(1e-2, weight_decay=0.1, mask="no_bias_norm"),
+    "sgd": lambda: sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.1,
+                       mask=no_bias_norm_mask),
     "l2": lambda: optax.chain(l2_regularization(0.1, mask="no_bias_norm"), optax.adam(1e-2)),
     "l1": lambda: optax.chain(l1_regularization(0.1), optax.sgd(0.1)),
     "decoupled": lambda: optax.chain(optax.adam(1e-2), decoupled_weight_decay(
@@ -659,7 +668,8 @@ def test_inject_hyperparams_decoupled_weight_decay(x64):
 # ------------------------------------------------------------------------------------------------
 
 _BAD = [
-    (lambda: adamw(0.1, -1.0), r"adamw: weight_decay must be >= 0, got weight_decay=-1.0"),
+    (lambda: adamw(0.1, weight_decay=-1.0),
+     r"adamw: weight_decay must be >= 0, got weight_decay=-1.0"),
     (lambda: adamw(0.1, decay="adam"),
      r"adamw: decay must be one of 'decoupled', 'paper', 'independent', 'l2', 'none', "
      r"got decay='adam'"),
@@ -700,6 +710,67 @@ def test_bad_input_raises(make, message):
     make()
 
 
+# Every numeric hyperparameter of every public transform here, with valid values.
+_NUMERIC = [
+    ("adamw", adamw, dict(learning_rate=0.1, weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8,
+                          base_lr=0.1), dict(decay="paper")),
+    ("sgd", sgd, dict(learning_rate=0.1, momentum=0.9, weight_decay=0.1, base_lr=0.1),
+     dict(decay="paper")),
+    ("l2_regularization", l2_regularization, dict(weight_decay=0.1), {}),
+    ("l1_regularization", l1_regularization, dict(weight_decay=0.1), {}),
+    ("decoupled_weight_decay", decoupled_weight_decay, dict(weight_decay=0.1, schedule=0.5), {}),
+]
+_NUMERIC_ARGS = [pytest.param(fn, make, kw, extra, arg, id=f"{fn}-{arg}")
+                 for fn, make, kw, extra in _NUMERIC for arg in kw]
+
+
+@pytest.mark.parametrize("fn,make,kw,extra,arg", _NUMERIC_ARGS)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_infinite_hyperparameters_raise(fn, make, kw, extra, arg, bad):
+  """``adamw(lr=inf)`` used to build an optimizer whose first step is NaN."""
+  with pytest.raises(ValueError, match=rf"^{fn}: {arg} must be finite and .*, got {arg}=-?inf$"):
+    make(**{**kw, **extra, arg: bad})
+
+
+@pytest.mark.parametrize("fn,make,kw,extra,arg", _NUMERIC_ARGS)
+def test_bool_hyperparameters_raise(fn, make, kw, extra, arg):
+  """``True`` is not a number here (``adamw(True)`` used to train with ``lr = 1``)."""
+  for bad in (True, np.bool_(False), jnp.asarray(True)):
+    with pytest.raises(ValueError, match=rf"^{fn}: {arg} must be a number .*, not a bool, "
+                                         rf"got {arg}=(True|False)$"):
+      make(**{**kw, **extra, arg: bad})
+
+
+@pytest.mark.parametrize("fn,make,kw,extra", [pytest.param(*n, id=n[0]) for n in _NUMERIC])
+def test_numpy_scalar_hyperparameters_are_accepted(fn, make, kw, extra):
+  """``np.float32(0.1)`` (what a NumPy grid hands over) gives the Python number's updates."""
+  params = {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0]])}
+  grads = {"w": jnp.asarray([[0.3, -0.1], [0.2, 0.4]])}
+  want_tx = make(**kw, **extra)
+  got_tx = make(**{k: np.float32(v) for k, v in kw.items()}, **extra)
+  want = want_tx.update(grads, want_tx.init(params), params)[0]
+  got = got_tx.update(grads, got_tx.init(params), params)[0]
+  # float32 rounding only (Adam's bias correction 1 - b2 amplifies it): rtol 1e-5
+  np.testing.assert_allclose(got["w"], want["w"], rtol=1e-5, err_msg=fn)
+
+
+def test_every_argument_after_the_learning_rate_is_keyword_only():
+  """``optaxlr.adamw(lr, 0.9)`` would set weight decay where ``optax.adamw(lr, 0.9)`` sets
+  ``b1``; ``torch.optim.SGD``'s third positional argument is ``dampening``."""
+  for factory in (adamw, sgd):
+    params = list(inspect.signature(factory).parameters.values())
+    assert params[0].name == "learning_rate"
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[1:]), factory.__name__
+  params = list(inspect.signature(decoupled_weight_decay).parameters.values())
+  assert [p.name for p in params if p.kind is p.KEYWORD_ONLY] == ["schedule", "mask"]
+  with pytest.raises(TypeError, match="positional argument"):
+    adamw(1e-3, 0.9)
+  with pytest.raises(TypeError, match="positional argument"):
+    sgd(0.1, 0.9)
+  with pytest.raises(TypeError, match="positional argument"):
+    decoupled_weight_decay(0.1, lambda t: 1.0)
+
+
 def test_missing_params_raises():
   params = {"w": jnp.ones((2, 2))}
   for tx, fn in [(decoupled_weight_decay(0.1), "decoupled_weight_decay"),
@@ -710,7 +781,7 @@ def test_missing_params_raises():
 
 def test_traced_values_are_not_checked():
   """Validation skips tracers (the sweep engine checks grids on the host)."""
-  out = jax.jit(lambda lr: _toy_run(lambda h: adamw(h, 0.1), lr))(jnp.asarray(-1.0))
+  out = jax.jit(lambda lr: _toy_run(lambda h: adamw(h, weight_decay=0.1), lr))(jnp.asarray(-1.0))
   assert np.all(np.isfinite(np.asarray(out["Dense_0"]["kernel"])))
 
 

@@ -11,7 +11,7 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxlr import _validate as v
-from optaxlr.schedules._common import as_float, floor_divmod, safe_div
+from optaxlr.schedules._common import as_float, floor_divmod, half_sin2, safe_div
 
 __all__ = [
     "warmup",
@@ -54,6 +54,9 @@ def warmup(
     start_factor: the factor at step 0, in ``[0, 1]`` (``(0, 1]`` for "exponential").
     mode: the shape of the ramp (static).
 
+
+  Returns:
+    The wrapped schedule, ``step -> factor(step) * schedule(step)``.
   References:
     Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
     <https://arxiv.org/abs/1706.02677>`_, 2017.
@@ -77,15 +80,15 @@ def warmup(
     t = as_float(count)
     w = as_float(warmup_steps)
     s = as_float(start_factor)
-    p = safe_div(t, w)
+    p = jnp.clip(safe_div(t, w), 0.0, 1.0)
     if mode == "linear":
       f = s + (1.0 - s) * p
     elif mode == "constant":
       f = s * jnp.ones_like(p)
     elif mode == "cosine":
-      f = s + (1.0 - s) * (1.0 - jnp.cos(jnp.pi * p)) / 2.0
+      f = s + (1.0 - s) * half_sin2(p)  # (1 - cos(pi p)) / 2 without cancellation at small p
     else:
-      f = s ** (1.0 - p)
+      f = s ** jnp.clip(safe_div(w - t, w, 0.0), 0.0, 1.0)  # s ** (1 - p), exact exponent
     return jnp.where(t < w, f, 1.0) * schedule(count)
 
   return wrapped
@@ -106,6 +109,9 @@ def sequential(
     schedules: the schedules, in order.
     milestones: the steps at which to switch, strictly increasing, ``>= 0``.
 
+
+  Returns:
+    The joined schedule ``step -> rate``.
   Examples:
     >>> import jax.numpy as jnp
     >>> from optaxlr.schedules import linear, cosine
@@ -151,6 +157,12 @@ def chained(*schedules: optax.Schedule) -> optax.Schedule:
     chained(step(0.1, 30, 0.1), exponential(1.0, 0.99))
     == ChainedScheduler([StepLR(opt(lr=0.1), 30, 0.1), ExponentialLR(opt, 0.99)])
 
+  Args:
+    *schedules: one or more schedules.
+
+  Returns:
+    ``step -> prod(s(step) for s in schedules)``.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> from optaxlr.schedules import step, exponential
@@ -182,6 +194,9 @@ def epochs(schedule: optax.Schedule, steps_per_epoch: ArrayLike) -> optax.Schedu
     schedule: a schedule whose argument is the epoch.
     steps_per_epoch: optimizer steps per epoch, ``>= 1`` (may be traced).
 
+
+  Returns:
+    ``step -> schedule(floor(step / steps_per_epoch))``.
   Examples:
     >>> import jax.numpy as jnp
     >>> from optaxlr.schedules import exponential
@@ -220,6 +235,9 @@ def linear_scaling(
     base_batch_size: the reference batch size, ``> 0`` (256 in Goyal et al.).
     rule: "linear" or "sqrt" (static).
 
+
+  Returns:
+    The scaled learning rate, an array (not a schedule).
   References:
     Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
     <https://arxiv.org/abs/1706.02677>`_, 2017.

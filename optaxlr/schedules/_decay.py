@@ -10,7 +10,15 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxlr import _validate as v
-from optaxlr.schedules._common import as_float, floor_divmod, safe_div
+from optaxlr.schedules._common import (
+    as_float,
+    capped_pow,
+    cos_factor,
+    floor_divmod,
+    half_sin2,
+    interpolate,
+    safe_div,
+)
 
 __all__ = [
     "constant",
@@ -61,6 +69,9 @@ def constant_factor(
       its recursive form then divides by zero at ``total_steps``).
     total_steps: how many steps use the reduced rate, ``>= 0``.
 
+
+  Returns:
+    ``schedule(step) -> rate``.
   Examples:
     >>> import jax.numpy as jnp
     >>> print(constant_factor(0.1, 0.5, 2)(jnp.arange(4)))
@@ -85,7 +96,9 @@ def linear(
 ) -> optax.Schedule:
   """Linear change of the multiplier from ``start_factor`` to ``end_factor`` (PyTorch ``LinearLR``).
 
-  ``lr * (start + (end - start) * min(t, T) / T)``; constant at ``lr * end_factor`` after ``T``.
+  ``lr * (start + (end - start) * min(t, T) / T)``; held at ``lr * end_factor`` from ``T`` on.
+  Computed from the nearer end of the ramp (``end + (start - end) * (T - t) / T`` in its second
+  half), so a small ``end_factor`` (or 0) is reached with full float32 relative precision.
 
   Args:
     lr: the base learning rate, ``>= 0``.
@@ -93,6 +106,9 @@ def linear(
     end_factor: multiplier from step ``total_steps`` on, in ``[0, 1]``.
     total_steps: length of the ramp, ``>= 1``.
 
+
+  Returns:
+    ``schedule(step) -> rate``.
   Examples:
     >>> import jax.numpy as jnp
     >>> print(linear(1.0, 0.5, 1.0, 2)(jnp.arange(4)))
@@ -104,9 +120,10 @@ def linear(
   v.at_least("linear", "total_steps", total_steps, 1)
 
   def schedule(count):
-    t = jnp.minimum(as_float(count), as_float(total_steps))
-    s, e = as_float(start_factor), as_float(end_factor)
-    return as_float(lr) * (s + (e - s) * t / as_float(total_steps))
+    big_t = as_float(total_steps)
+    t = jnp.minimum(as_float(count), big_t)
+    p, q = t / big_t, (big_t - t) / big_t
+    return as_float(lr) * interpolate(as_float(start_factor), as_float(end_factor), p, q, "linear")
 
   return schedule
 
@@ -123,6 +140,9 @@ def step(lr: ArrayLike, step_size: ArrayLike, gamma: ArrayLike = 0.1) -> optax.S
     step_size: period of the decay, ``>= 1``.
     gamma: multiplicative factor, ``> 0``.
 
+
+  Returns:
+    ``schedule(step) -> lr * gamma ** floor(step / step_size)``.
   Examples:
     >>> import jax.numpy as jnp
     >>> print(step(1.0, 2, 0.5)(jnp.arange(5)))
@@ -134,7 +154,7 @@ def step(lr: ArrayLike, step_size: ArrayLike, gamma: ArrayLike = 0.1) -> optax.S
 
   def schedule(count):
     n, _ = floor_divmod(count, step_size)
-    return as_float(lr) * as_float(gamma) ** as_float(n)
+    return as_float(lr) * capped_pow(as_float(gamma), as_float(n))
 
   return schedule
 
@@ -150,6 +170,9 @@ def multistep(lr: ArrayLike, milestones: ArrayLike, gamma: ArrayLike = 0.1) -> o
     milestones: 1-D, non-decreasing, ``>= 0``; its length is static, its values may be traced.
     gamma: multiplicative factor, ``> 0``.
 
+
+  Returns:
+    ``schedule(step) -> rate``.
   Examples:
     >>> import jax.numpy as jnp
     >>> print(multistep(1.0, [1, 3, 3], 0.5)(jnp.arange(5)))
@@ -172,7 +195,7 @@ def multistep(lr: ArrayLike, milestones: ArrayLike, gamma: ArrayLike = 0.1) -> o
     t = jnp.asarray(count)
     m = jnp.asarray(milestones).reshape((1,) * t.ndim + (-1,))
     n = jnp.sum(t[..., None] >= m, axis=-1)
-    return as_float(lr) * as_float(gamma) ** as_float(n)
+    return as_float(lr) * capped_pow(as_float(gamma), as_float(n))
 
   return schedule
 
@@ -183,10 +206,19 @@ def exponential(lr: ArrayLike, gamma: ArrayLike) -> optax.Schedule:
 
   Per epoch, as the seeds' ``lr * 0.98 ** epoch``: ``epochs(exponential(lr, 0.98), spe)``.
 
+  Precision: ``gamma ** t`` is XLA's ``pow``, accurate to about an ulp, so the float32 value is
+  within ``2e-7`` of the exact power of the float32 ``gamma``. The rounding of ``gamma`` itself
+  to float32 (``6e-8`` relative) moves ``gamma ** t`` by up to ``t * 6e-8`` (``6e-4`` at
+  ``t = 10**4``); for very long decays with ``gamma`` near 1 pass a float32-exact ``gamma`` or
+  enable ``jax_enable_x64``.
+
   Args:
     lr: the initial learning rate, ``>= 0``.
     gamma: the per-step factor, ``> 0``.
 
+
+  Returns:
+    ``schedule(step) -> lr * gamma ** step``.
   Examples:
     >>> import jax.numpy as jnp
     >>> print(exponential(1.0, 0.5)(jnp.arange(3)))
@@ -196,25 +228,30 @@ def exponential(lr: ArrayLike, gamma: ArrayLike) -> optax.Schedule:
   v.positive("exponential", "gamma", gamma)
 
   def schedule(count):
-    return as_float(lr) * as_float(gamma) ** as_float(count)
+    return as_float(lr) * capped_pow(as_float(gamma), as_float(count))
 
   return schedule
 
 
-def exponential_decay(lr: ArrayLike, k: ArrayLike) -> optax.Schedule:
+def exponential_decay(lr: ArrayLike, *, k: ArrayLike) -> optax.Schedule:
   """``lr * exp(-k t)``, the continuous exponential decay of the CS231n notes (seed 001).
 
   Equals ``exponential(lr, exp(-k))``; written with ``k`` because that is the form the
-  literature gives. optax's ``exponential_decay`` is the other parametrisation (a rate per
-  ``transition_steps``).
+  literature gives. ``k`` is keyword-only because optax's function of the same name takes
+  ``(init_value, transition_steps, decay_rate)``: ``optax.exponential_decay(lr, 1000, 0.5)``
+  is ``exponential(lr, 0.5 ** (1 / 1000))`` here (or ``exponential_decay(lr,
+  k=log(2) / 1000)``), not ``exponential_decay(lr, k=1000)``.
 
   Args:
     lr: the initial learning rate ``alpha_0``, ``>= 0``.
-    k: the decay constant, ``>= 0``.
+    k: the decay constant per step, ``>= 0``.
+
+  Returns:
+    ``schedule(step) -> lr * exp(-k * step)``.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> print(exponential_decay(1.0, 0.5)(jnp.arange(3)))
+    >>> print(exponential_decay(1.0, k=0.5)(jnp.arange(3)))
     [1.       0.606531 0.367879]
   """
   v.nonnegative("exponential_decay", "lr", lr)
@@ -227,9 +264,12 @@ def exponential_decay(lr: ArrayLike, k: ArrayLike) -> optax.Schedule:
 
 
 def inverse_time(
-    lr: ArrayLike, k: ArrayLike, decay_steps: ArrayLike = 1, staircase: bool = False
+    lr: ArrayLike, *, k: ArrayLike, decay_steps: ArrayLike = 1, staircase: bool = False
 ) -> optax.Schedule:
   """``lr / (1 + k * t / decay_steps)``: 1/t decay (Keras ``InverseTimeDecay``).
+
+  All arguments after ``lr`` are keyword-only: Keras' positional order is
+  ``(initial_learning_rate, decay_steps, decay_rate)``, the other way round.
 
   Args:
     lr: the initial learning rate ``alpha_0``, ``>= 0``.
@@ -237,9 +277,12 @@ def inverse_time(
     decay_steps: how many steps one unit of ``t`` lasts, ``> 0``.
     staircase: floor ``t / decay_steps`` (static, as in Keras).
 
+  Returns:
+    ``schedule(step) -> lr / (1 + k * step / decay_steps)``.
+
   Examples:
     >>> import jax.numpy as jnp
-    >>> print(inverse_time(1.0, 1.0)(jnp.arange(4)))
+    >>> print(inverse_time(1.0, k=1.0)(jnp.arange(4)))
     [1.       0.5      0.333333 0.25    ]
   """
   v.nonnegative("inverse_time", "lr", lr)
@@ -257,19 +300,28 @@ def inverse_time(
 
 
 def polynomial(
-    lr: ArrayLike, total_steps: ArrayLike, power: ArrayLike = 1.0, end_lr: ArrayLike = 0.0
+    lr: ArrayLike, total_steps: ArrayLike, power: ArrayLike = 1.0, *, end_lr: ArrayLike = 0.0
 ) -> optax.Schedule:
   """Polynomial decay to ``end_lr`` over ``total_steps`` (PyTorch ``PolynomialLR``).
 
-  ``(lr - end_lr) * (1 - min(t, T) / T) ** power + end_lr``. With ``end_lr=0`` this is
-  PyTorch's ``PolynomialLR(total_iters=T, power=power)``; with ``end_lr`` it is optax's
-  ``polynomial_schedule`` and Keras' ``PolynomialDecay`` (without ``cycle``).
+  ``(lr - end_lr) * (1 - min(t, T) / T) ** power + end_lr``, held at ``end_lr`` from ``T`` on.
+  With ``end_lr=0`` this is PyTorch's ``PolynomialLR(total_iters=T, power=power)``; with
+  ``end_lr`` it is optax's ``polynomial_schedule`` and Keras' ``PolynomialDecay`` (without
+  ``cycle``). ``end_lr`` is keyword-only: optax's positional order is ``(init_value,
+  end_value, power, transition_steps)``.
+
+  The base is computed as ``(T - min(t, T)) / T``, never negative, so a fractional ``power``
+  gives 0 at and after ``T`` (``1 - t / T`` can round to ``-1e-8`` under ``jit``, and a
+  negative number to a fractional power is NaN).
 
   Args:
     lr: the initial learning rate, ``>= 0``.
     total_steps: steps to reach ``end_lr``, ``>= 1``.
     power: the exponent, ``>= 0``.
     end_lr: the final learning rate, ``>= 0``.
+
+  Returns:
+    ``schedule(step) -> rate``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -283,14 +335,14 @@ def polynomial(
 
   def schedule(count):
     big_t = as_float(total_steps)
-    t = jnp.minimum(as_float(count), big_t)
-    frac = (1.0 - t / big_t) ** as_float(power)
+    left = jnp.maximum(big_t - jnp.minimum(as_float(count), big_t), 0.0)
+    frac = (left / big_t) ** as_float(power)
     return (as_float(lr) - as_float(end_lr)) * frac + as_float(end_lr)
 
   return schedule
 
 
-def cosine(lr: ArrayLike, t_max: ArrayLike, eta_min: ArrayLike = 0.0) -> optax.Schedule:
+def cosine(lr: ArrayLike, t_max: ArrayLike, *, eta_min: ArrayLike = 0.0) -> optax.Schedule:
   """Cosine annealing from ``lr`` to ``eta_min`` over ``t_max`` steps (PyTorch
   ``CosineAnnealingLR``).
 
@@ -300,13 +352,22 @@ def cosine(lr: ArrayLike, t_max: ArrayLike, eta_min: ArrayLike = 0.0) -> optax.S
   periodic with period ``2 * t_max``, exactly as PyTorch's closed form. optax's
   ``cosine_decay_schedule`` instead holds ``eta_min`` after ``t_max``; for that, use
   ``sequential([cosine(...), constant(eta_min)], [t_max])`` or :func:`warmup_stable_decay`.
-  The phase is reduced modulo ``2 * t_max`` in integers when possible, so it stays exact at
-  step counts near ``2**31``.
+  ``eta_min`` is keyword-only because optax's third positional argument is ``alpha``, a
+  *fraction* of the initial value (``eta_min = alpha * lr``).
+
+  Precision: the phase is reduced modulo ``2 * t_max`` in integers when possible (exact at
+  step counts near ``2**31``), and the factor is written ``cos(pi d / 2 t_max) ** 2`` near the
+  top and ``sin(pi (t_max - d) / 2 t_max) ** 2`` near the bottom, ``d`` the exact distance to
+  the nearest top, so values next to ``eta_min = 0`` keep full float32 relative precision
+  (``(1 + cos)/2`` loses it there).
 
   Args:
     lr: the initial (maximum) learning rate, ``>= 0``.
     t_max: half period, ``>= 1``.
     eta_min: the minimum learning rate, ``>= 0``.
+
+  Returns:
+    ``schedule(step) -> rate``.
 
   References:
     Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
@@ -322,10 +383,13 @@ def cosine(lr: ArrayLike, t_max: ArrayLike, eta_min: ArrayLike = 0.0) -> optax.S
   v.nonnegative("cosine", "eta_min", eta_min)
 
   def schedule(count):
-    _, r = floor_divmod(count, 2 * jnp.asarray(t_max))
-    phase = as_float(r) / as_float(t_max)
+    period = 2 * jnp.asarray(t_max)
+    _, r = floor_divmod(count, period)
+    d = jnp.minimum(r, period - r)  # distance to the nearest top, in [0, t_max]
+    tm = as_float(t_max)
+    p, q = as_float(d) / tm, as_float(jnp.asarray(t_max) - d) / tm
     lo = as_float(eta_min)
-    return lo + (as_float(lr) - lo) * (1.0 + jnp.cos(jnp.pi * phase)) / 2.0
+    return lo + (as_float(lr) - lo) * cos_factor(p, q)
 
   return schedule
 
@@ -337,6 +401,7 @@ def warmup_stable_decay(
     lr: ArrayLike,
     total_steps: ArrayLike,
     warmup_steps: ArrayLike = 0,
+    *,
     decay_steps: ArrayLike | None = None,
     decay: str = "linear",
     end_lr: ArrayLike = 0.0,
@@ -351,7 +416,13 @@ def warmup_stable_decay(
 
   where ``shape(p)`` is ``1 - p`` ("linear"), ``(1 + cos(pi p)) / 2`` ("cosine") or
   ``1 - sqrt(p)`` ("sqrt", the cooldown Hägele et al. found best). Because the plateau does not
-  depend on ``T``, one run can be branched into cooldowns at several lengths.
+  depend on ``T``, one run can be branched into cooldowns at several lengths. ``end_lr`` is
+  held from ``T`` on. Arguments after ``warmup_steps`` are keyword-only.
+
+  Precision: the remaining fraction ``q = (T - t) / D`` is computed from the exact step
+  difference and the shapes are written in it (``q``, ``sin(pi q / 2) ** 2`` and
+  ``q / (1 + sqrt(1 - q))``), so the last steps before ``end_lr = 0`` keep full float32
+  relative precision.
 
   Args:
     lr: the plateau learning rate, ``>= 0``.
@@ -361,6 +432,9 @@ def warmup_stable_decay(
       ``warmup_steps + decay_steps`` must not exceed ``total_steps``.
     decay: the cooldown shape (static): "linear", "cosine" or "sqrt".
     end_lr: the final learning rate, ``>= 0``.
+
+  Returns:
+    ``schedule(step) -> rate``.
 
   References:
     Hu et al., `MiniCPM: Unveiling the Potential of Small Language Models with Scalable Training
@@ -394,13 +468,14 @@ def warmup_stable_decay(
     peak, low = as_float(lr), as_float(end_lr)
     wf, df, tf = as_float(warmup_steps), as_float(decay_steps), as_float(total_steps)
     warm = peak * safe_div(t, wf)
-    p = jnp.clip(safe_div(t - (tf - df), df), 0.0, 1.0)
+    q = jnp.clip(safe_div(tf - t, df, 0.0), 0.0, 1.0)  # fraction of the cooldown left
+    p = jnp.clip(safe_div(t - (tf - df), df), 0.0, 1.0)  # == 1 - q, from its own difference
     if decay == "linear":
-      shape = 1.0 - p
+      shape = q
     elif decay == "cosine":
-      shape = (1.0 + jnp.cos(jnp.pi * p)) / 2.0
+      shape = half_sin2(q)  # (1 + cos(pi p)) / 2
     else:
-      shape = 1.0 - jnp.sqrt(p)
+      shape = q / (1.0 + jnp.sqrt(p))  # 1 - sqrt(p)
     cool = low + (peak - low) * shape
     return jnp.where(t < wf, warm, jnp.where(t < tf - df, peak, cool))
 
@@ -422,6 +497,9 @@ def rsqrt(
     warmup_steps: ``W``, ``>= 0``.
     timescale: ``tau > 0``; required when ``warmup_steps`` is 0.
 
+
+  Returns:
+    ``schedule(step) -> rate``.
   References:
     Vaswani et al., `Attention Is All You Need <https://arxiv.org/abs/1706.03762>`_, 2017.
 

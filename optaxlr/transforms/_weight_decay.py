@@ -19,7 +19,10 @@ implement only some variants and disagree on how the decay is scaled:
 
 Every numeric hyperparameter may be a Python number or a JAX array (a tracer under ``jit`` or
 ``vmap`` included); masks and mode strings are structure and stay static. Concrete values are
-checked when a transform is built; traced ones are not (the sweep engine checks grids on the host).
+checked when a transform is built: NaN, ``inf`` and ``bool`` (``True`` is not a number here) are
+refused with a ``ValueError`` naming the argument, NumPy scalars are accepted. Traced values
+cannot be checked (a ``bool`` dtype is refused even then); the sweep engine checks grids on the
+host before tracing.
 
 Under ``optax.inject_hyperparams`` pass ``static_args=("mask",)`` when ``mask`` is a callable
 (``inject_hyperparams`` would take it for a schedule), and give mode ``"paper"`` an explicit
@@ -305,6 +308,7 @@ class DecoupledWeightDecayState(NamedTuple):
 
 def decoupled_weight_decay(
     weight_decay: jax.typing.ArrayLike,
+    *,
     schedule: ScheduleLike = None,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
@@ -325,7 +329,8 @@ def decoupled_weight_decay(
     SGDW (Algorithms 1 and 2), where :math:`\lambda` is not multiplied by the base rate.
 
   Unlike ``optax.add_decayed_weights`` (which adds :math:`+\lambda\theta` *before* the
-  learning rate), this transform carries its own sign and scale.
+  learning rate), this transform carries its own sign and scale. ``schedule`` and ``mask`` are
+  keyword-only (``optax.add_decayed_weights``' second positional argument is the mask).
 
   Args:
     weight_decay: :math:`\lambda \ge 0`, a number or an array.
@@ -400,6 +405,7 @@ def _check_lr(fn: str, learning_rate: Any, base_lr: Any, decay: str) -> None:
         lambda v: v > 0,
         "> 0 (it defaults to learning_rate(0); pass base_lr, e.g. the peak rate, for a schedule "
         "that starts at 0)",
+        finite=True,
     )
 
 
@@ -429,14 +435,14 @@ def _decayed(
     )
   else:
     multiplier = 1.0 if base_lr is None else learning_rate / base_lr
-  decoupled = _masked(decoupled_weight_decay(weight_decay, multiplier), mask_fn)
+  decoupled = _masked(decoupled_weight_decay(weight_decay, schedule=multiplier), mask_fn)
   return optax.chain(core, scale_lr, decoupled)
 
 
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: jax.typing.ArrayLike = 1e-2,
     *,
+    weight_decay: jax.typing.ArrayLike = 1e-2,
     decay: DecayMode = "decoupled",
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
@@ -460,6 +466,10 @@ def adamw(
   * ``"independent"``: :math:`-\text{lr}_t a_t - \lambda\theta_t` (no learning-rate factor).
   * ``"l2"``: Adam on :math:`g_t + \lambda\theta_t`; ``torch.optim.Adam(weight_decay=)``.
   * ``"none"``: plain Adam.
+
+  Every argument after ``learning_rate`` is keyword-only: ``optax.adamw(lr, 0.9)`` sets ``b1``
+  and ``torch.optim.AdamW(params, lr, (0.9, 0.999))`` sets ``betas``, so a positional second
+  argument could be read either way.
 
   Departures: the default ``weight_decay=1e-2`` is PyTorch ``AdamW``'s (``optax.adamw`` uses
   ``1e-4``, Keras ``AdamW`` ``4e-3``); ``eps`` is added to :math:`\sqrt{\hat v_t}` as in PyTorch
@@ -510,10 +520,10 @@ def adamw(
 
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     momentum: jax.typing.ArrayLike = 0.0,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
-    *,
     decay: DecayMode = "l2",
     mask: MaskOrFn = None,
     base_lr: jax.typing.ArrayLike | None = None,
@@ -530,6 +540,9 @@ def sgd(
     :math:`\eta_t = \text{lr}_t / \text{base\_lr}` (SGDW, Algorithm 1 of the paper).
   * ``"independent"``: :math:`-\text{lr}_t b_t - \lambda\theta_t`.
   * ``"none"``: :math:`-\text{lr}_t b_t`.
+
+  Every argument after ``learning_rate`` is keyword-only (``torch.optim.SGD``'s third
+  positional argument is ``dampening``, its fourth ``weight_decay``).
 
   Departures: the paper's SGDW puts the learning rate *inside* the momentum buffer
   (:math:`m_t = \beta m_{t-1} + \eta_t \alpha g_t`); this buffer is PyTorch's and optax's (rate
