@@ -888,8 +888,10 @@ def lr_find_grid(
   if monitor == "train/loss":
     per = int(res.info.get("log_every", 1))
     tail = res.batch_loss[..., -max(1, window // per):]
-    with np.errstate(all="ignore"):
-      final = np.nanmean(np.where(np.isfinite(tail), tail, np.nan), axis=-1)
+    ok = np.isfinite(tail)
+    # The mean of the finite values (a diverged run's tail has none: inf below).
+    final = np.where(ok, tail, 0).sum(-1) / np.maximum(ok.sum(-1), 1)
+    final = np.where(ok.any(-1), final, np.inf)
   else:
     final = res.metrics["val/loss"][..., -1]
   final = final.reshape(n_s, n_lr, n_cfg)

@@ -21,6 +21,7 @@ or a fingerprint that differs is a ``ValueError`` naming the folder and what dif
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -36,6 +37,8 @@ __all__ = ["CheckpointStore", "CheckpointError"]
 
 FORMAT = "optaxlr.checkpoint/2"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+_HELD: dict[str, Any] = {}  # folder -> the open lock file of this process
 
 
 class CheckpointError(ValueError):
@@ -92,10 +95,12 @@ class CheckpointStore:
       raise self._error("exists and is not a folder")
     if self.writer:
       self.folder.mkdir(parents=True, exist_ok=True)
+      self._lock()
     path = self.folder / MANIFEST
     if not path.exists():
       others = [p.name for p in self.folder.iterdir()] if self.folder.exists() else []
-      others = [n for n in others if not n.endswith(".tmp") and not n.startswith(("chunk-", "state-"))]
+      others = [n for n in others
+                if n != LOCK and not n.endswith(".tmp") and not n.startswith(("chunk-", "state-"))]
       if others:
         raise self._error(
             f"is not an optaxlr checkpoint (no {MANIFEST}) and is not empty ({sorted(others)[:5]});"
@@ -131,6 +136,28 @@ class CheckpointStore:
       for p in self.folder.iterdir():
         if p.name not in keep and (p.name.endswith(".tmp") or p.name.startswith(("chunk-", "state-"))):
           p.unlink()
+
+  def _lock(self) -> None:
+    """One writer per folder: a second process (or a second sweep in this one) that opens a
+    folder in use gets a clear error instead of interleaving commits."""
+    key = str(self.folder.resolve())
+    old = _HELD.pop(key, None)
+    if old is not None:
+      old.close()  # a previous sweep of this process that ended (or was interrupted)
+    f = open(self.folder / LOCK, "a+")  # noqa: SIM115 -- held until close() or exit
+    try:
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      f.close()
+      raise self._error("is in use by another running sweep (its lock is held); wait for it or"
+                        " use another folder") from e
+    _HELD[key] = f
+
+  def close(self) -> None:
+    """Releases the folder's lock."""
+    f = _HELD.pop(str(self.folder.resolve()), None)
+    if f is not None:
+      f.close()
 
   def _verify(self, entry: Mapping[str, Any]) -> None:
     path = self.folder / entry["file"]

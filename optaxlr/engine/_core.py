@@ -298,7 +298,21 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
 class _Compiled:
   """Jitted functions of a program and their compiled executables per input signature."""
 
+  def memory(self, exe) -> int | None:
+    """Peak bytes per device of a compiled chunk (cached per executable)."""
+    key = id(exe)
+    if key not in self._bytes:
+      try:
+        m = exe.memory_analysis()
+        self._bytes[key] = None if m is None else int(
+            m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+      except Exception:  # noqa: BLE001 -- not every backend reports it
+        self._bytes[key] = None
+    return self._bytes[key]
+
   def __init__(self, program: Program, donate: bool):
+    self._bytes: dict = {}
     self.init = jax.jit(program.init)
     self.chunk = jax.jit(program.chunk, donate_argnums=(0,) if donate else ())
     self.steer = jax.jit(program.steer)

@@ -160,18 +160,6 @@ def device_memory_bytes(device) -> int | None:
     return None
 
 
-def program_bytes(exe) -> int | None:
-  """Peak bytes of a compiled executable per device: arguments + outputs + temporaries."""
-  try:
-    m = exe.memory_analysis()
-  except Exception:  # noqa: BLE001 -- not every backend reports it
-    return None
-  if m is None:
-    return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
-
-
 class _Progress:
   def __init__(self, total: int, enabled: bool, desc: str):
     self._bar = None
@@ -281,7 +269,7 @@ def run(plan: Plan) -> Output:
 
   exe, dt = compile_for(group)
   compile_s += dt
-  need = program_bytes(exe)
+  need = prog.memory(exe)
   per_dev_budget = None if mem is None else mem // 2
   fixed = sum(np.asarray(v).nbytes for v in task.train.values()) + sum(
       np.asarray(v).nbytes for s in plan.eval_splits for v in task.eval[s].values())
@@ -303,7 +291,7 @@ def run(plan: Plan) -> Output:
     group = int(fit) * n_dev
     exe, dt = compile_for(group)
     compile_s += dt
-    need = program_bytes(exe)
+    need = prog.memory(exe)
     tries += 1
   n_groups = math.ceil(n_cfg / group)
 
@@ -351,135 +339,147 @@ def run(plan: Plan) -> Output:
   if plan.checkpoint_dir is not None:
     ckpt = CheckpointStore(plan.checkpoint_dir, {**plan.fingerprint, "group_size": group},
                            writer=jax.process_index() == 0)
-    ckpt.open()
-    for entry in sorted(ckpt.chunks, key=lambda e: (e["group"], e["chunk"])):
-      g, c = entry["group"], entry["chunk"]
-      arrays = ckpt.read(entry)
-      lo, hi = g * group, min((g + 1) * group, n_cfg)
-      record(g, c, lo, hi, arrays)
-      steering.extend(_decode_steering(arrays))
-      if "param:count" in arrays:
-        final_params[g] = [arrays[f"param:{i}"] for i in range(int(arrays["param:count"]))]
-    start_group, start_chunk = ckpt.position
-    if ckpt.state is not None:
-      resume_state = ckpt.read(ckpt.state)
-
-  bar = _Progress(n_groups * steps, plan.progress and jax.process_index() == 0,
-                  desc=f"{plan.fn} {n_cfg}x{n_s}")
-  bar.update(min(start_group * steps + start_chunk * chunk_steps, n_groups * steps))
-  run_s, steps_run, stop_all = 0.0, 0, False
-  if ckpt is not None and ckpt.finished:
-    stop_all = True
-  for g in range(start_group, n_groups):
-    if stop_all:
-      break
-    lo, hi = g * group, min((g + 1) * group, n_cfg)
-    n = hi - lo
-    sel = pad_sel(lo, hi, group)
-    hp_g_np = {k: v[sel] for k, v in hp_now.items()}
-    t0 = time.perf_counter()
-    carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(group), rule_args_d)
-    first = 0
-    if resume_state is not None and g == start_group:
-      leaves = _leaves_from("s", resume_state, len(jax.tree.leaves(carry)))
-      for a, b in zip(leaves, jax.tree.leaves(carry)):
-        if a.shape != b.shape or a.dtype != b.dtype:
-          raise ValueError(f"{plan.fn}: checkpoint_dir={str(plan.checkpoint_dir)!r}: its state"
-                           f" does not fit this sweep ({a.shape} {a.dtype} vs {b.shape} {b.dtype})")
-      carry = jax.tree.unflatten(jax.tree.structure(carry), leaves)
-      hp_g_np = {k: resume_state[f"hp:{k}"] for k in hp_now}
-      first = start_chunk
-    carry = place_carry(jax.tree.map(_core.to_host, carry))
-    hp_g = put_hp(hp_g_np)
-    run_s += time.perf_counter() - t0
-    for c in range(first, n_chunks):
-      start = c * chunk_steps
-      t0 = time.perf_counter()
-      exe, dt = prog.compiled_chunk(carry, hp_g, ramp, data_keys_d, jnp.int32(start),
-                                    jnp.int32(steps), train, evals, rule_args_d)
-      compile_s += dt
-      t0 += dt
-      carry, out = exe(carry, hp_g, ramp, data_keys_d, jnp.int32(start), jnp.int32(steps),
-                       train, evals, rule_args_d)
-      arrays = {
-          "loss": _core.to_host(out.loss),
-          "stopped_at": _core.to_host(carry.stopped_at).astype(np.int64),
-          "reason": _core.to_host(carry.reason).astype(np.int64),
-          **{f"metric:{k}": _core.to_host(v) for k, v in out.metrics.items()},
-          **{f"srec:{k}": _core.to_host(v) for k, v in out.step_records.items()},
-          **{f"erec:{k}": _core.to_host(v) for k, v in out.eval_records.items()},
-      }
-      if ratio is not None:
-        arrays["ratio"] = _core.to_host(out.ratio)
-      run_s += time.perf_counter() - t0
-      done = min(start + chunk_steps, steps)
-      steps_run = max(steps_run, done)
-      alive = _core.to_host(carry.alive)
-      # Steering: the callback sees this chunk's numbers and may return a Control.
-      arrays.update({f"hp:{k}": v for k, v in hp_g_np.items()})
-      record(g, c, lo, hi, arrays)
-      _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, lo, hi)
-      ctrl = None
-      if plan.callback is not None:
-        event = ChunkEvent(
-            group=g, chunk=c, step=done, configs=range(lo, hi),
-            hparams={k: v[lo:hi].copy() for k, v in hp_now.items()},
-            metrics={k: v[:, lo:hi, min(c * spec.blocks + spec.blocks, n_evals) - 1].copy()
-                     for k, v in metrics.items()},
-            history={k: v[:, lo:hi, : min((c + 1) * spec.blocks, n_evals)].copy()
-                     for k, v in metrics.items()},
-            eval_steps=eval_steps[: min((c + 1) * spec.blocks, n_evals)],
-            alive=alive[:, :n].copy(), stopped_at=stopped_at[:, lo:hi].copy(),
-            diverged_at=np.where(reason[:, lo:hi] == 1, stopped_at[:, lo:hi], -1),
-            stop_reason=np.asarray(_rules.STOP_REASONS, dtype=object)[reason[:, lo:hi]],
-        )
-        ctrl = plan.callback(event)
-      last = c + 1 == n_chunks
-      if ctrl is not None and ctrl is not False:
-        if ctrl is True:
-          ctrl = Control(stop_sweep=True)
-        if not isinstance(ctrl, Control):
-          raise TypeError(f"{plan.fn}: callback must return None, True or an optaxlr.Control, got "
-                          f"{type(ctrl).__name__}")
-        carry, hp_g_np, log = _apply_control(plan.fn, prog, ctrl, carry, hp_g_np, lo, hi, group, done,
-                                             place_carry, sel)
-        if log:
-          log["group"], log["chunk"] = g, c
-          steering.append(log)
-          arrays["steering"] = np.frombuffer(repr([log]).encode(), np.uint8)
-          hp_g = put_hp(hp_g_np)
-          for k in hp_now:
-            hp_now[k][lo:hi] = hp_g_np[k][:n]
-            arrays[f"hp:{k}"] = hp_g_np[k]
-          stopped_at[:, lo:hi] = _core.to_host(carry.stopped_at)[:, :n]
-          reason[:, lo:hi] = _core.to_host(carry.reason)[:, :n]
-          arrays["stopped_at"] = _core.to_host(carry.stopped_at).astype(np.int64)
-          arrays["reason"] = _core.to_host(carry.reason).astype(np.int64)
-          alive = _core.to_host(carry.alive)
-        stop_all = ctrl.stop_sweep
-      all_stopped = plan.end_when_all_stopped and not alive[:, :n].any()
-      group_ends = last or all_stopped or stop_all
-      if group_ends and plan.keep_params:
-        leaves = [_core.to_host(x)[:, :n] for x in jax.tree.leaves(carry.params)]
-        params_treedef = jax.tree.structure(carry.params)
-        final_params[g] = leaves
-        arrays.update({f"param:{i}": x for i, x in enumerate(leaves)})
-        arrays["param:count"] = np.asarray(len(leaves))
-      if ckpt is not None:
-        state = None
-        if not group_ends:
-          state = {**_flatten("s", carry), **{f"hp:{k}": v for k, v in hp_g_np.items()}}
-        nxt = (g + 1, 0) if group_ends else (g, c + 1)
-        ckpt.commit(g, c, arrays, state, nxt, finished=stop_all or (group_ends and g + 1 == n_groups))
-      if multi:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"optaxlr chunk {g} {c}")
-      bar.update(done - start, stopped=int((reason > 0).sum()))
-      if group_ends:
-        if all_stopped and not last:
-          bar.update((n_chunks - c - 1) * chunk_steps)
+    try:
+      ckpt.open()
+      for entry in sorted(ckpt.chunks, key=lambda e: (e["group"], e["chunk"])):
+        g, c = entry["group"], entry["chunk"]
+        arrays = ckpt.read(entry)
+        lo, hi = g * group, min((g + 1) * group, n_cfg)
+        record(g, c, lo, hi, arrays)
+        steering.extend(_decode_steering(arrays))
+        if "param:count" in arrays:
+          final_params[g] = [arrays[f"param:{i}"] for i in range(int(arrays["param:count"]))]
+      start_group, start_chunk = ckpt.position
+      if ckpt.state is not None:
+        resume_state = ckpt.read(ckpt.state)
+    except Exception:
+      ckpt.close()
+      raise
+  try:
+    bar = _Progress(n_groups * steps, plan.progress and jax.process_index() == 0,
+                    desc=f"{plan.fn} {n_cfg}x{n_s}")
+    bar.update(min(start_group * steps + start_chunk * chunk_steps, n_groups * steps))
+    run_s, steps_run, stop_all = 0.0, 0, False
+    if ckpt is not None and ckpt.finished:
+      stop_all = True
+    for g in range(start_group, n_groups):
+      if stop_all:
         break
+      lo, hi = g * group, min((g + 1) * group, n_cfg)
+      n = hi - lo
+      sel = pad_sel(lo, hi, group)
+      hp_g_np = {k: v[sel] for k, v in hp_now.items()}
+      t0 = time.perf_counter()
+      carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(group), rule_args_d)
+      first = 0
+      if resume_state is not None and g == start_group:
+        leaves = _leaves_from("s", resume_state, len(jax.tree.leaves(carry)))
+        for a, b in zip(leaves, jax.tree.leaves(carry)):
+          if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"{plan.fn}: checkpoint_dir={str(plan.checkpoint_dir)!r}: its state"
+                             f" does not fit this sweep ({a.shape} {a.dtype} vs {b.shape} {b.dtype})")
+        carry = jax.tree.unflatten(jax.tree.structure(carry), leaves)
+        hp_g_np = {k: resume_state[f"hp:{k}"] for k in hp_now}
+        first = start_chunk
+      if multi or (resume_state is not None and g == start_group):
+        # Across processes (or from a checkpoint's host arrays) place every leaf explicitly.
+        carry = place_carry(jax.tree.map(_core.to_host, carry))
+      else:
+        carry = jax.device_put(carry, jax.tree.map(
+            lambda x: run_sh if x.ndim >= 2 else repl, carry))
+      hp_g = put_hp(hp_g_np)
+      run_s += time.perf_counter() - t0
+      for c in range(first, n_chunks):
+        start = c * chunk_steps
+        t0 = time.perf_counter()
+        exe, dt = prog.compiled_chunk(carry, hp_g, ramp, data_keys_d, jnp.int32(start),
+                                      jnp.int32(steps), train, evals, rule_args_d)
+        compile_s += dt
+        t0 += dt
+        carry, out = exe(carry, hp_g, ramp, data_keys_d, jnp.int32(start), jnp.int32(steps),
+                         train, evals, rule_args_d)
+        arrays = {
+            "loss": _core.to_host(out.loss),
+            "stopped_at": _core.to_host(carry.stopped_at).astype(np.int64),
+            "reason": _core.to_host(carry.reason).astype(np.int64),
+            **{f"metric:{k}": _core.to_host(v) for k, v in out.metrics.items()},
+            **{f"srec:{k}": _core.to_host(v) for k, v in out.step_records.items()},
+            **{f"erec:{k}": _core.to_host(v) for k, v in out.eval_records.items()},
+        }
+        if ratio is not None:
+          arrays["ratio"] = _core.to_host(out.ratio)
+        run_s += time.perf_counter() - t0
+        done = min(start + chunk_steps, steps)
+        steps_run = max(steps_run, done)
+        alive = _core.to_host(carry.alive)
+        # Steering: the callback sees this chunk's numbers and may return a Control.
+        arrays.update({f"hp:{k}": v for k, v in hp_g_np.items()})
+        record(g, c, lo, hi, arrays)
+        _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, lo, hi)
+        ctrl = None
+        if plan.callback is not None:
+          event = ChunkEvent(
+              group=g, chunk=c, step=done, configs=range(lo, hi),
+              hparams={k: v[lo:hi].copy() for k, v in hp_now.items()},
+              metrics={k: v[:, lo:hi, min(c * spec.blocks + spec.blocks, n_evals) - 1].copy()
+                       for k, v in metrics.items()},
+              history={k: v[:, lo:hi, : min((c + 1) * spec.blocks, n_evals)].copy()
+                       for k, v in metrics.items()},
+              eval_steps=eval_steps[: min((c + 1) * spec.blocks, n_evals)],
+              alive=alive[:, :n].copy(), stopped_at=stopped_at[:, lo:hi].copy(),
+              diverged_at=np.where(reason[:, lo:hi] == 1, stopped_at[:, lo:hi], -1),
+              stop_reason=np.asarray(_rules.STOP_REASONS, dtype=object)[reason[:, lo:hi]],
+          )
+          ctrl = plan.callback(event)
+        last = c + 1 == n_chunks
+        if ctrl is not None and ctrl is not False:
+          if ctrl is True:
+            ctrl = Control(stop_sweep=True)
+          if not isinstance(ctrl, Control):
+            raise TypeError(f"{plan.fn}: callback must return None, True or an optaxlr.Control, got "
+                            f"{type(ctrl).__name__}")
+          carry, hp_g_np, log = _apply_control(plan.fn, prog, ctrl, carry, hp_g_np, lo, hi, group, done,
+                                               place_carry, sel)
+          if log:
+            log["group"], log["chunk"] = g, c
+            steering.append(log)
+            arrays["steering"] = np.frombuffer(repr([log]).encode(), np.uint8)
+            hp_g = put_hp(hp_g_np)
+            for k in hp_now:
+              hp_now[k][lo:hi] = hp_g_np[k][:n]
+              arrays[f"hp:{k}"] = hp_g_np[k]
+            stopped_at[:, lo:hi] = _core.to_host(carry.stopped_at)[:, :n]
+            reason[:, lo:hi] = _core.to_host(carry.reason)[:, :n]
+            arrays["stopped_at"] = _core.to_host(carry.stopped_at).astype(np.int64)
+            arrays["reason"] = _core.to_host(carry.reason).astype(np.int64)
+            alive = _core.to_host(carry.alive)
+          stop_all = ctrl.stop_sweep
+        all_stopped = plan.end_when_all_stopped and not alive[:, :n].any()
+        group_ends = last or all_stopped or stop_all
+        if group_ends and plan.keep_params:
+          leaves = [_core.to_host(x)[:, :n] for x in jax.tree.leaves(carry.params)]
+          params_treedef = jax.tree.structure(carry.params)
+          final_params[g] = leaves
+          arrays.update({f"param:{i}": x for i, x in enumerate(leaves)})
+          arrays["param:count"] = np.asarray(len(leaves))
+        if ckpt is not None:
+          state = None
+          if not group_ends:
+            state = {**_flatten("s", carry), **{f"hp:{k}": v for k, v in hp_g_np.items()}}
+          nxt = (g + 1, 0) if group_ends else (g, c + 1)
+          ckpt.commit(g, c, arrays, state, nxt, finished=stop_all or (group_ends and g + 1 == n_groups))
+        if multi:
+          from jax.experimental import multihost_utils
+
+          multihost_utils.sync_global_devices(f"optaxlr chunk {g} {c}")
+        bar.update(done - start, stopped=int((reason > 0).sum()))
+        if group_ends:
+          if all_stopped and not last:
+            bar.update((n_chunks - c - 1) * chunk_steps)
+          break
+  finally:
+    if ckpt is not None:
+      ckpt.close()
   bar.close()
 
   # Runs that never ran (the sweep was stopped before their group) are "not_run".

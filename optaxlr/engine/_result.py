@@ -55,7 +55,7 @@ class SweepResult:
     if self.stop_reason is None:  # results of old files: what the two step arrays say
       d = np.asarray(self.diverged_at)
       st = np.asarray(self.stopped_at)
-      self.stop_reason = np.where(d >= 0, "diverged", np.where(st >= 0, "stopped", "completed"))
+      self.stop_reason = np.where(d >= 0, "diverged", np.where(st >= 0, "early_stopping", "completed"))
     self.stop_reason = np.asarray(self.stop_reason).astype(str)
 
   # -- shape -------------------------------------------------------------------------------
