@@ -512,25 +512,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axs = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.3),
-                          constrained_layout=True, squeeze=False)
-  metric = "val/error" if pct else "val/loss"
-  finals = [r.summary(metric).mean(axis=0) for r in results.values()]
-  finite = np.concatenate([f[np.isfinite(f)] for f in finals]) if finals else np.array([])
-  lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
-  for ax, (name, res) in zip(axs[0], results.items()):
-    plot.heatmap(res, "lr", "wd", metric, ax=ax, title=OPTIMIZERS[name][0], vmin=lo, vmax=hi)
-  fig.suptitle(f"{args.task}: {metric} over learning rate x weight decay "
-               f"({args.schedule} schedule, {args.steps} steps, mean of {args.seeds} seeds)")
-  fig_path = out / "heatmaps.png"
-  fig.savefig(fig_path, dpi=110)
   from optaxlr import doctor
 
-  fig, axs = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.3),
-                          constrained_layout=True, squeeze=False)
-  for ax, (name, res) in zip(axs[0], results.items()):
-    plot.atlas(doctor.diagnose(res), "lr", "wd", ax=ax, title=OPTIMIZERS[name][0])
+  # One panel per optimizer, on one colour range; each panel's title says what it averages
+  # (seeds, and any other axis such as momentum), the figure's title is wrapped to its width.
+  metric = "val/error" if pct else "val/loss"
+  panels = {OPTIMIZERS[name][0]: res for name, res in results.items()}
+  what = f"{args.task}, {args.schedule} schedule, {args.steps} steps"
+  fig = plot.heatmaps(panels, "lr", "wd", metric,
+                      suptitle=f"{metric} over learning rate x weight decay ({what})")
+  fig_path = out / "heatmaps.png"
+  fig.savefig(fig_path, dpi=110)
+  plt.close(fig)
+  fig = plot.atlases({label: doctor.diagnose(res) for label, res in panels.items()}, "lr", "wd",
+                     suptitle=f"training doctor's diagnosis over learning rate x weight decay "
+                              f"({what})")
   fig.savefig(out / "atlas.png", dpi=110)
+  plt.close(fig)
   (out / "summary.json").write_text(json.dumps(rows, indent=1, default=str))
   print(f"wrote {fig_path}, {out / 'atlas.png'}, {out / 'summary.json'} and {', '.join(str(r['file']) for r in rows)}")
   return EXIT_FAILED if all(r.get("all_diverged") for r in rows) else EXIT_OK
@@ -634,10 +632,14 @@ def cmd_schedules(args: argparse.Namespace) -> int:
   for ax, (name, vals) in zip(axes.flat, curves.items()):
     ax.plot(np.asarray(t), vals, label="optaxlr")
     if name in torch_curves:
-      ref = torch_curves[name]
-      ax.plot(np.asarray(t), ref, "--", color="k", lw=1, label="PyTorch")
-      diff = float(np.max(np.abs(ref - vals)))
-      print(f"  {name}: max |optaxlr - PyTorch| = {diff:.2e}")
+      # PyTorch's OneCycleLR defines steps 0..total_steps-1 only (at total_steps its anneal
+      # overshoots); optaxlr holds the final rate from there on: compare where both define it.
+      n = args.steps if name == "one_cycle" else len(torch_curves[name])
+      ref = torch_curves[name][:n]
+      ax.plot(np.asarray(t)[:n], ref, "--", color="k", lw=1, label="PyTorch")
+      diff = float(np.max(np.abs(ref - np.asarray(vals)[:n])))
+      note = f" (steps 0..{n - 1}; optaxlr holds the final rate after)" if name == "one_cycle" else ""
+      print(f"  {name}: max |optaxlr - PyTorch| = {diff:.2e}{note}")
       ax.legend(fontsize=7)
     ax.set_title(name, fontsize=9)
     ax.set_xlabel("step")
@@ -780,10 +782,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser(
       "sweep", help="sweep lr x weight decay on built-in data, one compiled program per optimizer",
       description="Trains every (lr, wd) config x seed of each optimizer as ONE compiled, vmapped "
-      "program; prints the best settings, writes results (.npz) and heatmaps of validation error "
-      "over (lr, wd) side by side (as Figure 2 of the AdamW paper). A best value on the edge of "
+      "program; prints the best settings and writes to --out: sweep_<optimizer>.npz (every run, "
+      "read back with optaxlr.load or 'optaxlr plot'), summary.json (the table), heatmaps.png "
+      "(validation error over (lr, wd), one panel per optimizer, as Figure 2 of the AdamW paper) "
+      "and atlas.png (the training doctor's diagnosis per cell). A best value on the edge of "
       "a grid axis with >= 3 values (its largest value, or its smallest unless 0) is flagged in "
-      "the table and in summary.json ('on_edge'): extend the grid that way.",
+      "the table and in summary.json ('on_edge'): extend the grid that way. Exit codes: 0 done, "
+      "1 every config diverged, 2 bad usage.",
   )
   p.add_argument("--task", choices=TASKS, default="digits", help="built-in task (default digits)")
   p.add_argument("--optimizers", type=lambda s: s.split(","), default=["adam_l2", "adamw"],
