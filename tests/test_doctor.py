@@ -103,8 +103,9 @@ def test_real_one_cycle_spike_that_recovers_is_not_exploding():
 
 
 def test_out_of_range_labels_are_a_data_error_not_the_learning_rate():
-  # Task.from_functions without info["num_classes"]: Task.validate cannot check the labels, and
-  # label 3 with 3 outputs makes the cross-entropy NaN at step 0, before any update.
+  # A custom loss (Task.validate checks the labels of the built-in "cross_entropy" against the
+  # model's outputs, not those of a callable it cannot read): label 3 with 3 outputs makes the
+  # cross-entropy NaN at step 0, before any update.
   rng = np.random.default_rng(0)
   x = rng.normal(size=(32, 5)).astype(np.float32)
   y = rng.integers(0, 3, 32).astype(np.int32)
@@ -113,8 +114,11 @@ def test_out_of_range_labels_are_a_data_error_not_the_learning_rate():
   def init(key):
     return {"w": 0.1 * jax.random.normal(key, (5, 3)), "b": jnp.zeros(3)}
 
+  def ce(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
   task = tasks.Task.from_functions("bad labels", init, lambda p, x: x @ p["w"] + p["b"][None],
-                                   train={"x": x, "y": y}, eval={"val": {"x": x, "y": y}})
+                                   ce, train={"x": x, "y": y}, eval={"val": {"x": x, "y": y}})
   res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[1e-4, 1e-2, 1.0]),
                       steps=4, batch_size=32, eval_every=2, progress=False)
   assert (res.diverged_at == 0).all() and np.isnan(res.batch_loss[..., 0]).all()

@@ -276,7 +276,7 @@ def test_seeds_rule_halve_until_1_1024(x64, how):
   tx = optaxlr.reduce_on_plateau(factor=0.5, patience=4, threshold=0.0, **kw)
   metrics = np.concatenate([[2.0, 1.5, 1.0], np.ones(60)])  # improves twice, then flat
   state, scales, done = tx.init(None), [], []
-  update = jax.jit(lambda s, m: tx.update(None, s, value=m))
+  update = jax.jit(lambda s, m: tx.update(None, s, value=m, evaluate=True))  # repeats count
   for m in metrics:
     _, state = update(state, m)
     scales.append(float(state.scale)), done.append(bool(state.done))
@@ -304,7 +304,8 @@ def test_plateau_eps_maps_through_base_lr(x64):
   for base_lr, n_expected in [(0.01, 3), (1.0, 9)]:
     tx = optaxlr.reduce_on_plateau(factor=0.5, patience=0, eps=1e-3, base_lr=base_lr)
     state = tx.init(None)
-    state, _ = jax.lax.scan(lambda s, m: (tx.update(None, s, value=m)[1], None), state, metrics)
+    state, _ = jax.lax.scan(lambda s, m: (tx.update(None, s, value=m, evaluate=True)[1], None),
+                            state, metrics)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, eps=1e-3)
     for m in metrics:
@@ -392,7 +393,7 @@ def test_plateau_in_chain_with_adam():
   adam = optax.adam(1e-2)
   params = jnp.zeros(3)
   state, adam_state = tx.init(params), adam.init(params)
-  step = jax.jit(lambda g, s, p, m: tx.update(g, s, p, value=m))
+  step = jax.jit(lambda g, s, p, m: tx.update(g, s, p, value=m, evaluate=True))
   case = dict(mode="min", threshold_mode="rel", lr=1.0, factor=0.5, patience=1, cooldown=0,
               threshold=1e-4, min_scale=0.0, eps=1e-8, max_reductions=None)
   ref_scale = torch_plateau(case, metrics, np.ones(25, bool))[0]
@@ -647,6 +648,135 @@ def test_keep_best_outside_vmap_on_batched_state():
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# reduce_on_plateau without evaluate=: one count per new value
+# ---------------------------------------------------------------------------------------------
+
+
+def held(rng, n_evals, prefix=3):
+  """Evaluations with distinct consecutive values, each passed to 1..6 calls, NaN before the
+  first: what a loop that validates now and then and passes the latest value to every step
+  feeds. Returns (value of each call, first call of each evaluation)."""
+  ev = random_metrics(rng, n_evals)
+  for i in range(1, n_evals):  # a repeat would be indistinguishable from a held value
+    if ev[i] == ev[i - 1]:
+      ev[i] += 1 / 1024
+  lengths = rng.integers(1, 7, n_evals)
+  values = np.concatenate([np.full(prefix, np.nan), np.repeat(ev, lengths)])
+  first = np.zeros(len(values), bool)
+  first[prefix + np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True
+  return values, first, ev
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode,threshold_mode", MODES)
+def test_plateau_default_counts_each_held_value_once_as_torch(x64, mode, threshold_mode):
+  """Without evaluate=, a value held over several calls is one scheduler.step: the scale after
+  every call equals torch's after as many steps as evaluations so far; and the whole state equals
+  the run fed evaluate=<first call of each evaluation> explicitly."""
+  rng = np.random.default_rng([11, len(mode), len(threshold_mode)])
+  n_reduced = 0
+  for _ in range(12):
+    case, _, _ = random_plateau_case(rng, mode, threshold_mode, limited=False)
+    values, first, ev = held(rng, 30)
+    tx = optaxlr.reduce_on_plateau(
+        factor=case["factor"], patience=case["patience"], threshold=case["threshold"],
+        threshold_mode=threshold_mode, mode=mode, cooldown=case["cooldown"],
+        min_scale=case["min_scale"], eps=case["eps"], base_lr=case["lr"])
+
+    def run(evaluate):
+      def body(state, xs):
+        kw = {} if evaluate is None else {"evaluate": xs[1]}
+        u, state = tx.update(jnp.ones(()), state, value=xs[0], **kw)
+        return state, (u, state)
+      return jax.lax.scan(body, tx.init(None), (jnp.asarray(values), jnp.asarray(first)))[1]
+
+    updates, st = jax.jit(lambda: run(None))()
+    ref = torch_plateau(case, ev, np.ones(len(ev), bool))
+    per_call = np.cumsum(first) - 1  # index of the latest evaluation, -1 before the first
+    ref_scale = np.where(per_call >= 0, ref[0][np.maximum(per_call, 0)], 1.0)
+    np.testing.assert_allclose(st.scale, ref_scale, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(updates, ref_scale, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(st.count, per_call + 1)
+    np.testing.assert_array_equal(st.num_reductions[first], ref[4])
+    explicit = jax.jit(lambda: run(True))()  # evaluate=first (True is only the switch here)
+    jax.tree.map(np.testing.assert_array_equal, (updates, st), explicit)
+    n_reduced += ref[4][-1] > 0
+  assert n_reduced >= 6, n_reduced
+
+
+def test_plateau_default_skips_nan_and_repeats_evaluate_overrides():
+  tx = optaxlr.reduce_on_plateau(factor=0.5, patience=0)
+  update = jax.jit(lambda s, v: tx.update(jnp.ones(()), s, value=v))
+  state = tx.init(None)
+  assert np.isnan(float(state.last_value))
+  for v in [np.nan, np.nan, 2.0, 2.0, np.nan, 2.0, 3.0, 3.0, np.nan, 3.0]:
+    _, state = update(state, v)
+  # counted: 2.0 (best), 3.0 (bad -> halved); NaN and repeats are not evaluations
+  assert int(state.count) == 2 and float(state.scale) == 0.5 and float(state.last_value) == 3.0
+  # evaluate=True counts a repeat and a NaN (torch's scheduler.step(nan) is a bad epoch)
+  _, s1 = tx.update(None, state, value=3.0, evaluate=True)
+  _, s2 = tx.update(None, s1, value=np.nan, evaluate=True)
+  assert (int(s1.count), float(s1.scale), int(s2.count), float(s2.scale)) == (3, 0.25, 4, 0.125)
+  assert float(s2.last_value) == 3.0
+  # evaluate=False leaves the state exactly as it was, even with a new value
+  _, s3 = tx.update(None, state, value=1.0, evaluate=False)
+  jax.tree.map(np.testing.assert_array_equal, s3, state)
+
+
+@pytest.mark.torch
+def test_readme_loop_validation_every_k_steps_with_nnx(x64):
+  """The README's flax.nnx loop: validation loss measured every K steps, the latest passed to
+  every step as value=. The plateau counts one epoch per validation (= torch stepped once after
+  each validation), not one per step (the old behaviour, which drove the scale to ~1e-8)."""
+  from flax import nnx
+
+  task = optaxlr.tasks.digits(n=500, hidden=(32,))
+  x, y = task.train["x"], task.train["y"]
+  xv, yv = task.eval["val"]["x"], task.eval["val"]["y"]
+  steps, k, batch = 240, 20, 32
+  model = nnx.Sequential(nnx.Linear(64, 32, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(32, 10, rngs=nnx.Rngs(1)))
+  tx = optax.chain(optaxlr.adamw(3e-2, weight_decay=0.0),
+                   optaxlr.reduce_on_plateau(factor=0.5, patience=1))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  def loss_fn(model, xb, yb):
+    return optax.softmax_cross_entropy_with_integer_labels(model(xb), yb).mean()
+
+  @nnx.jit
+  def train_step(model, optimizer, xb, yb, val_loss):
+    grads = nnx.grad(loss_fn)(model, xb, yb)
+    optimizer.update(model, grads, value=val_loss)
+
+  val_loss, vals, scales = float("nan"), [], []
+  order = np.random.default_rng(0).permutation(steps * batch) % len(y)
+  for step in range(steps):
+    if step % k == 0:
+      val_loss = float(nnx.jit(loss_fn)(model, xv, yv))
+      vals.append(val_loss)
+    idx = order[step * batch:(step + 1) * batch]
+    train_step(model, optimizer, x[idx], y[idx], val_loss)
+    scales.append(float(optimizer.opt_state[1].scale[...]))
+  plateau = optimizer.opt_state[1]
+  assert int(plateau.count[...]) == len(vals) == steps // k
+
+  def torch_scales(metrics):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    out = []
+    for m in metrics:
+      sched.step(m)
+      out.append(opt.param_groups[0]["lr"])
+    return np.array(out)
+
+  per_validation = torch_scales(vals)
+  np.testing.assert_allclose(scales, np.repeat(per_validation, k), rtol=1e-12)
+  assert 1 <= int(plateau.num_reductions[...]) <= len(vals) // 2  # it did reduce, per validation
+  per_step = torch_scales(np.repeat(vals, k))  # what counting every step would have done
+  assert per_step[-1] < 1e-7 and per_validation[-1] >= 2.0**-6
 
 
 @pytest.mark.parametrize("kwargs,match", [

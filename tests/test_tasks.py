@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -407,6 +408,73 @@ def test_validate_bad_labels():
     t = tasks.digits(n=100, **SMALL)
     bad = {"x": t.train["x"], "y": t.train["y"].at[0].set(-1)}
     Task(t.name, t.init, t.loss, t.metrics, bad, t.eval, t.info).validate()
+
+
+def test_validate_labels_against_the_models_outputs_without_num_classes():
+  """loss="cross_entropy" without info["num_classes"]: K is the last axis of apply's output."""
+  import optaxlr
+
+  def three(train, eval=None, **kw):  # noqa: A002
+    return Task.from_functions("three", lambda key: {"w": jnp.zeros((3, 3))},
+                               lambda p, x: x @ p["w"], train=train, eval=eval or {}, **kw)
+
+  y = np.array([0, 1, 2, 0, 1, 2])
+  three({"x": _X, "y": y}, {"val": {"x": _X, "y": y}}).validate()
+  # Why: optax reads label -1 as the last class without a word, and label K as a NaN loss.
+  logits = jnp.array([[0.0, 1.0, 3.0]])
+  ce = optax.softmax_cross_entropy_with_integer_labels
+  assert float(ce(logits, jnp.array([-1]))[0]) == float(ce(logits, jnp.array([2]))[0])
+  assert np.isnan(ce(logits, jnp.array([3]))[0])
+  for split, bad, row in [("train", -1, 0), ("val", 3, 4)]:
+    yb = y.copy()
+    yb[row] = bad
+    if split == "train":
+      task = three({"x": _X, "y": yb}, {"val": {"x": _X, "y": y}})
+    else:
+      task = three({"x": _X, "y": y}, {"val": {"x": _X, "y": yb}})
+    msg = (f"Task.validate: task 'three', split '{split}', key 'y': labels must be in [0, 3), "
+           f"got {bad} in example {row} (1 such label(s); 3 classes: the last axis of apply's "
+           "output)")
+    with pytest.raises(ValueError, match=re.escape(msg)):
+      task.validate()
+    with pytest.raises(ValueError, match=re.escape(msg)):  # before anything compiles
+      optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), {"lr": [0.1]}, steps=2, batch_size=2,
+                    progress=False)
+  with pytest.raises(ValueError, match=r"key 'y': labels must be integers for 3 classes: the "
+                                       r"last axis of apply's output, got dtype float32"):
+    three({"x": _X, "y": y.astype(np.float32)}).validate()
+  # another label key, and info["num_classes"] taking precedence over the outputs
+  with pytest.raises(ValueError, match=r"key 'label': labels must be in \[0, 3\), got 5"):
+    three({"x": _X, "label": np.array([0, 5, 1, 1, 0, 2])}, y_key="label").validate()
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 2\), got 2 in example 2 .*"
+                                       r"num_classes=2\)"):
+    three({"x": _X, "y": y}, info={"num_classes": 2}).validate()
+  # a sequence model: logits (B, T, K), labels (B, T)
+  seq = Task.from_functions("seq", lambda key: {"w": jnp.zeros((3, 4))},
+                            lambda p, x: jnp.einsum("btd,dk->btk", x, p["w"]),
+                            train={"x": np.zeros((2, 5, 3), np.float32),
+                                   "y": np.array([[0, 1, 2, 3, 4]] * 2)})
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got 4 in example 0 "
+                                       r"\(2 such label\(s\)"):
+    seq.validate()
+  # a custom loss is not read: it may take anything as targets
+  Task.from_functions("soft", lambda key: {"w": jnp.zeros((3, 3))}, lambda p, x: x @ p["w"],
+                      lambda out, t: jnp.mean((out - t) ** 2),
+                      train={"x": _X, "y": np.full((6, 3), 7.0, np.float32)}).validate()
+
+
+def test_validate_logistic_labels():
+  def binary(y):
+    return Task.from_functions("bin", lambda key: {"w": jnp.zeros(3)}, lambda p, x: x @ p["w"],
+                               "logistic", train={"x": _X, "y": y})
+
+  binary(np.array([0, 1, 1, 0, 1, 0])).validate()
+  binary(np.array([-1, 1, 1, -1, 1, -1])).validate()
+  binary(np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0], np.float32)).validate()
+  with pytest.raises(ValueError, match=re.escape(
+      "Task.validate: task 'bin', split 'train', key 'y': labels of loss='logistic' must be in "
+      "{0, 1} or {-1, +1}, got 2 in example 3 (2 such label(s))")):
+    binary(np.array([0, 1, 1, 2, 2, 0])).validate()
 
 
 def test_validate_functions():

@@ -15,6 +15,7 @@ from optaxlr.tasks import _objectives
 __all__ = ["Task", "Batch"]
 
 PyTree = Any
+_LABELS = {"cross_entropy": "classes", "logistic": "binary"}  # built-in loss -> label kind
 Batch = dict[str, jax.Array]
 """A dict of arrays sharing a leading example axis, e.g. ``{"x": (N, d), "y": (N,)}``."""
 
@@ -44,7 +45,12 @@ class Task:
       index array along the leading axis.
     eval: held-out splits by name (``"val"``, ``"test"``), each a batch like ``train``.
     info: free-form description; keys the library reads: ``num_classes`` (labels checked
-      by :meth:`validate`), ``y_key`` (the label key, default ``"y"``).
+      by :meth:`validate`), ``y_key`` (the label key, default ``"y"``), ``x_key``, and
+      ``labels``: ``"classes"`` (integers in ``[0, K)``) or ``"binary"`` (``{0, 1}`` or
+      ``{-1, +1}``), which :meth:`from_functions` sets for its built-in classification losses.
+    apply: ``(params, inputs) -> outputs``, the model, when the task was built from one
+      (:meth:`from_functions` and the flax adapters set it), else ``None``; :meth:`validate`
+      reads the number of classes from its output's shape.
 
   The arrays of ``train`` and ``eval`` are stored as ``jax.Array`` (so a traced index can
   take a minibatch). A ``Task`` compares and hashes by identity.
@@ -67,6 +73,8 @@ class Task:
   train: Batch
   eval: dict[str, Batch] = dataclasses.field(default_factory=dict)
   info: dict = dataclasses.field(default_factory=dict)
+  apply: Callable[[PyTree, jax.Array], jax.Array] | None = dataclasses.field(default=None,
+                                                                            repr=False)
 
   def __post_init__(self):
     object.__setattr__(self, "train", _as_batch("Task", "train", self.train))
@@ -86,15 +94,21 @@ class Task:
 
     Checks: every split's arrays share the leading length (and eval splits have the
     training split's keys and per-example shapes); no NaN/inf in float arrays; labels are
-    integers in ``[0, num_classes)`` when ``info["num_classes"]`` is given; ``init`` runs and
-    ``loss`` returns a float scalar differentiable in the params, and ``metrics`` returns a
-    dict of scalars on every split (shapes only, with ``jax.eval_shape``).
+    integers in ``[0, K)`` for a classification task, ``K`` being ``info["num_classes"]`` or,
+    without it, for ``info["labels"] == "classes"`` (a task built by :meth:`from_functions`
+    with ``loss="cross_entropy"``), the size of the last axis of ``apply``'s output on one
+    example (``jax.eval_shape``; optax's cross-entropy would silently read label ``-1`` as the
+    last class); labels in ``{-1, 0, 1}`` for ``info["labels"] == "binary"`` (a task built with
+    ``loss="logistic"``: any other value would silently count as positive); ``init`` runs and ``loss`` returns a float scalar differentiable in the
+    params, and ``metrics`` returns a dict of scalars on every split (shapes only, with
+    ``jax.eval_shape``).
 
     Raises:
       ValueError: naming the task, split, key and problem.
     """
     where = f"Task.validate: task {self.name!r}"
     splits = {"train": self.train, **self.eval}
+    classes = self._num_classes()
     train_sig = {k: (v.shape[1:], v.dtype) for k, v in self.train.items()}
     for split, batch in splits.items():
       lengths = {k: (v.shape[0] if v.ndim else None) for k, v in batch.items()}
@@ -124,23 +138,56 @@ class Task:
             kind = "NaN" if np.isnan(np.asarray(v)).any() else "inf"
             raise ValueError(f"{where}, split {split!r}, key {k!r}: {int(bad.sum())} non-finite "
                              f"value(s) ({kind}), first in example {row}")
-      self._validate_labels(where, split, batch)
+      self._validate_labels(where, split, batch, classes)
     self._validate_functions(where, splits)
 
-  def _validate_labels(self, where: str, split: str, batch: Batch) -> None:
-    num_classes = self.info.get("num_classes")
+  def _num_classes(self) -> tuple[int | None, str]:
+    """``(K, where K comes from)``: ``info["num_classes"]``, else the last axis of ``apply``'s
+    output for a cross-entropy task, else ``(None, "")``. A failing ``init`` or ``apply`` gives
+    ``None`` here; :meth:`_validate_functions` reports it by name."""
+    if self.info.get("num_classes") is not None:
+      return self.info["num_classes"], "num_classes"
+    if self.apply is None or self.info.get("labels") != "classes":
+      return None, ""
+    x = self.train.get(self.info.get("x_key", "x"))
+    if x is None or x.ndim == 0:
+      return None, ""
+    try:
+      params = jax.eval_shape(self.init, jax.random.key(0))
+      out = jax.eval_shape(self.apply, params, x[:1])
+    except Exception:  # noqa: BLE001  (reported by _validate_functions)
+      return None, ""
+    if getattr(out, "ndim", 0) < 2:
+      return None, ""
+    return int(out.shape[-1]), "classes: the last axis of apply's output"
+
+  def _validate_labels(self, where: str, split: str, batch: Batch,
+                       classes: tuple[int | None, str]) -> None:
     y_key = self.info.get("y_key", "y")
-    if num_classes is None or y_key not in batch:
+    if y_key not in batch:
       return
     y = np.asarray(batch[y_key])
-    if not np.issubdtype(y.dtype, np.integer):
-      raise ValueError(f"{where}, split {split!r}, key {y_key!r}: labels must be integers "
-                       f"for num_classes={num_classes}, got dtype {y.dtype}")
-    bad = (y < 0) | (y >= num_classes)
-    if bad.any():
-      row = int(np.argwhere(bad)[0][0])
-      raise ValueError(f"{where}, split {split!r}, key {y_key!r}: labels must be in "
-                       f"[0, {num_classes}), got {y[bad].flat[0].item()!r} in example {row}")
+    num_classes, source = classes
+    if num_classes is not None:
+      what = (f"num_classes={num_classes}" if source == "num_classes"
+              else f"{num_classes} {source}")
+      if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}, split {split!r}, key {y_key!r}: labels must be integers "
+                         f"for {what}, got dtype {y.dtype}")
+      bad = (y < 0) | (y >= num_classes)
+      if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{where}, split {split!r}, key {y_key!r}: labels must be in "
+                         f"[0, {num_classes}), got {y[bad].flat[0].item()!r} in example {row} "
+                         f"({int(bad.sum())} such label(s); {what})")
+    if self.info.get("labels") == "binary":
+      bad = ~np.isin(y, (-1, 0, 1))
+      if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{where}, split {split!r}, key {y_key!r}: labels of "
+                         f"loss='logistic' must be in {{0, 1}} or {{-1, +1}}, got "
+                         f"{y[bad].flat[0].item()!r} in example {row} ({int(bad.sum())} such "
+                         "label(s))")
 
   def _validate_functions(self, where: str, splits: dict[str, Batch]) -> None:
     key = jax.random.key(0)
@@ -203,7 +250,9 @@ class Task:
         ``(outputs, targets) -> scalar``.
       train: the training batch, e.g. ``{"x": ..., "y": ...}``.
       eval: held-out splits.
-      info: free-form description (``num_classes`` enables the label check).
+      info: free-form description. With ``loss="cross_entropy"`` :meth:`validate` checks the
+        labels against ``num_classes`` if given, else against the number of outputs of
+        ``apply``; with ``"logistic"`` it checks that they are in ``{0, 1}`` or ``{-1, +1}``.
       metrics: extra ``(outputs, targets) -> {name: scalar}`` merged into the standard ones.
       x_key: the inputs' key in a batch.
       y_key: the targets' key in a batch.
@@ -221,12 +270,14 @@ class Task:
       return values
 
     info = {"loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-            "x_key": x_key, "y_key": y_key, **dict(info or {})}
+            "x_key": x_key, "y_key": y_key,
+            **({"labels": _LABELS[loss]} if isinstance(loss, str) and loss in _LABELS else {}),
+            **dict(info or {})}
     # jit-wrapped so that eager calls (a user's, or a quick check) compile once instead of
     # dispatching op by op; inside the engine's jit / vmap / grad they inline as usual.
     return cls(name=name, init=jax.jit(init), loss=jax.jit(loss_fn),
                metrics=jax.jit(metrics_fn), train=dict(train), eval=dict(eval or {}),
-               info=info)
+               info=info, apply=apply)
 
   @classmethod
   def from_flax_nnx(

@@ -62,6 +62,9 @@ class ReduceOnPlateauState(NamedTuple):
     count: how many evaluations were seen, PyTorch's ``last_epoch`` (int32).
     done: the scale can fall no further: ``max_reductions`` reductions were made, the scale
       reached ``min_scale``, or a due reduction was smaller than ``eps`` (bool, sticky).
+    last_value: the latest non-NaN ``value`` of a call that was not skipped with
+      ``evaluate=False``, NaN before any (float); a call without ``evaluate`` counts as an
+      evaluation only when its ``value`` differs from this one.
   """
 
   scale: jax.Array
@@ -71,6 +74,7 @@ class ReduceOnPlateauState(NamedTuple):
   num_reductions: jax.Array
   count: jax.Array
   done: jax.Array
+  last_value: jax.Array
 
 
 def reduce_on_plateau(
@@ -88,9 +92,27 @@ def reduce_on_plateau(
   """Scale updates down by ``factor`` when a metric stops improving (PyTorch ``ReduceLROnPlateau``).
 
   Place it after the learning rate (``optax.chain(optax.adam(lr), reduce_on_plateau(...))``)
-  and pass the monitored metric to every update: ``tx.update(g, s, p, value=val_loss)``. Each
-  update with ``evaluate=True`` (the default) is one PyTorch ``scheduler.step(val_loss)``,
-  applied with PyTorch's rules verbatim:
+  and pass the monitored metric to every update: ``tx.update(g, s, p, value=val_loss)``. A call
+  that counts as an evaluation is one PyTorch ``scheduler.step(val_loss)``; which calls count:
+
+  * ``evaluate`` not given (the default): a call counts when its ``value`` is **new**: not NaN
+    and different from the last value received (``state.last_value``). So the usual loop,
+    validating every ``k`` steps and passing the latest validation loss to every step
+    (``value`` is required on every call), steps the plateau once per validation, as PyTorch's
+    ``train(); val = validate(); scheduler.step(val)`` once per epoch; pass NaN before the
+    first validation. A training loss passed every step is new at (almost) every step, so
+    every step counts, as with ``optax.contrib.reduce_on_plateau``. Two consecutive
+    validations with *exactly* the same value count once: for a metric that repeats exactly
+    (an error rate on a small split) use ``evaluate=``.
+  * ``evaluate=True``: every call counts, repeated values and NaN included (``scheduler.step``
+    verbatim, for a loop that calls ``update`` once per evaluation).
+  * ``evaluate=<bool array>`` (may be traced, e.g. ``jnp.asarray(step % k == 0)``): the calls
+    where it is ``True`` count; where it is ``False`` the state is left exactly as it was
+    (``value`` is ignored and may be anything) and the updates are multiplied by the current
+    scale. :func:`optaxlr.sweep` with ``plateau=True`` feeds it this way. This is a
+    ``jnp.where`` on the state, never a Python branch.
+
+  Each counting call applies PyTorch's rules verbatim:
 
   * improvement: ``value < best * (1 - threshold)`` (``"min"``, ``"rel"``),
     ``value < best - threshold`` (``"min"``, ``"abs"``), ``value > best * (1 + threshold)``
@@ -116,18 +138,14 @@ def reduce_on_plateau(
   the update applied to them already uses the reduced rate. ``state.scale`` after ``n`` calls
   equals PyTorch's ``lr / initial_lr`` after ``n`` calls to ``step``.
 
-  **Evaluating every k steps.** Pass ``evaluate=jnp.asarray(step % k == 0)`` (any bool
-  array, may be traced) next to ``value``: where it is ``False`` the plateau state is left
-  exactly as it was (``value`` is ignored and may be anything, e.g. NaN) and the updates are
-  multiplied by the current scale. This is a ``jnp.where`` on the state, never a Python branch.
-
   Departures from PyTorch: the scale is relative (``min_scale = min_lr / initial_lr``). PyTorch
   compares ``eps`` with the absolute change of the learning rate; here it is compared with
   ``base_lr * (change of scale)``, so ``base_lr=initial_lr`` reproduces PyTorch exactly and the
   default ``base_lr=1`` applies ``eps`` to the scale itself. ``max_reductions`` and ``done`` have
-  no PyTorch counterpart. Departures from ``optax.contrib.reduce_on_plateau``: it reduces when
-  the plateau count *equals* ``patience`` (PyTorch: exceeds it) and has no ``eps``; here
-  PyTorch's rules hold.
+  no PyTorch counterpart; nor has the default skipping of a repeated ``value`` (PyTorch steps
+  when it is called). Departures from ``optax.contrib.reduce_on_plateau``: it counts every call
+  (averaging ``accumulation_size`` of them), reduces when the plateau count *equals*
+  ``patience`` (PyTorch: exceeds it) and has no ``eps``; here PyTorch's rules hold.
 
   Args:
     factor: multiplier of each reduction, in ``(0, 1)``.
@@ -145,15 +163,29 @@ def reduce_on_plateau(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None,
-    *, value, evaluate=True, **extra)`` returns ``(scale * updates, new_state)`` with a
+    *, value, evaluate=None, **extra)`` returns ``(scale * updates, new_state)`` with a
     :class:`ReduceOnPlateauState`.
 
   Examples:
+    Validation every 3 steps, its latest loss passed to every step: one count per validation.
+
     >>> import jax.numpy as jnp
     >>> tx = reduce_on_plateau(factor=0.5, patience=1)
     >>> state = tx.init(None)
-    >>> for loss in [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]:
-    ...   g, state = tx.update(jnp.ones(()), state, value=loss)
+    >>> for step in range(12):
+    ...   val_loss = [1.0, 1.2, 1.1, 1.3][step // 3]   # measured at steps 0, 3, 6, 9
+    ...   g, state = tx.update(jnp.ones(()), state, value=val_loss)
+    ...   print(float(g), end=" ")
+    1.0 1.0 1.0 1.0 1.0 1.0 0.5 0.5 0.5 0.5 0.5 0.5
+    >>> print(int(state.count), int(state.num_reductions))
+    4 1
+
+    One call per validation, as PyTorch's ``scheduler.step(val_loss)``: ``evaluate=True``
+    counts the repeated 1.0s too.
+
+    >>> state = tx.init(None)
+    >>> for val_loss in [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]:
+    ...   g, state = tx.update(jnp.ones(()), state, value=val_loss, evaluate=True)
     ...   print(float(g), end=" ")
     1.0 1.0 0.5 0.5 0.5 0.25
     >>> print(int(state.num_reductions), bool(state.done))
@@ -195,6 +227,7 @@ def reduce_on_plateau(
         num_reductions=zero,
         count=zero,
         done=jnp.asarray(limit_reached(zero) | (scale <= min_scale), bool),
+        last_value=jnp.asarray(np.nan, dt),
     )
 
   def is_better(a: jax.Array, best: jax.Array) -> jax.Array:
@@ -205,7 +238,6 @@ def reduce_on_plateau(
     return _better(mode, a, ref)
 
   def step(state: ReduceOnPlateauState, value: jax.Array) -> ReduceOnPlateauState:
-    value = jnp.asarray(value).astype(state.best.dtype)
     improved = is_better(value, state.best)
     best = jnp.where(improved, value, state.best)
     bad = jnp.where(improved, 0, optax.safe_increment(state.num_bad_epochs))
@@ -238,6 +270,7 @@ def reduce_on_plateau(
         num_reductions=num_reductions,
         count=optax.safe_increment(state.count),
         done=done,
+        last_value=jnp.where(jnp.isnan(value), state.last_value, value),
     )
     return jax.tree.map(lambda n, o: jnp.asarray(n).astype(o.dtype), new, state)
 
@@ -247,11 +280,16 @@ def reduce_on_plateau(
       params: optax.Params | None = None,
       *,
       value: ArrayLike,
-      evaluate: ArrayLike = True,
+      evaluate: ArrayLike | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, ReduceOnPlateauState]:
     del params, extra_args
-    new_state = _select(jnp.asarray(evaluate, bool), step(state, value), state)
+    value = jnp.asarray(value).astype(state.best.dtype)
+    if evaluate is None:  # static: whether the caller says which calls count
+      counts = ~jnp.isnan(value) & (value != state.last_value)
+    else:
+      counts = jnp.asarray(evaluate, bool)
+    new_state = _select(counts, step(state, value), state)
     scale = new_state.scale
     updates = jax.tree.map(lambda g: (scale * g).astype(jnp.asarray(g).dtype), updates)
     return updates, new_state
