@@ -14,6 +14,11 @@ A space remembers how it was built (``space.axes``): a cartesian product of axes
 Everything here runs on the host (NumPy, float64) before anything is traced; values such as
 ``3e-4`` stay exact decimals until ``to_pytree`` casts them to JAX's default float dtype.
 
+A column of strings is a *categorical* axis (``grid(opt=["adamw", "sgd"])``): results are
+labelled by the strings, and inside a sweep the optimizer reads it as a :class:`Categorical`,
+a traced int index that knows its values, from which :func:`switch` builds the chosen
+schedule, transformation or value.
+
 Examples:
   >>> from optaxlr import search
   >>> space = search.grid(lr=[0.1, 0.01], wd=[0.0, 1e-4]) * search.seeds(2)
@@ -27,15 +32,17 @@ Examples:
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import math
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optaxlr import _validate
 
@@ -44,6 +51,11 @@ __all__ = [
     "FOLD",
     "Axis",
     "Space",
+    "Categorical",
+    "SwitchState",
+    "switch",
+    "encode",
+    "with_categories",
     "Distribution",
     "grid",
     "zip",
@@ -59,6 +71,8 @@ __all__ = [
     "one_three",
     "validate_space",
 ]
+
+_zip = builtins.zip  # the module defines its own `zip` (a space builder)
 
 SEED = "seed"
 """Name of the integer axis of random seeds (see :func:`seeds`)."""
@@ -101,15 +115,21 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
 
 
 def _column(fn: str, name: str, values: Any, *, unique: bool = False) -> np.ndarray:
-  """Validates one axis of values: 1-D, non-empty, numeric, no NaN; returns float64/int64/bool."""
+  """Validates one axis of values: 1-D, non-empty, numbers without NaN or all strings; returns
+  float64/int64/bool, or a unicode array (a categorical axis)."""
   if isinstance(values, Distribution):
     raise TypeError(f"{fn}: {name} is a distribution ({values!r}); use search.random for it")
   if isinstance(values, jax.core.Tracer):
     raise TypeError(f"{fn}: {name} must be concrete (search spaces are built on the host)")
+  if isinstance(values, (list, tuple)):
+    strings = [isinstance(v, str) for v in values]
+    if any(strings) and not all(strings):  # NumPy would silently turn the numbers into strings
+      raise TypeError(f"{fn}: {name} mixes strings and numbers; a categorical axis holds only "
+                      f"strings, got {name}={values!r}")
   try:
     arr = np.asarray(values)
   except (TypeError, ValueError) as e:
-    raise TypeError(f"{fn}: {name} must be a number or a 1-D sequence of numbers, "
+    raise TypeError(f"{fn}: {name} must be a number, a string or a 1-D sequence of them, "
                     f"got {name}={values!r}") from e
   if arr.ndim == 0:
     arr = arr.reshape(1)
@@ -121,8 +141,9 @@ def _column(fn: str, name: str, values: Any, *, unique: bool = False) -> np.ndar
     arr = arr.astype(np.int64)
   elif arr.dtype.kind == "f":
     arr = arr.astype(np.float64)
-  else:
-    raise TypeError(f"{fn}: {name} must be numeric (float, int or bool), got {name}={values!r}")
+  elif arr.dtype.kind != "U":
+    raise TypeError(f"{fn}: {name} must be numeric (float, int or bool) or strings, "
+                    f"got {name}={values!r}")
   if arr.size == 0:
     raise ValueError(f"{fn}: {name} must be non-empty, got {name}=[]")
   if arr.dtype.kind == "f" and np.any(np.isnan(arr)):
@@ -247,6 +268,26 @@ class Space:
       out[name] = ((), value)
     return out
 
+  @property
+  def categories(self) -> dict[str, tuple[str, ...]]:
+    """``name -> values`` of every categorical (string) hyperparameter.
+
+    The values are in order of first appearance in the space: for a :func:`grid` axis, the
+    order given. Inside a sweep, config ``i`` sees the position of its value in this tuple
+    (:func:`encode`), as a :class:`Categorical` that carries the tuple.
+
+    Examples:
+      >>> from optaxlr import search
+      >>> search.grid(lr=[0.1, 0.01], opt=["sgd", "adamw"]).categories
+      {'opt': ('sgd', 'adamw')}
+    """
+    out = {}
+    for name, col in self._columns.items():
+      if col.dtype.kind == "U":
+        _, first = np.unique(col, return_index=True)
+        out[name] = tuple(col[np.sort(first)].tolist())
+    return out
+
   def index(self, i: int) -> tuple[int, ...]:
     """Grid position of config ``i`` (C order)."""
     return tuple(int(j) for j in np.unravel_index(self._normalize(i), self.shape))
@@ -274,7 +315,7 @@ class Space:
     return j
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    """Config ``i`` as a dict of Python scalars (float, int or bool)."""
+    """Config ``i`` as a dict of Python scalars (float, int, bool or str)."""
     j = self._normalize(i)
     return {k: v[j].item() for k, v in self._columns.items()}
 
@@ -287,14 +328,17 @@ class Space:
 
     Args:
       dtype: dtype of the float columns; default JAX's default float (float32, or float64
-        with ``jax_enable_x64``). Integer columns become JAX's default int, bool stays bool.
+        with ``jax_enable_x64``). Integer columns become JAX's default int, bool stays bool,
+        a string column becomes its int32 index into :attr:`categories` (:func:`encode`).
     """
     float_dtype = jax.dtypes.canonicalize_dtype(np.float64 if dtype is None else dtype)
     int_dtype = jax.dtypes.canonicalize_dtype(np.int64)
     out = {}
-    for k, v in self._columns.items():
+    categories = self.categories
+    for k, v in encode(self._columns, categories).items():
       kind = v.dtype.kind
-      target = float_dtype if kind == "f" else int_dtype if kind in "iu" else np.bool_
+      target = (np.int32 if k in categories else float_dtype if kind == "f"
+                else int_dtype if kind in "iu" else np.bool_)
       out[k] = jnp.asarray(v.astype(target))
     return out
 
@@ -304,7 +348,7 @@ class Space:
     for name, value in values.items():
       if name in self._columns:
         raise ValueError(f"Space.with_fixed: {name} is already in the space")
-      if isinstance(value, str) or np.ndim(value) != 0:
+      if not isinstance(value, str) and np.ndim(value) != 0:
         raise ValueError(f"Space.with_fixed: {name} must be a scalar, got {name}={value!r}")
       _column("Space.with_fixed", name, value)
     return Space(self._axes, {**self._fixed, **values})
@@ -330,6 +374,11 @@ class Space:
     if set(self.names) != set(other.names):
       raise ValueError(f"Space.__add__: concatenated spaces need the same names, got "
                        f"{sorted(self.names)} and {sorted(other.names)}")
+    cols, other_cols = self.columns, other.columns
+    mixed = [k for k in self.names if (cols[k].dtype.kind == "U") != (other_cols[k].dtype.kind == "U")]
+    if mixed:
+      raise ValueError(f"Space.__add__: {mixed[0]} holds strings in one space and numbers in the "
+                       "other; a categorical axis holds only strings")
     fixed = {k: v for k, v in self._fixed.items()
              if k in other.fixed and other.fixed[k] == v}
     varying = [k for k in self.names if k not in fixed]
@@ -369,7 +418,7 @@ def grid(**axes: Any) -> Space:
 
   Args:
     **axes: ``name=values``; values is a 1-D sequence (or a scalar: one value) of numbers,
-      without NaN or repeats.
+      without NaN or repeats, or of strings (a categorical axis, see :func:`switch`).
 
   Returns:
     A :class:`Space` with one axis per keyword.
@@ -559,7 +608,7 @@ def one_minus_log_uniform(lo: float, hi: float) -> Distribution:
 
 
 def choice(values: Sequence[Any]) -> Distribution:
-  """Uniform choice among the given numeric (or bool) values.
+  """Uniform choice among the given numeric (or bool) values, or strings (a categorical axis).
 
   Examples:
     >>> from optaxlr import search
@@ -596,8 +645,8 @@ def random(key: Any, n: int, **dists: Any) -> Space:
     key: a JAX PRNG key (typed or raw ``uint32[2]``) or an int seed.
     n: number of configurations.
     **dists: ``name=distribution`` (:func:`log_uniform`, :func:`uniform`,
-      :func:`one_minus_log_uniform`, :func:`choice`, :func:`int_uniform`) or a scalar
-      (a constant, listed in ``space.fixed``).
+      :func:`one_minus_log_uniform`, :func:`choice`, :func:`int_uniform`) or a scalar or
+      string (a constant, listed in ``space.fixed``).
 
   Returns:
     A :class:`Space` with one axis ``"sample"`` of length ``n``.
@@ -618,7 +667,7 @@ def random(key: Any, n: int, **dists: Any) -> Space:
     if isinstance(dist, Distribution):
       sub = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
       values[name] = _column("random", name, dist.sample(sub, int(n)))
-    elif np.ndim(dist) == 0 and not isinstance(dist, str):
+    elif isinstance(dist, str) or np.ndim(dist) == 0:
       _column("random", name, dist)
       fixed[name] = dist
     else:
@@ -723,6 +772,13 @@ def validate_space(
         raise ValueError(f"{fn}: hyperparameter {name!r} (rule {rule}) is not in the space; "
                          f"the space has {list(cols)}")
 
+  for rule, names in (("positive", positive), ("nonnegative", nonnegative),
+                      ("integer", integer), ("ranges", list(ranges))):
+    for name in names:
+      if cols[name].dtype.kind == "U":
+        raise ValueError(f"{fn}: hyperparameter {name!r} (rule {rule}) is categorical (strings "
+                         f"{space.categories[name]}); the rule applies to numbers")
+
   def first_bad(name: str, ok: np.ndarray, allowed: str) -> None:
     bad = np.flatnonzero(~ok)
     if bad.size:
@@ -742,6 +798,363 @@ def validate_space(
     first_bad(name, np.equal(np.mod(cols[name], 1), 0), "a whole number")
   for name, (lo, hi) in ranges.items():
     first_bad(name, (cols[name] >= lo) & (cols[name] <= hi), f"in [{lo}, {hi}]")
+
+
+# -------------------------------------------------------------------- categorical axes
+@jax.tree_util.register_pytree_node_class
+class Categorical:
+  """A categorical hyperparameter as the optimizer sees it: an int index into ``values``.
+
+  Inside :func:`optaxlr.sweep`, a string axis of the space reaches ``optimizer(hparams)`` (and
+  ``objective``) as ``hparams[name]``, a ``Categorical`` whose ``index`` is the config's
+  traced int32 position in ``values`` (= ``space.categories[name]``). The host-side call that
+  checks every config before compiling passes a concrete index, so the same code runs eagerly
+  and traced. Build the chosen piece with :func:`switch`, which checks a dict of branches
+  against ``values``: the mapping from index to value travels with the index and cannot be
+  mismatched silently.
+
+  A pytree: ``index`` is its leaf (``jax.vmap`` maps it), ``values`` static data.
+
+  Attributes:
+    index: int scalar (an int32 array, traced inside a sweep; or a Python/NumPy int).
+    values: the category names, a tuple of distinct strings.
+
+  Examples:
+    >>> from optaxlr import search
+    >>> opt = search.Categorical(1, ("adamw", "sgd"))
+    >>> bool(opt == "sgd"), bool(opt == "adamw")
+    (True, False)
+  """
+
+  __slots__ = ("index", "values")
+
+  def __init__(self, index: Any, values: Sequence[str]):
+    values = tuple(values)
+    if not values or not all(isinstance(v, str) for v in values) or len(set(values)) != len(values):
+      raise ValueError(f"Categorical: values must be a non-empty sequence of distinct strings, "
+                       f"got values={values!r}")
+    self.index = index
+    self.values = values
+
+  def tree_flatten(self):
+    return (self.index,), self.values
+
+  @classmethod
+  def tree_unflatten(cls, values, children):
+    out = object.__new__(cls)
+    out.index, out.values = children[0], values
+    return out
+
+  def position(self, value: str) -> int:
+    """The index that stands for ``value``; a ``ValueError`` if it is not one of ``values``."""
+    if not isinstance(value, str) or value not in self.values:
+      raise ValueError(f"Categorical: {value!r} is not one of the values {self.values}")
+    return self.values.index(value)
+
+  def __eq__(self, other: Any) -> Any:  # a (traced) bool: ``hparams["opt"] == "sgd"``
+    if isinstance(other, str):
+      return self.index == self.position(other)
+    raise TypeError(f"Categorical: compare with one of its values {self.values} (a string) or "
+                    f"use .index, got {other!r}")
+
+  __hash__ = None  # type: ignore[assignment]
+
+  def __repr__(self) -> str:
+    return f"Categorical(index={self.index!r}, values={self.values!r})"
+
+
+class SwitchState(NamedTuple):
+  """State of a :func:`switch` over transformations: every branch's state, in branch order
+  (the chosen branch's advances; the others keep their last values)."""
+
+  branches: tuple
+
+
+def _is_transform(b: Any) -> bool:
+  return isinstance(b, optax.GradientTransformation)
+
+
+def _switch_index(index: Any, values: Sequence[str] | None) -> tuple[Any, tuple[str, ...] | None]:
+  if isinstance(index, Categorical):
+    if values is not None and tuple(values) != index.values:
+      raise ValueError(f"switch: values={tuple(values)!r} differ from the index's own values "
+                       f"{index.values}; pass one of them")
+    return index.index, index.values
+  if isinstance(index, str):
+    raise TypeError(f"switch: index must be an int index or a search.Categorical (the sweep "
+                    f"passes hparams[name] as one), got the string {index!r}")
+  if values is not None:
+    values = tuple(values)
+    if not values or not all(isinstance(v, str) for v in values) or len(set(values)) != len(values):
+      raise ValueError(f"switch: values must be distinct strings, got values={values!r}")
+  return index, values
+
+
+def _switch_branches(branches: Any, values: tuple[str, ...] | None) -> list[Any]:
+  if isinstance(branches, Mapping):
+    if values is None:
+      raise TypeError("switch: branches is a dict keyed by values, but the index carries no "
+                      "values; pass the sweep's hparams[name] (a search.Categorical) or values=")
+    missing = [v for v in values if v not in branches]
+    extra = [k for k in branches if k not in values]
+    if missing or extra:
+      raise ValueError(f"switch: the branches' keys must be the axis values {values}; "
+                       + ", ".join(filter(None, [f"missing {missing}" if missing else "",
+                                                 f"unknown {extra}" if extra else ""])))
+    return [branches[v] for v in values]
+  if not isinstance(branches, (list, tuple)) or isinstance(branches, optax.GradientTransformation):
+    raise TypeError(f"switch: branches must be a dict keyed by the axis values or a list in "
+                    f"the axis's order, got {type(branches).__name__}")
+  if not branches:
+    raise ValueError("switch: branches must not be empty")
+  if values is not None and len(branches) != len(values):
+    raise ValueError(f"switch: {len(branches)} branches for the {len(values)} axis values "
+                     f"{values}; give one per value, in that order (or a dict keyed by them)")
+  return list(branches)
+
+
+def _checked_index(index: Any, n: int) -> jax.Array:
+  """The index as an int32 scalar array; a concrete one must be in ``[0, n)``, a traced one is
+  clipped to it (as ``jax.lax.switch`` does)."""
+  dtype = getattr(index, "dtype", None)
+  if dtype is None:
+    dtype = np.int64 if isinstance(index, int) and not isinstance(index, bool) else np.object_
+  if np.dtype(dtype).kind not in "iu":
+    raise TypeError(f"switch: index must be an integer, got {index!r}")
+  if np.ndim(index) != 0:
+    raise ValueError(f"switch: index must be a scalar (vmap over configs), got shape {np.shape(index)}")
+  if not isinstance(index, jax.core.Tracer):
+    if not 0 <= int(index) < n:
+      raise ValueError(f"switch: index must be in [0, {n}) for {n} branches, got index={int(index)}")
+    return jnp.asarray(index, jnp.int32)
+  return jnp.clip(index, 0, n - 1).astype(jnp.int32)
+
+
+def _select(index: jax.Array, values: Sequence[Any]) -> jax.Array:
+  """``values[index]``: the values promoted to one dtype and broadcast to one shape."""
+  arrays = [jnp.asarray(v) for v in values]
+  dtype = jnp.result_type(*arrays)
+  arrays = jnp.broadcast_arrays(*[a.astype(dtype) for a in arrays])
+  return arrays[0] if len(arrays) == 1 else jax.lax.select_n(index, *arrays)
+
+
+def _switch_transform(index: jax.Array, branches: list[Any]) -> optax.GradientTransformationExtraArgs:
+  txs = [optax.with_extra_args_support(b) for b in branches]
+
+  def init_fn(params):
+    return SwitchState(tuple(tx.init(params) for tx in txs))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    outs = [tx.update(updates, s, params, **extra_args) for tx, s in _zip(txs, state.branches)]
+    new_updates = jax.tree.map(lambda *us: _select(index, us), *[u for u, _ in outs])
+
+    def keep_unchosen(i, new, old):
+      return jax.tree.map(lambda n, o: jax.lax.select(index == i, jnp.asarray(n).astype(o.dtype), o),
+                          new, old)
+
+    states = tuple(keep_unchosen(i, new, old)
+                   for i, ((_, new), old) in enumerate(_zip(outs, state.branches)))
+    return new_updates, SwitchState(states)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def switch(index: Any, branches: Mapping[str, Any] | Sequence[Any], *,
+           values: Sequence[str] | None = None) -> Any:
+  """The branch chosen by a (traced) categorical index: a schedule, a transformation or a value.
+
+  Branches are all of one kind:
+
+  - **schedules** (callables ``step -> value``): returns the schedule
+    ``step -> branches[index](step)``;
+  - **transformations** (``optax.GradientTransformation``): returns a
+    ``GradientTransformationExtraArgs`` whose state (:class:`SwitchState`) holds every
+    branch's state. Each update computes every branch and returns the chosen branch's updates;
+    the chosen branch's state advances and the others keep theirs, leaf by leaf, so configs
+    with different indices share one ``vmap``. Extra arguments (``value=``...) reach every
+    branch;
+  - **values** (numbers or arrays, possibly traced): returns ``branches[index]``.
+
+  Values of schedules and branches are promoted to one dtype and broadcast to one shape. The
+  chosen branch's numbers are those of the branch alone (a select, no arithmetic); the cost is
+  that of every branch (as ``jax.lax.switch`` under ``vmap``), and a transformation's state is
+  the sum of the branches' states.
+
+  Args:
+    index: ``hparams[name]`` of a string axis in a sweep (a :class:`Categorical`), or an int
+      (array) index. A concrete index must lie in ``[0, len(branches))``; a traced plain index
+      is clipped into it, as ``jax.lax.switch`` does (the sweep's indices are always valid).
+    branches: a dict keyed by the axis's values (the keys must be exactly those values; their
+      order does not matter), or a list in the axis's order (``space.categories[name]``, the
+      order of first appearance in the space). Prefer the dict: it cannot be mismatched.
+    values: the axis's values, for a plain int ``index`` with dict branches; with a
+      :class:`Categorical` they come from it (if given too, they must be equal).
+
+  Returns:
+    A schedule, an ``optax.GradientTransformationExtraArgs`` or an array.
+
+  Raises:
+    ValueError: the dict's keys differ from the axis values (naming the missing and unknown
+      ones), a list's length differs from the number of values, or a concrete index is out
+      of range.
+    TypeError: dict branches with a plain index and no ``values``; branches of mixed kinds.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optaxlr import search, schedules
+    >>> space = search.grid(schedule=["cosine", "constant"], lr=[0.1])
+    >>> def lr_schedule(h):
+    ...   return search.switch(h["schedule"], {"cosine": schedules.cosine(h["lr"], 10),
+    ...                                        "constant": schedules.constant(h["lr"])})
+    >>> h = {"schedule": search.Categorical(jnp.array([0, 1]), space.categories["schedule"]),
+    ...      "lr": jnp.array([0.1, 0.1])}
+    >>> jax.vmap(lambda h: lr_schedule(h)(10))(h).round(6).tolist()   # cosine ends at 0
+    [0.0, 0.1]
+    >>> opt = search.Categorical(1, ("adamw", "sgd"))
+    >>> tx = search.switch(opt, {"sgd": optax.sgd(0.1), "adamw": optax.adamw(1e-3)})
+    >>> u, _ = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}), {"w": jnp.zeros(2)})
+    >>> u["w"].tolist()
+    [-0.1, -0.1]
+  """
+  raw, names = _switch_index(index, values)
+  blist = _switch_branches(branches, names)
+  idx = _checked_index(raw, len(blist))
+  kinds = ["transformation" if _is_transform(b) else "schedule" if callable(b) else "value"
+           for b in blist]
+  if len(set(kinds)) != 1:
+    raise TypeError(f"switch: branches must be all schedules, all transformations or all "
+                    f"values, got {kinds}")
+  if kinds[0] == "transformation":
+    return _switch_transform(idx, blist)
+  if kinds[0] == "schedule":
+    return lambda count: _select(idx, [b(count) for b in blist])
+  for i, b in enumerate(blist):
+    if not isinstance(b, (jax.Array, np.ndarray, np.generic, int, float, bool, complex)):
+      raise TypeError(f"switch: branch {i} is neither a schedule, a transformation nor a "
+                      f"number or array, got {type(b).__name__}")
+  return _select(idx, blist)
+
+
+def encode(columns: Mapping[str, Any], categories: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+  """The columns with each categorical one replaced by its int32 index into ``categories``.
+
+  Columns not in ``categories`` are returned unchanged. A value that is not one of its
+  column's categories is a ``ValueError`` (e.g. a config drawn later from a space whose
+  categories were fixed earlier).
+
+  Examples:
+    >>> from optaxlr import search
+    >>> space = search.zip(opt=["sgd", "adamw", "sgd"], lr=[0.1, 0.01, 0.2])
+    >>> search.encode(space.columns, space.categories)["opt"].tolist()
+    [0, 1, 0]
+  """
+  out = dict(columns)
+  for name, cats in categories.items():
+    col = np.asarray(columns[name])
+    cats = np.asarray(tuple(cats))
+    order = np.argsort(cats)
+    pos = np.searchsorted(cats, col, sorter=order)
+    codes = order[np.minimum(pos, len(cats) - 1)]
+    bad = cats[codes] != col
+    if np.any(bad):
+      raise ValueError(f"encode: {name}={col[np.flatnonzero(bad)[0]].item()!r} is not one of the "
+                       f"categories {tuple(cats.tolist())}")
+    out[name] = codes.astype(np.int32)
+  return out
+
+
+def _as_index(name: str, value: Any, values: tuple[str, ...]) -> Any:
+  """A hyperparameter's value (a string on the host, an int index in the program) as an index."""
+  if isinstance(value, Categorical):
+    if value.values != values:
+      raise ValueError(f"{name}: a Categorical with values {value.values}, expected {values}")
+    return value.index
+  if isinstance(value, str):
+    return np.int32(Categorical(0, values).position(value))
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and np.dtype(dtype).kind in "US":
+    if isinstance(value, jax.core.Tracer):
+      # Only an abstract evaluation (jax.eval_shape of a config given as strings) traces a
+      # string; its shape is all that is read.
+      return jnp.zeros(np.shape(value), jnp.int32)
+    return encode({name: np.asarray(value)}, {name: values})[name]
+  if dtype is None and not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+    raise TypeError(f"{name} is categorical {values}: expected a string or an int index, got {value!r}")
+  return value
+
+
+class _CategoricalView(Mapping):
+  """``hparams`` with each categorical name read as a :class:`Categorical` (reads pass through,
+  so the engine still sees which names were read)."""
+
+  def __init__(self, hparams: Mapping[str, Any], categories: Mapping[str, tuple[str, ...]]):
+    self._hparams = hparams
+    self._categories = categories
+
+  def __getitem__(self, name):
+    value = self._hparams[name]
+    if name not in self._categories:
+      return value
+    values = self._categories[name]
+    return Categorical(_as_index(name, value, values), values)
+
+  def __iter__(self):
+    return iter(self._hparams)
+
+  def __len__(self):
+    return len(self._hparams)
+
+  def __contains__(self, name):
+    return name in self._hparams
+
+  def __repr__(self):
+    return repr(self._hparams)
+
+
+class _WithCategories:
+  """``f(*args, hparams)`` with ``hparams`` read through a :class:`_CategoricalView`. Equal (and
+  hashed) by ``(f, categories)``, so the engine's compile cache treats two sweeps over the same
+  function and categories as one program."""
+
+  def __init__(self, fn: Callable, categories: tuple[tuple[str, tuple[str, ...]], ...]):
+    self.fn = fn
+    self.categories = categories
+
+  def __call__(self, *args):
+    *rest, hparams = args
+    return self.fn(*rest, _CategoricalView(hparams, dict(self.categories)))
+
+  def __eq__(self, other):
+    return (isinstance(other, _WithCategories) and self.fn == other.fn
+            and self.categories == other.categories)
+
+  def __hash__(self):
+    return hash((self.fn, self.categories))
+
+  def __repr__(self):
+    return f"with_categories({self.fn!r}, {dict(self.categories)!r})"
+
+
+def with_categories(fn: Callable | None, categories: Mapping[str, Sequence[str]]) -> Callable | None:
+  """``fn`` (``optimizer(hparams)`` or ``objective(loss, hparams)``, hparams last) reading each
+  categorical name of ``hparams`` as a :class:`Categorical`.
+
+  The engine drivers wrap the user's functions with it: the program carries an int32 index
+  (:func:`encode`), the host-side check of every config passes the string; both reach ``fn``
+  as the same :class:`Categorical`. ``fn`` itself is returned when there are no categories
+  (or ``fn`` is None).
+
+  Examples:
+    >>> from optaxlr import search
+    >>> f = search.with_categories(lambda h: h["opt"], {"opt": ("adamw", "sgd")})
+    >>> f({"opt": 0})
+    Categorical(index=0, values=('adamw', 'sgd'))
+    >>> int(f({"opt": "sgd"}).index)   # the host passes the string: the same index
+    1
+  """
+  if fn is None or not categories:
+    return fn
+  return _WithCategories(fn, tuple((k, tuple(v)) for k, v in categories.items()))
 
 
 _seeds, _folds = seeds, folds  # `Space.repeat`'s arguments shadow the public names.

@@ -265,7 +265,10 @@ def test_bad_input_raises_value_error(build, match):
 
 
 @pytest.mark.parametrize("build, match", [
-    (lambda: search.grid(lr=["a", "b"]), r"grid: lr must be numeric"),
+    (lambda: search.grid(lr=["a", 1.0]), r"grid: lr mixes strings and numbers"),
+    (lambda: search.zip(opt=(0.1, "sgd")), r"zip: opt mixes strings and numbers"),
+    (lambda: search.choice(["adamw", 3]), r"choice: values mixes strings and numbers"),
+    (lambda: search.grid(lr=[b"a", b"b"]), r"grid: lr must be numeric \(float, int or bool\) or strings"),
     (lambda: search.grid(lr=search.uniform(0, 1)), r"grid: lr is a distribution"),
     (lambda: search.random(0, 3, lr=[0.1, 0.2]), r"random: lr must be a distribution or a scalar"),
     (lambda: search.random("k", 3, lr=search.uniform(0, 1)), r"random: key must be a JAX PRNG key"),
@@ -274,6 +277,33 @@ def test_bad_input_raises_value_error(build, match):
 def test_bad_types_raise_type_error(build, match):
   with pytest.raises(TypeError, match=match):
     build()
+
+
+# ------------------------------------------------------------------------------ string axes
+def test_string_axes_in_grid_zip_random_and_fixed():
+  space = search.grid(schedule=["step", "cosine"], lr=[0.1, 0.01]).with_fixed(loss="plain")
+  expected = list(itertools.product(["step", "cosine"], [0.1, 0.01]))
+  assert [(c["schedule"], c["lr"]) for c in space] == expected
+  assert space[2] == {"schedule": "cosine", "lr": 0.1, "loss": "plain"}
+  assert type(space[2]["schedule"]) is str
+  assert space.coords["schedule"][0] == "schedule"
+  assert space.coords["schedule"][1].tolist() == ["step", "cosine"]
+  # The categories: order of first appearance (a grid axis: the order given), fixed ones too.
+  assert space.categories == {"schedule": ("step", "cosine"), "loss": ("plain",)}
+  z = search.zip(opt=["sgd", "adam", "sgd", "lion"], lr=[1.0, 2.0, 3.0, 4.0])
+  assert z.categories == {"opt": ("sgd", "adam", "lion")}
+  # to_pytree: the index into the categories, int32, in any dtype mode.
+  np.testing.assert_array_equal(z.to_pytree()["opt"], [0, 1, 0, 2])
+  assert z.to_pytree()["opt"].dtype == jnp.int32
+  r = search.random(0, 40, opt=search.choice(["sgd", "adam"]), lr=search.uniform(0, 1), act="relu")
+  col = r.columns["opt"]
+  assert col.dtype.kind == "U" and set(col.tolist()) == {"sgd", "adam"}
+  assert r.categories["opt"] == tuple(dict.fromkeys(col.tolist()))
+  assert r.fixed == {"act": "relu"}
+  assert search.grid(opt="adamw").columns["opt"].tolist() == ["adamw"]  # a scalar: one value
+  both = search.grid(opt=["sgd"], lr=[0.1]) + search.grid(opt=["adam"], lr=[0.1])
+  assert [c["opt"] for c in both] == ["sgd", "adam"]
+  (search.grid(opt=["a", "b"]) * search.seeds(2)).validate(integer=("seed",))  # other rules pass
 
 
 # ------------------------------------------------------------------------------ validate_space

@@ -90,6 +90,9 @@ def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> No
       raise ValueError(f"{fn}: hyperparameter {name!r} has shape {arr.shape}, expected ({n}, ...)")
     if arr.dtype == bool:
       raise ValueError(f"{fn}: hyperparameter {name!r} holds booleans; use 0/1 numbers")
+    if arr.dtype.kind == "U":
+      raise ValueError(f"{fn}: hyperparameter {name!r} holds strings (a categorical axis), which "
+                       f"{fn} does not take yet; optaxlr.sweep does (search.switch)")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
       raise ValueError(f"{fn}: hyperparameter {name!r} must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
@@ -305,7 +308,12 @@ def sweep(
   Args:
     task: an :class:`optaxlr.Task` (init, loss, metrics, train and eval data).
     optimizer: ``hparams -> optax.GradientTransformation``.
-    space: an :mod:`optaxlr.search` space (or a dict of equal-length 1-D arrays).
+    space: an :mod:`optaxlr.search` space (or a dict of equal-length 1-D arrays). A string
+      axis (``search.grid(opt=["adamw", "sgd"])``) is categorical: ``optimizer`` and
+      ``objective`` read ``hparams["opt"]`` as a :class:`optaxlr.search.Categorical` (a traced
+      int32 index into ``space.categories["opt"]``, the values in order of first appearance;
+      the same index, concrete, in the host-side check) and build the chosen piece with
+      :func:`optaxlr.search.switch`; results are labelled by the strings.
     steps: optimizer steps per run, exactly.
     batch_size: minibatch size, in ``[1, number of training examples]``; default
       ``min(128, number of training examples)``.
@@ -401,6 +409,13 @@ def sweep(
     monitor = early_stopping.metric if early_stopping is not None else "val/loss"
 
   hp_np = {k: np.asarray(v) for k, v in space.columns.items()}
+  from optaxlr import search as _search  # a sibling layer below the engine
+  # A string (categorical) axis runs as an int32 index into space.categories[name]; the
+  # optimizer and the objective read it as a search.Categorical (see search.switch).
+  categories = space.categories
+  hp_np = _search.encode(hp_np, categories)
+  optimizer = _search.with_categories(optimizer, categories)
+  objective = _search.with_categories(objective, categories)
   n_cfg = len(space)
   check_hparams(fn, hp_np, n_cfg)
   task.validate()

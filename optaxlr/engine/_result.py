@@ -355,7 +355,7 @@ def load(path: str | os.PathLike) -> SweepResult:
 
   axes = []
   for i, a in enumerate(header["axes"]):
-    values = {k: need(f"axis{i}:{k}", 1, "biuf") for k in a["names"]}
+    values = {k: need(f"axis{i}:{k}", 1, "biufU") for k in a["names"]}  # U: a categorical axis
     axes.append(search.Axis(a["dim"], tuple(a["names"]), values))
   try:
     space = search.Space(axes, header.get("fixed") or {})
