@@ -372,7 +372,7 @@ def sweep(
     (2, 4, 2)
     >>> sorted(res.best("val/loss")["hparams"])
     ['lr', 'wd']
-    >>> res.stop_reason[0, 0]
+    >>> str(res.stop_reason[0, 0])
     'completed'
     >>> import tempfile, os
     >>> path = res.save(os.path.join(tempfile.mkdtemp(), "r.npz"))
