@@ -4,6 +4,7 @@ Every numeric hyperparameter may be a Python number or a JAX array (a tracer und
 ``vmap`` included), so a whole grid of settings trains as one compiled program.
 """
 
+from optaxlr import adapt
 from optaxlr import plot
 from optaxlr import schedules
 from optaxlr import search
@@ -34,6 +35,7 @@ from optaxlr.transforms import *  # noqa: F403
 __version__ = "0.1.0"
 
 __all__ = [
+    "adapt",
     "plot",
     "schedules",
     "search",

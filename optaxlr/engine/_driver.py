@@ -48,7 +48,8 @@ class ChunkEvent:
     group: the group of configs being trained.
     chunk: the chunk just finished within the group.
     step: updates received so far by a run that never stopped.
-    configs: the global indices of the group's configs, ``range(lo, hi)``.
+    configs: the global indices of the configs in the program's slots, a tuple (in slot
+      order; after adaptive search compacted the program, only the live ones).
     hparams: name -> ``(n,)`` the hyperparameters each slot trains with now (after steering).
     metrics: name -> ``(S, n)`` at the latest evaluation (NaN for diverged runs).
     history: name -> ``(S, n, E)`` every evaluation so far; ``eval_steps`` their steps.
@@ -60,7 +61,7 @@ class ChunkEvent:
   group: int
   chunk: int
   step: int
-  configs: range
+  configs: tuple
   hparams: dict
   metrics: dict
   history: dict
@@ -71,8 +72,6 @@ class ChunkEvent:
   stop_reason: np.ndarray
 
   def __getitem__(self, name: str) -> Any:
-    if name == "configs":
-      return (self.configs.start, self.configs.stop)
     return getattr(self, name)
 
 
@@ -128,6 +127,8 @@ class Plan:
   callback: Callable | None = None
   keep_params: bool = False
   end_when_all_stopped: bool = True
+  compact: bool = False  # move live runs into a smaller program when runs stop (adaptive search)
+  one_group: bool = False  # every config must fit in one program (adaptive search compares them)
 
 
 @dataclasses.dataclass
@@ -294,6 +295,10 @@ def run(plan: Plan) -> Output:
     need = prog.memory(exe)
     tries += 1
   n_groups = math.ceil(n_cfg / group)
+  if plan.one_group and n_groups > 1:
+    raise ValueError(f"{plan.fn}: adaptive search compares every config at once, but they are split "
+                     f"into {n_groups} groups of {group} (max_group_size or memory); use fewer "
+                     "configs or seeds, or a larger max_group_size")
 
   # Host buffers.
   loss = np.full((n_s, n_cfg, n_log), np.nan, fdtype)
@@ -313,26 +318,34 @@ def run(plan: Plan) -> Output:
       store[name] = np.full((n_s, n_cfg, tail), np.nan, fdtype)
     return store[name]
 
-  def record(g, c, lo, hi, arrays):
-    """Places one chunk's numbers (from the program or a checkpoint) in the host buffers."""
-    n = hi - lo
+  def record(c, slots, arrays):
+    """Places one chunk's numbers (from the program or a checkpoint) in the host buffers;
+    ``slots[j]`` is the config trained in slot ``j`` (-1: padding)."""
+    valid = np.flatnonzero(slots >= 0)
+    cfg = slots[valid]
     s0, e0, w0 = c * chunk_steps, c * spec.blocks, c * chunk_steps // plan.log_every
     s1, e1, w1 = min(s0 + chunk_steps, steps), min(e0 + spec.blocks, n_evals), min(
         w0 + chunk_steps // plan.log_every, n_log)
-    loss[:, lo:hi, w0:w1] = arrays["loss"][:, :n, : w1 - w0]
+    loss[:, cfg, w0:w1] = arrays["loss"][:, valid, : w1 - w0]
     for k, v in arrays.items():
       if k.startswith("metric:"):
-        buf(metrics, k[7:], n_evals)[:, lo:hi, e0:e1] = v[:, :n, : e1 - e0]
+        buf(metrics, k[7:], n_evals)[:, cfg, e0:e1] = v[:, valid, : e1 - e0]
       elif k.startswith("erec:"):
-        buf(eval_records, k[5:], n_evals)[:, lo:hi, e0:e1] = v[:, :n, : e1 - e0]
+        buf(eval_records, k[5:], n_evals)[:, cfg, e0:e1] = v[:, valid, : e1 - e0]
       elif k.startswith("srec:"):
-        buf(step_records, k[5:], steps)[:, lo:hi, s0:s1] = v[:, :n, : s1 - s0]
+        buf(step_records, k[5:], steps)[:, cfg, s0:s1] = v[:, valid, : s1 - s0]
     if ratio is not None:
-      ratio[:, lo:hi, e0:e1] = arrays["ratio"][:, :n, : e1 - e0]
-    stopped_at[:, lo:hi] = arrays["stopped_at"][:, :n]
-    reason[:, lo:hi] = arrays["reason"][:, :n]
+      ratio[:, cfg, e0:e1] = arrays["ratio"][:, valid, : e1 - e0]
+    record_status(slots, arrays)
+    _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, cfg)
+
+  def record_status(slots, arrays):
+    valid = np.flatnonzero(slots >= 0)
+    cfg = slots[valid]
+    stopped_at[:, cfg] = arrays["stopped_at"][:, valid]
+    reason[:, cfg] = arrays["reason"][:, valid]
     for k in hp_now:
-      hp_now[k][lo:hi] = arrays[f"hp:{k}"][:n]
+      hp_now[k][cfg] = arrays[f"hp:{k}"][valid]
 
   ckpt = None
   start_group, start_chunk, resume_state = 0, 0, None
@@ -344,17 +357,18 @@ def run(plan: Plan) -> Output:
       for entry in sorted(ckpt.chunks, key=lambda e: (e["group"], e["chunk"])):
         g, c = entry["group"], entry["chunk"]
         arrays = ckpt.read(entry)
-        lo, hi = g * group, min((g + 1) * group, n_cfg)
-        record(g, c, lo, hi, arrays)
+        record(c, arrays["slots"], arrays)
         steering.extend(_decode_steering(arrays))
         if "param:count" in arrays:
-          final_params[g] = [arrays[f"param:{i}"] for i in range(int(arrays["param:count"]))]
+          final_params[g] = (arrays["param:slots"],
+                             [arrays[f"param:{i}"] for i in range(int(arrays["param:count"]))])
       start_group, start_chunk = ckpt.position
       if ckpt.state is not None:
         resume_state = ckpt.read(ckpt.state)
     except Exception:
       ckpt.close()
       raise
+  slot_steps = 0
   try:
     bar = _Progress(n_groups * steps, plan.progress and jax.process_index() == 0,
                     desc=f"{plan.fn} {n_cfg}x{n_s}")
@@ -366,22 +380,25 @@ def run(plan: Plan) -> Output:
       if stop_all:
         break
       lo, hi = g * group, min((g + 1) * group, n_cfg)
-      n = hi - lo
+      slots = np.concatenate([np.arange(lo, hi), np.full(group - (hi - lo), -1)]).astype(np.int64)
       sel = pad_sel(lo, hi, group)
       hp_g_np = {k: v[sel] for k, v in hp_now.items()}
-      t0 = time.perf_counter()
-      carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(group), rule_args_d)
+      resumed = resume_state is not None and g == start_group
       first = 0
-      if resume_state is not None and g == start_group:
+      if resumed:
+        slots = resume_state["slots"].astype(np.int64)
+        hp_g_np = {k: resume_state[f"hp:{k}"] for k in hp_now}
+        first = start_chunk
+      t0 = time.perf_counter()
+      carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(len(slots)), rule_args_d)
+      if resumed:
         leaves = _leaves_from("s", resume_state, len(jax.tree.leaves(carry)))
         for a, b in zip(leaves, jax.tree.leaves(carry)):
           if a.shape != b.shape or a.dtype != b.dtype:
             raise ValueError(f"{plan.fn}: checkpoint_dir={str(plan.checkpoint_dir)!r}: its state"
                              f" does not fit this sweep ({a.shape} {a.dtype} vs {b.shape} {b.dtype})")
         carry = jax.tree.unflatten(jax.tree.structure(carry), leaves)
-        hp_g_np = {k: resume_state[f"hp:{k}"] for k in hp_now}
-        first = start_chunk
-      if multi or (resume_state is not None and g == start_group):
+      if multi or resumed:
         # Across processes (or from a checkpoint's host arrays) place every leaf explicitly.
         carry = place_carry(jax.tree.map(_core.to_host, carry))
       else:
@@ -402,33 +419,35 @@ def run(plan: Plan) -> Output:
             "loss": _core.to_host(out.loss),
             "stopped_at": _core.to_host(carry.stopped_at).astype(np.int64),
             "reason": _core.to_host(carry.reason).astype(np.int64),
+            "slots": slots.copy(),
             **{f"metric:{k}": _core.to_host(v) for k, v in out.metrics.items()},
             **{f"srec:{k}": _core.to_host(v) for k, v in out.step_records.items()},
             **{f"erec:{k}": _core.to_host(v) for k, v in out.eval_records.items()},
+            **{f"hp:{k}": v for k, v in hp_g_np.items()},
         }
         if ratio is not None:
           arrays["ratio"] = _core.to_host(out.ratio)
         run_s += time.perf_counter() - t0
         done = min(start + chunk_steps, steps)
+        slot_steps += len(slots) * (done - start)
         steps_run = max(steps_run, done)
         alive = _core.to_host(carry.alive)
+        record(c, slots, arrays)
+        valid = np.flatnonzero(slots >= 0)
+        ids = slots[valid]
         # Steering: the callback sees this chunk's numbers and may return a Control.
-        arrays.update({f"hp:{k}": v for k, v in hp_g_np.items()})
-        record(g, c, lo, hi, arrays)
-        _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, lo, hi)
         ctrl = None
         if plan.callback is not None:
+          e_now = min(c * spec.blocks + spec.blocks, n_evals)
           event = ChunkEvent(
-              group=g, chunk=c, step=done, configs=range(lo, hi),
-              hparams={k: v[lo:hi].copy() for k, v in hp_now.items()},
-              metrics={k: v[:, lo:hi, min(c * spec.blocks + spec.blocks, n_evals) - 1].copy()
-                       for k, v in metrics.items()},
-              history={k: v[:, lo:hi, : min((c + 1) * spec.blocks, n_evals)].copy()
-                       for k, v in metrics.items()},
-              eval_steps=eval_steps[: min((c + 1) * spec.blocks, n_evals)],
-              alive=alive[:, :n].copy(), stopped_at=stopped_at[:, lo:hi].copy(),
-              diverged_at=np.where(reason[:, lo:hi] == 1, stopped_at[:, lo:hi], -1),
-              stop_reason=np.asarray(_rules.STOP_REASONS, dtype=object)[reason[:, lo:hi]],
+              group=g, chunk=c, step=done, configs=tuple(int(i) for i in ids),
+              hparams={k: v[ids].copy() for k, v in hp_now.items()},
+              metrics={k: v[:, ids, e_now - 1].copy() for k, v in metrics.items()},
+              history={k: v[:, ids, :e_now].copy() for k, v in metrics.items()},
+              eval_steps=eval_steps[:e_now],
+              alive=alive[:, valid].copy(), stopped_at=stopped_at[:, ids].copy(),
+              diverged_at=np.where(reason[:, ids] == 1, stopped_at[:, ids], -1),
+              stop_reason=np.asarray(_rules.STOP_REASONS, dtype=object)[reason[:, ids]],
           )
           ctrl = plan.callback(event)
         last = c + 1 == n_chunks
@@ -438,34 +457,46 @@ def run(plan: Plan) -> Output:
           if not isinstance(ctrl, Control):
             raise TypeError(f"{plan.fn}: callback must return None, True or an optaxlr.Control, got "
                             f"{type(ctrl).__name__}")
-          carry, hp_g_np, log = _apply_control(plan.fn, prog, ctrl, carry, hp_g_np, lo, hi, group, done,
-                                               place_carry, sel)
+          carry, hp_g_np, log = _apply_control(plan.fn, prog, ctrl, carry, hp_g_np, slots, done)
           if log:
             log["group"], log["chunk"] = g, c
             steering.append(log)
             arrays["steering"] = np.frombuffer(repr([log]).encode(), np.uint8)
-            hp_g = put_hp(hp_g_np)
-            for k in hp_now:
-              hp_now[k][lo:hi] = hp_g_np[k][:n]
-              arrays[f"hp:{k}"] = hp_g_np[k]
-            stopped_at[:, lo:hi] = _core.to_host(carry.stopped_at)[:, :n]
-            reason[:, lo:hi] = _core.to_host(carry.reason)[:, :n]
+            arrays.update({f"hp:{k}": v for k, v in hp_g_np.items()})
             arrays["stopped_at"] = _core.to_host(carry.stopped_at).astype(np.int64)
             arrays["reason"] = _core.to_host(carry.reason).astype(np.int64)
+            record_status(slots, arrays)
             alive = _core.to_host(carry.alive)
+            hp_g = put_hp(hp_g_np)
           stop_all = ctrl.stop_sweep
-        all_stopped = plan.end_when_all_stopped and not alive[:, :n].any()
+        live = np.flatnonzero((slots >= 0) & alive.any(axis=0))
+        all_stopped = plan.end_when_all_stopped and live.size == 0
         group_ends = last or all_stopped or stop_all
+        if not group_ends and plan.compact:
+          # Stopped runs would keep computing (masked) in a vmapped program: move the live runs
+          # into a smaller program, so that freed slots cost nothing.
+          size = max(n_dev, math.ceil(live.size / n_dev) * n_dev)
+          if size < len(slots):
+            src = np.concatenate([live, np.full(size - live.size, live[0])])
+            pad = np.arange(size) >= live.size
+            carry = prog.steer(carry, jnp.asarray(src), jnp.asarray(pad), jnp.int32(done))
+            hp_g_np = {k: v[src] for k, v in hp_g_np.items()}
+            slots = np.where(pad, -1, slots[src])
+            if multi:
+              carry = place_carry(jax.tree.map(_core.to_host, carry))
+            hp_g = put_hp(hp_g_np)
         if group_ends and plan.keep_params:
-          leaves = [_core.to_host(x)[:, :n] for x in jax.tree.leaves(carry.params)]
+          leaves = [_core.to_host(x)[:, valid] for x in jax.tree.leaves(carry.params)]
           params_treedef = jax.tree.structure(carry.params)
-          final_params[g] = leaves
+          final_params[g] = (ids, leaves)
           arrays.update({f"param:{i}": x for i, x in enumerate(leaves)})
           arrays["param:count"] = np.asarray(len(leaves))
+          arrays["param:slots"] = ids
         if ckpt is not None:
           state = None
           if not group_ends:
-            state = {**_flatten("s", carry), **{f"hp:{k}": v for k, v in hp_g_np.items()}}
+            state = {**_flatten("s", carry), **{f"hp:{k}": v for k, v in hp_g_np.items()},
+                     "slots": slots}
           nxt = (g + 1, 0) if group_ends else (g, c + 1)
           ckpt.commit(g, c, arrays, state, nxt, finished=stop_all or (group_ends and g + 1 == n_groups))
         if multi:
@@ -494,8 +525,14 @@ def run(plan: Plan) -> Output:
     if final_params:
       if params_treedef is None:
         params_treedef = jax.tree.structure(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
-      cat = [np.concatenate([final_params[g][i] for g in sorted(final_params)], axis=1)
-             for i in range(len(next(iter(final_params.values()))))]
+      n_leaves = len(next(iter(final_params.values()))[1])
+      cat = []
+      for i in range(n_leaves):
+        like = next(iter(final_params.values()))[1][i]
+        full = np.full((n_s, n_cfg, *like.shape[2:]), np.nan if like.dtype.kind == "f" else 0, like.dtype)
+        for ids, leaves in final_params.values():
+          full[:, np.asarray(ids)] = leaves[i]
+        cat.append(full)
       params = jax.tree.unflatten(params_treedef, cat)
   return Output(
       loss=loss, metrics=metrics, step_records=step_records, eval_records=eval_records,
@@ -506,6 +543,7 @@ def run(plan: Plan) -> Output:
           "devices": n_dev, "processes": jax.process_count(), "compile_s": compile_s,
           "run_s": run_s, "total_s": time.perf_counter() - t_start,
           "program_bytes": need, "memory_bytes": mem,
+          "slot_steps": slot_steps,  # steps computed, summed over the program's slots (compute)
       },
   )
 
@@ -518,15 +556,19 @@ def _decode_steering(arrays) -> list:
   return ast.literal_eval(bytes(arrays["steering"]).decode())
 
 
-def _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, lo, hi):
+def _mask_diverged(metrics, eval_records, ratio, stopped_at, reason, eval_steps, cfg):
   """A diverged run has no evaluations after the step it diverged at."""
-  div = reason[:, lo:hi] == _rules.reason_code("diverged")
-  gone = div[..., None] & (eval_steps[None, None, :] > stopped_at[:, lo:hi, None])
+  div = reason[:, cfg] == _rules.reason_code("diverged")
+  gone = div[..., None] & (eval_steps[None, None, :] > stopped_at[:, cfg, None])
   for store in (metrics, eval_records):
     for v in store.values():
-      v[:, lo:hi][gone] = np.nan
+      sub = v[:, cfg]
+      sub[gone] = np.nan
+      v[:, cfg] = sub
   if ratio is not None:
-    ratio[:, lo:hi][gone] = np.nan
+    sub = ratio[:, cfg]
+    sub[gone] = np.nan
+    ratio[:, cfg] = sub
 
 
 def _fill_frozen(metrics, stopped_at, reason, eval_steps):
@@ -541,24 +583,27 @@ def _fill_frozen(metrics, stopped_at, reason, eval_steps):
         row[ok[-1] + 1:] = row[ok[-1]]
 
 
-def _apply_control(fn, prog, ctrl: Control, carry, hp_g_np, lo, hi, group, step, place_carry, sel):
-  n = hi - lo
+def _apply_control(fn, prog, ctrl: Control, carry, hp_g_np, slots, step):
+  where = {int(c): j for j, c in enumerate(slots) if c >= 0}
+  n = len(where)
 
   def slot(i, what):
-    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not lo <= i < hi:
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or int(i) not in where:
       raise ValueError(f"{fn}: Control.{what} names config {i!r}, outside the current group "
-                       f"[{lo}, {hi})")
-    return int(i) - lo
+                       f"(configs {sorted(where)[:8]}{'...' if n > 8 else ''})")
+    return where[int(i)]
 
-  src = np.arange(group)
+  size = len(slots)
+  src = np.arange(size)
   for dst, s in dict(ctrl.copy).items():
     src[slot(dst, "copy")] = slot(s, "copy")
-  stop = np.zeros(group, bool)
+  stop = np.zeros(size, bool)
   stop_list = np.asarray(ctrl.stop)
   if stop_list.dtype == bool:
     if stop_list.shape != (n,):
-      raise ValueError(f"{fn}: Control.stop as a mask must have shape ({n},), got {stop_list.shape}")
-    stop[:n] = stop_list
+      raise ValueError(f"{fn}: Control.stop as a mask must have shape ({n},) (the event's "
+                       f"configs), got {stop_list.shape}")
+    stop[np.flatnonzero(slots >= 0)[stop_list]] = True
   else:
     for i in stop_list.tolist():
       stop[slot(i, "stop")] = True
@@ -572,10 +617,11 @@ def _apply_control(fn, prog, ctrl: Control, carry, hp_g_np, lo, hi, group, step,
       if k not in hp:
         raise ValueError(f"{fn}: Control.set_hparams sets {k!r}, not a hyperparameter of the "
                          f"space; allowed: {sorted(hp)}")
-      v = np.asarray(v, hp[k].dtype)
-      if not np.all(np.isfinite(v)) if np.issubdtype(v.dtype, np.floating) else False:
-        raise ValueError(f"{fn}: Control.set_hparams sets {k}={v!r} for config {i}: not finite")
-      hp[k][j] = v
+      v = np.asarray(v)
+      if v.dtype.kind not in "biuf" or v.dtype == bool or (v.dtype.kind == "f" and not np.isfinite(v).all()):
+        raise ValueError(f"{fn}: Control.set_hparams sets {k}={v!r} for config {i}: not a finite"
+                         " number (a categorical axis takes the index of its value)")
+      hp[k][j] = v.astype(hp[k].dtype)
   changed = bool(ctrl.copy or ctrl.set_hparams or stop.any())
   if not changed:
     return carry, hp_g_np, None
@@ -583,6 +629,5 @@ def _apply_control(fn, prog, ctrl: Control, carry, hp_g_np, lo, hi, group, step,
   log = {"step": int(step), "copy": {int(k): int(v) for k, v in dict(ctrl.copy).items()},
          "set_hparams": {int(k): {kk: float(vv) for kk, vv in dict(v).items()}
                          for k, v in dict(ctrl.set_hparams).items()},
-         "stop": [int(lo + i) for i in np.flatnonzero(stop[:n])]}
-  del sel, place_carry
+         "stop": [int(slots[j]) for j in np.flatnonzero(stop)]}
   return carry, hp, log

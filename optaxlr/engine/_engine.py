@@ -283,6 +283,7 @@ def sweep(
     devices: Sequence[jax.Device] | None = None,
     keep_params: bool = False,
     callback: Callable[[ChunkEvent], Control | bool | None] | None = None,
+    adapt: Any = None,
 ) -> SweepResult:
   """Trains every config of ``space`` (x ``seeds``) on ``task`` in one compiled program.
 
@@ -357,6 +358,10 @@ def sweep(
       The control is applied before the chunk's checkpoint is committed; an exception raised
       in the callback propagates, and a sweep with a ``checkpoint_dir`` resumes after the last
       committed chunk.
+    adapt: an adaptive strategy of :mod:`optaxlr.adapt` (successive halving, Hyperband, PBT),
+      applied after every chunk; what it did is in ``info["adapt"]``. Not combined with a
+      ``checkpoint_dir`` (its decisions live on the host) nor with a ``callback`` that returns
+      a Control.
 
   Returns:
     A :class:`SweepResult` labelled by hyperparameter values.
@@ -438,6 +443,33 @@ def sweep(
   elif plateau and not _rules.has_plateau(shapes["opt_state"]):
     raise ValueError(f"{fn}: plateau=True feeds a reduce_on_plateau, but the optimizer holds none")
 
+  if adapt is not None:
+    from optaxlr import adapt as adapt_mod
+
+    if not isinstance(adapt, adapt_mod.Adapt):
+      raise TypeError(f"{fn}: adapt must be a strategy of optaxlr.adapt (successive_halving, "
+                      f"hyperband, pbt), got {type(adapt).__name__}")
+    if checkpoint_dir is not None:
+      raise ValueError(f"{fn}: adapt= cannot be resumed from a checkpoint yet (its decisions live "
+                       "on the host); drop checkpoint_dir or adapt")
+    if adapt.metric not in names:
+      raise ValueError(f"{fn}: adapt metric {adapt.metric!r} is not an evaluated metric; "
+                       f"available: {sorted(names)}")
+    adapt.start(n_configs=n_cfg, steps=steps, eval_every=eval_every, sync_every=sync_every,
+                hparams=hp_np)
+    user_callback = callback
+
+    def callback(event):  # noqa: F811 -- the strategy, then the user's observer
+      ctrl = adapt(event)
+      if user_callback is not None:
+        extra = user_callback(event)
+        if isinstance(extra, Control):
+          raise ValueError(f"{fn}: a callback may not return a Control together with adapt=")
+        if extra is True:
+          ctrl = Control(stop=ctrl.stop if ctrl else (), copy=ctrl.copy if ctrl else {},
+                         set_hparams=ctrl.set_hparams if ctrl else {}, stop_sweep=True)
+      return ctrl
+
   plan = _driver.Plan(
       fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp={},
       seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,
@@ -445,6 +477,8 @@ def sweep(
       plateau=plateau, step_rules=step_rules, eval_rules=eval_rules, update_ratio=update_ratio,
       devices=devices, max_group_size=max_group_size, checkpoint_dir=checkpoint_dir,
       progress=progress, callback=callback, keep_params=keep_params,
+      compact=adapt is not None and not hasattr(adapt, "interval"),
+      one_group=adapt is not None,
   )
   if checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(
@@ -459,6 +493,12 @@ def sweep(
   if out.update_ratio is not None:
     metrics["train/update_ratio"] = out.update_ratio
   diverged = out.reason == _rules.reason_code("diverged")
+  adapt_info = {}
+  if adapt is not None:
+    trained = np.where(out.stopped_at >= 0, out.stopped_at, steps)
+    adapt_info = {"adapt": {**adapt.report(),
+                            "config_steps": float(trained.mean(axis=0).sum()),
+                            "full_config_steps": float(n_cfg * steps)}}
   return SweepResult(
       space=space,
       seeds=np.asarray(seeds_l),
@@ -473,6 +513,7 @@ def sweep(
           "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
           "sync_every": sync_every, "log_every": log_every,
           **out.info,
+          **adapt_info,
           **({"steering": out.steering, "hparams_final": {k: v.tolist() for k, v in out.hparams.items()}}
              if out.steering else {}),
       },
