@@ -426,7 +426,7 @@ class LRFindResult:
       ax=None,
       raw: bool = True,
       suggestions: Sequence[str] = ("valley", "steep", "minimum"),
-      recommend: str | None = "valley",
+      recommend: str | None = "steep",
       figsize=(7, 4),
   ):
     """Loss against learning rate (log axis); returns the ``Figure``.
@@ -440,8 +440,9 @@ class LRFindResult:
       configs: config indices to draw (default: up to 8 spread over the configs).
       raw: also draw the raw (unsmoothed) mean loss, faint.
       suggestions: which suggestions to mark (any of ``suggest()``'s keys).
-      recommend: the suggestion drawn as the recommended rate (fastai recommends
-        ``"valley"``), or ``None``.
+      recommend: the suggestion drawn as the recommended rate: ``"steep"``, the one
+        :meth:`suggest` returns as ``"recommended"`` (measured there; fastai's default is
+        ``"valley"``, which trained worse), or ``None``.
     """
     from matplotlib.lines import Line2D
 

@@ -247,7 +247,5 @@ def test_bad_input():
     nonfinite_leaf_name(state._replace(first_nonfinite_leaf=jnp.int32(3)), {"w": 1.0})
 
 
-def test_public_names():
-  for name in ("skip_nonfinite", "nonfinite_leaf_name", "SkipNonfiniteState"):
-    assert name in optaxlr.__all__
+def test_state_type():
   assert isinstance(skip_nonfinite().init(PARAMS), SkipNonfiniteState)

@@ -407,8 +407,3 @@ def test_bad_input(x64):
   with pytest.raises(ValueError, match="layerwise_lr: groups must be a non-empty list"):
     layerwise_lr(0.1, 1.0, []).init(params)
 
-
-def test_public_names():
-  for name in ("param_group_lr", "param_group_multipliers", "layerwise_lr",
-               "layerwise_multipliers"):
-    assert name in optaxlr.__all__ and hasattr(optaxlr, name)

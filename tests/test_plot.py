@@ -226,12 +226,13 @@ def test_lr_find_plot_marks_the_recommended_rate_and_names_everything(finder, tm
   fig = finder.plot()
   fig.savefig(tmp_path / "lr_find.png")
   ax = fig.axes[0]
-  valley = finder.suggest()["valley"]
+  valley = finder.suggest()["steep"]  # the recommended rate (suggest()["recommended"])
+  assert np.array_equal(valley, finder.suggest()["recommended"], equal_nan=True)
   mean = finder.mean_curve()
   legend = [t.get_text() for t in ax.get_legend().get_texts()]
-  assert legend[:2] == [f"wd=0: valley {valley[0]:.3g}", f"wd=0.01: valley {valley[1]:.3g}"]
+  assert legend[:2] == [f"wd=0: steep {valley[0]:.3g}", f"wd=0.01: steep {valley[1]:.3g}"]
   assert legend[2:] == ["smoothed loss, mean over 2 seeds", "min-max over seeds",
-                        "raw loss (faint)", "valley", "steep", "minimum", "recommended: valley"]
+                        "raw loss (faint)", "valley", "steep", "minimum", "recommended: steep"]
   # The bold lines are the smoothed means; the recommended rate is a vertical line per config.
   bold = [l for l in ax.lines if l.get_linewidth() == 2]
   for c, line in enumerate(bold):

@@ -577,12 +577,6 @@ def test_sequential_vs_optax_join_schedules(x64):
            rtol=1e-12 * MAX_STEPS)
 
 
-def test_jax_x64_really_on(x64):
-  """The float64 fixture is what makes the tolerances above meaningful."""
-  assert jnp.asarray(1.0).dtype == jnp.float64
-  assert S.constant(0.1)(0) == 0.1
-
-
 def test_readme_migration_table_equivalences(x64):
   """The rewrites the README's "Coming from optax or PyTorch" table gives, against optax."""
   t = _T64()

@@ -784,8 +784,3 @@ def test_traced_values_are_not_checked():
   out = jax.jit(lambda lr: _toy_run(lambda h: adamw(h, weight_decay=0.1), lr))(jnp.asarray(-1.0))
   assert np.all(np.isfinite(np.asarray(out["Dense_0"]["kernel"])))
 
-
-def test_public_names():
-  for name in ("adamw", "sgd", "l1_regularization", "l2_regularization",
-               "decoupled_weight_decay", "no_bias_norm_mask"):
-    assert name in optaxlr.__all__ and getattr(optaxlr, name) is globals()[name]

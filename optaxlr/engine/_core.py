@@ -72,7 +72,7 @@ class Spec:
   plateau: bool
   step_rules: tuple[_rules.Rule, ...]
   eval_rules: tuple[_rules.Rule, ...]
-  update_ratio: bool  # record ||update|| / ||params|| of the last step of each block
+  update_ratio: bool  # record ||update|| / ||params|| of the last step before each evaluation
   key_impl: str | None  # None: raw uint32 keys; else the impl name of typed keys
 
   @property
@@ -124,7 +124,7 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     return loss if objective is None else objective(loss, hp)
 
   def config_step(params, opt_state, alive, stopped_at, reason, rstates, ratio,
-                  hp, ramp_t, batch, t, go, value, fresh, rule_args):
+                  hp, ramp_t, batch, t, go, value, fresh, rule_args, last):
     hp = {**hp, **ramp_t}
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, hp)
     tx = optax.with_extra_args_support(optimizer(hp))
@@ -150,16 +150,19 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     params = _where(keep, new_params, params)
     opt_state = new_opt
     if spec.update_ratio:
-      r = jnp.sqrt(_sq_norm(updates) / _sq_norm(params))
-      ratio = jnp.where(keep, r, ratio)
+      # Only the last step before an evaluation is recorded: compute the two norms there only
+      # (``last`` is the same for every run, so the conditional stays one under vmap).
+      ratio = jax.lax.cond(
+          last, lambda: jnp.where(keep, jnp.sqrt(_sq_norm(updates) / _sq_norm(params)), ratio),
+          lambda: ratio)
     out = (
         params, opt_state, alive & ~stop, jnp.where(stop, t, stopped_at),
         jnp.where(stop, code, reason), tuple(new_rs), ratio,
     )
     return out, (jnp.where(run, loss, 0).astype(dtype), run, records)
 
-  c_ax = (0,) * 7 + (0, None, None, None, None, 0, None, None)
-  s_ax = (0,) * 7 + (None, None, 0, None, None, 0, None, None)
+  c_ax = (0,) * 7 + (0, None, None, None, None, 0, None, None, None)
+  s_ax = (0,) * 7 + (None, None, 0, None, None, 0, None, None, None)
   seeds_step = jax.vmap(jax.vmap(config_step, in_axes=c_ax), in_axes=s_ax)
 
   def evaluate(params, evals):
@@ -209,6 +212,7 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
       (params, opt_state, alive, stopped_at, reason, rstates, ratio), (loss, ran, recs) = seeds_step(
           c.params, c.opt_state, c.alive, c.stopped_at, c.reason, c.rule_states, c.ratio,
           hparams, ramp_t, batch, t, t < total, value, c.fresh, rule_args,
+          ((t + 1) % spec.eval_every == 0) | (t + 1 == total),
       )
       c = c._replace(params=params, opt_state=opt_state, alive=alive, stopped_at=stopped_at,
                      reason=reason, rule_states=rstates, ratio=ratio, fresh=jnp.array(False))
