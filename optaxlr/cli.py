@@ -872,7 +872,7 @@ def _check_sweep(args: argparse.Namespace) -> None:
   twice = sorted({o for o in names if names.count(o) > 1})
   if twice:
     raise UsageError(f"--optimizers: {twice[0]} is given twice; each optimizer runs once")
-  _check_int("--steps", args.steps, 1, MAX_STEPS)
+  _check_int("--steps", args.steps, 4, MAX_STEPS, " (the training doctor reads at least 4 steps)")
   _check_int("--batch-size", args.batch_size, 1, MAX_STEPS)
   _check_int("--seeds", args.seeds, 1, MAX_STEPS)
   _check_int("--key", args.key, 0, MAX_KEY, " (a 32-bit PRNG seed; larger ones wrap around)")
