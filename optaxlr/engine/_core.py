@@ -119,6 +119,19 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
   rules = spec.step_rules + spec.eval_rules
   n_step_rules = len(spec.step_rules)
 
+  def apply_rules(rule_list, offset, rstates, ctx, rule_args, run, code):
+    """Updates rules ``offset..`` of one run (states kept where it does not run); the first
+    non-zero stop code wins (``code`` may already hold the non-finite check's)."""
+    new_rs, records = list(rstates), {}
+    for j, rule in enumerate(rule_list):
+      i = offset + j
+      st, c, rec = rule.update(rstates[i], ctx, rule_args[i])
+      new_rs[i] = _where(run, st, rstates[i])
+      code = jnp.where(code == 0, c, code)
+      for k, v in rec.items():
+        records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(dtype)
+    return tuple(new_rs), code, records
+
   def loss_fn(params, batch, hp):
     loss = task.loss(params, batch)
     return loss if objective is None else objective(loss, hp)
@@ -134,14 +147,8 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     ok = jnp.isfinite(loss) & all_finite(new_params)
     run = alive & go
     code = jnp.where(ok, 0, _rules.reason_code("diverged"))
-    records, new_rs = {}, list(rstates)
     ctx = _rules.StepContext(step=t, loss=loss, params=new_params, opt_state=new_opt)
-    for i, rule in enumerate(spec.step_rules):
-      st, c, rec = rule.update(rstates[i], ctx, rule_args[i])
-      new_rs[i] = _where(run, st, rstates[i])
-      code = jnp.where(code == 0, c, code)
-      for k, v in rec.items():
-        records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(dtype)
+    new_rs, code, records = apply_rules(spec.step_rules, 0, rstates, ctx, rule_args, run, code)
     stop = run & (code != 0)
     keep = run & ~stop
     # A stopped run's parameters are frozen (selected, fused into the add); its optimizer state
@@ -175,18 +182,11 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
   def config_eval(rstates, alive, stopped_at, reason, params, opt_state, metrics, end, go,
                   rule_args):
     ctx = _rules.EvalContext(step=end, metrics=metrics, params=params, opt_state=opt_state)
-    new_rs, records = list(rstates), {}
-    code = jnp.zeros((), jnp.int32)
     run = alive & go
-    for j, rule in enumerate(spec.eval_rules):
-      i = n_step_rules + j
-      st, c, rec = rule.update(rstates[i], ctx, rule_args[i])
-      new_rs[i] = _where(run, st, rstates[i])
-      code = jnp.where(code == 0, c, code)
-      for k, v in rec.items():
-        records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(dtype)
+    new_rs, code, records = apply_rules(spec.eval_rules, n_step_rules, rstates, ctx, rule_args, run,
+                                        jnp.zeros((), jnp.int32))
     stop = run & (code != 0)
-    return (tuple(new_rs), alive & ~stop, jnp.where(stop, end, stopped_at),
+    return (new_rs, alive & ~stop, jnp.where(stop, end, stopped_at),
             jnp.where(stop, code, reason), records)
 
   seeds_eval = jax.vmap(jax.vmap(config_eval, in_axes=(0,) * 7 + (None, None, None)),
