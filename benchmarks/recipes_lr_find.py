@@ -28,18 +28,17 @@ writes nothing. Imports only optaxlr's public API.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import pathlib
 import platform
-import subprocess
 import time
 
 import jax
 import numpy as np
 
 import optaxlr
+from _common import versions
 from optaxlr import schedules, search
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -50,24 +49,6 @@ OPTIMIZERS = {
     "adamw": (lambda lr: optaxlr.adamw(lr, weight_decay=1e-2), "optaxlr.adamw(lr, weight_decay=1e-2)"),
     "sgd_momentum": (lambda lr: optaxlr.sgd(lr, momentum=0.9), "optaxlr.sgd(lr, momentum=0.9)"),
 }
-
-
-def versions() -> dict:
-  out = {}
-  for dist in ("jax", "jaxlib", "optax", "numpy"):
-    try:
-      out[dist] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-      out[dist] = None
-  out["optaxlr"] = optaxlr.__version__
-  out["python"] = platform.python_version()
-  try:
-    out["optaxlr_commit"] = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        timeout=10).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    out["optaxlr_commit"] = None
-  return out
 
 
 def stats(errors: np.ndarray) -> dict:

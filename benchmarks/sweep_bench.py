@@ -53,14 +53,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.metadata
 import json
 import math
 import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -73,6 +71,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import handwritten as hw  # noqa: E402
+from _common import versions  # noqa: E402
 import optaxlr  # noqa: E402
 from optaxlr import search  # noqa: E402
 
@@ -137,24 +136,6 @@ def mlp_bytes_per_step(d, width, k, batch):
   opt_bytes = 7 * 4 * weights
   act_bytes = 2 * 4 * batch * (d + 2 * width + k) * 2
   return opt_bytes + act_bytes
-
-
-def versions() -> dict:
-  out = {}
-  for dist in ("jax", "jaxlib", "optax", "numpy", "torch"):
-    try:
-      out[dist] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-      out[dist] = None
-  out["optaxlr"] = optaxlr.__version__
-  out["python"] = platform.python_version()
-  try:
-    out["optaxlr_commit"] = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        timeout=10).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    out["optaxlr_commit"] = None
-  return out
 
 
 def machine() -> dict:
@@ -451,7 +432,7 @@ def main(argv=None):
       "jax": jax.__version__,
       "preset": "quick" if args.quick else preset,
       "machine": machine(),
-      "versions": versions(),
+      "versions": versions(("jax", "jaxlib", "optax", "numpy", "torch")),
       "load_average_start": load_start,
       "load_average_end": load_average(),
       "settings": cfg,

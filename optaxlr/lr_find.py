@@ -34,7 +34,7 @@ from optaxlr.engine import _driver
 from optaxlr.engine import _engine
 from optaxlr.engine import _rules
 from optaxlr.engine import SweepResult, run_keys, sweep
-from optaxlr.engine._data import as_key
+from optaxlr.engine._data import as_key, key_data
 
 __all__ = ["lr_find", "lr_find_grid", "LRFindResult", "LRGridResult", "range_test_lrs"]
 
@@ -90,15 +90,12 @@ def _check_int(fn: str, name: str, value: Any, low: int) -> None:
 
 def _as_space(fn: str, space: Any, seeds: Any):
   """The space of the other hyperparameters (``None``: one config) and the seed values."""
-  from optaxlr import search
-
   if space is None:
     return None, _engine.seed_list(fn, 1 if seeds is None else seeds)
   space, seed_values = _engine.split_seeds(fn, space, seeds)
   if "lr" in space.names:
     raise ValueError(f"{fn}: space must not hold 'lr' (the range test sets it), got "
                      f"space names {list(space.names)}")
-  del search
   return space, seed_values
 
 
@@ -686,16 +683,10 @@ def lr_find(
       settings={"min_lr": float(lrs_np[0]), "max_lr": float(lrs_np[-1]), "steps": steps,
                 "mode": mode, "smooth": float(smooth), "diverge": float(diverge),
                 "batch_size": int(batch_size), "eval_every": eval_every, "monitor": monitor,
-                "key": key_repr(key)},
+                "key": key_data(key)},
       info=out.info,
       stop_reason=reason,
   )
-
-
-def key_repr(key) -> list[int]:
-  from optaxlr.engine._data import key_data
-
-  return key_data(key)
 
 
 # ----------------------------------------------------------------------------------------

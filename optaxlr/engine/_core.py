@@ -105,8 +105,7 @@ class Out(NamedTuple):
 class Program(NamedTuple):
   init: Callable  # (hparams, ramp, init_keys, rule_args) -> Carry
   chunk: Callable  # (carry, hparams, ramp, data_keys, start, total, train, evals, rule_args)
-  steer: Callable  # (carry, src, stop) -> carry
-  key: tuple
+  steer: Callable  # (carry, src, stop, step) -> carry
 
 
 def _wrap(keys: jax.Array, impl: str | None) -> jax.Array:
@@ -295,7 +294,7 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
         reason=jnp.where(now, _rules.reason_code("host"), rows.reason),
     )
 
-  return Program(init=init, chunk=chunk, steer=steer, key=())
+  return Program(init=init, chunk=chunk, steer=steer)
 
 
 # ----------------------------------------------------------------------------------------
