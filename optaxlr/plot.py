@@ -432,9 +432,9 @@ def rungs(
   that rung; the configs trained to the end are bold and labelled by their hyperparameters.
   Every rung is a dotted vertical line; the top axis says how many of the configs that reached
   it were kept. The title gives the compute used: the steps the configs trained, summed, as a
-  share of training them all to the end. On a linear axis the y range shows the configs that
-  passed the first rung and values up to as far again above them; configs far worse (a rate
-  that blew up) leave the top of the axes, and a note says how many and how high.
+  share of training them all to the end. On a linear axis the y range reaches from the lowest
+  value to as far again above the worst value a rung kept; configs far worse (a rate that blew
+  up) leave the top of the axes, and a note says how many and how high.
 
   Args:
     result: a :class:`optaxlr.SweepResult` of ``sweep(..., adapt=successive_halving(...))`` or
@@ -500,9 +500,10 @@ def rungs(
     line.set_gid("config")
   if log:
     ax.set_yscale("log")
-  else:
-    _clip_outliers(ax, mean, [c for c in range(n_cfg) if stop_step.get(c, np.inf) > min(
-        rung_steps, default=0)])
+  else:  # the reference: the values that won at the rungs (of the configs each rung kept)
+    won = [mean[int(c), max(0, int(np.searchsorted(steps, r["step"], side="right")) - 1)]
+           for r in rep["rungs"] for c in r["kept"]]
+    _clip_outliers(ax, mean, np.asarray(won, float))
   for s in rung_steps:
     ax.axvline(s, color="0.45", ls=":", lw=1, gid="rung", zorder=1)
   top = ax.secondary_xaxis("top")
@@ -526,18 +527,16 @@ def rungs(
   return fig
 
 
-def _clip_outliers(ax, values: np.ndarray, passed: Sequence[int]) -> None:
-  """A y range for the configs in ``passed`` and values up to as far again above them; the
-  lines above it leave the axes, and a note in the corner says how many and how high."""
+def _clip_outliers(ax, values: np.ndarray, reference: np.ndarray) -> None:
+  """A y range from the lowest value to as far again above the highest ``reference`` value;
+  lines that go above it leave the axes, and a note in the corner says how many and how high."""
   finite = values[np.isfinite(values)]
-  kept = values[list(passed)]
-  kept = kept[np.isfinite(kept)]
-  if not kept.size or not finite.size:
+  reference = reference[np.isfinite(reference)]
+  if not reference.size or not finite.size:
     return
-  lo, hi = float(finite.min()), float(kept.max())
+  lo, hi = float(finite.min()), float(reference.max())
   top = hi + max(hi - lo, 1e-12 * max(abs(hi), 1.0))
-  with np.errstate(invalid="ignore"):
-    over = np.nanmax(np.where(np.isfinite(values), values, -np.inf), axis=-1) > top
+  over = np.where(np.isfinite(values), values, -np.inf).max(axis=-1) > top
   if not over.any():
     return
   n = int(over.sum())
@@ -658,7 +657,10 @@ def lineage(
     ax.set_yscale("log")
   ax.set_title(f"PBT on {metric}: {hparam} of each of {n_cfg} slots, exploits every "
                f"{rep['interval']} steps (quantile {rep['quantile']:g})", fontsize=9, wrap=True)
-  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  if n_cfg <= 10:  # a legend entry per slot, beside the axes
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  else:
+    ax.legend(fontsize=7, loc="best")
   return fig
 
 
