@@ -183,6 +183,10 @@ def _check_sweep_kwargs(task: Any, metric: str, sweep_kwargs: Mapping[str, Any])
     if name not in params:
       raise TypeError(f"{_FN}: unknown sweep argument {name!r}; optaxlr.sweep takes "
                       f"{sorted(set(params) - set(_OWN))}")
+  if sweep_kwargs.get("checkpoint_dir") is not None:
+    raise ValueError(f"{_FN}: checkpoint_dir is not supported (each batch of trials is a new "
+                     "sweep); keep the study in an Optuna storage (create_study(storage=...)) to "
+                     "resume it")
   _engine.check_task(_FN, task, sweep_kwargs.get("batch_size"))
   split = metric.split("/")[0] if isinstance(metric, str) else None
   if split is None or "/" not in metric or split not in (*task.eval, "train"):
@@ -307,7 +311,8 @@ def optimize(
     seeds: seeds per trial (an int or a list of ints); the value told is their mean.
     diverged_value: the value told for a diverged trial instead of ``FAIL`` (finite).
     **sweep_kwargs: passed to :func:`optaxlr.sweep` (``batch_size``, ``eval_every``,
-      ``key``...); ``progress`` defaults to False.
+      ``key``, ``early_stopping``, ``adapt``...); ``progress`` defaults to False. Not
+      ``checkpoint_dir``: keep the study in an Optuna storage to resume it.
 
   Returns:
     One :class:`Batch` per sweep: the :class:`optaxlr.SweepResult`, the trial numbers and the
