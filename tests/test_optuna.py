@@ -56,10 +56,6 @@ def reference(task, lr, momentum, seed):
   return float(jax.jit(task.metrics)(params, task.eval["val"])["loss"])
 
 
-def sgd(h):
-  return optax.sgd(h["lr"])
-
-
 @pytest.fixture(scope="module")
 def task():
   return make_task(act=jax.nn.relu)
@@ -209,4 +205,4 @@ def test_without_optuna_the_error_says_what_to_install(monkeypatch):
 
   monkeypatch.setitem(sys.modules, "optuna", None)
   with pytest.raises(ImportError, match=r"pip install optuna \(or pip install 'optaxlr\[optuna\]'\)"):
-    ox.optimize(None, None, sgd, {}, n_trials=1, steps=1)
+    ox.optimize(None, None, switched, {}, n_trials=1, steps=1)

@@ -13,7 +13,6 @@ import matplotlib.colors
 import matplotlib.text
 import matplotlib.pyplot as plt
 import numpy as np
-import optax
 import pytest
 
 import optaxlr
