@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,9 @@ class SweepResult:
     stopped_at: the number of updates a run had received when it stopped, for any reason
       (divergence, early stopping, a plateau that can reduce no further, the host), -1 if it
       ran every step.
-    params: the final parameters (leaves ``(S, C, ...)``) when the sweep kept them.
+    params: the final parameters (leaves ``(S, C, ...)``) when the sweep kept them
+      (``keep_params=True``); ``opt_state`` and ``model_state`` (BatchNorm statistics) the
+      same. :meth:`params_of` and :meth:`state_of` take one run out.
     info: settings and timings (``compile_s``, ``run_s``...).
     stop_reason: ``(S, C)`` why each run ended, one of
       :data:`optaxlr.engine.STOP_REASONS`: ``"completed"``, ``"diverged"``,
@@ -50,6 +53,8 @@ class SweepResult:
   params: Any = None
   info: dict = dataclasses.field(default_factory=dict)
   stop_reason: Any = None
+  opt_state: Any = None
+  model_state: Any = None
 
   def __post_init__(self):
     if self.stop_reason is None:  # results of old files: what the two step arrays say
@@ -77,6 +82,91 @@ class SweepResult:
   def config(self, i: int) -> dict[str, Any]:
     """The hyperparameters of config ``i`` as Python values."""
     return {k: v[i].item() if np.ndim(v[i]) == 0 else v[i] for k, v in self.hparams.items()}
+
+  def index_of(self, config: int | Mapping[str, Any]) -> int:
+    """The index of ``config``: an int, or a dict of hyperparameter values that matches
+    exactly one config (``{"lr": 0.01, "wd": 1e-4}``)."""
+    n = self.num_configs
+    if isinstance(config, (int, np.integer)) and not isinstance(config, (bool, np.bool_)):
+      if not 0 <= int(config) < n:
+        raise ValueError(f"SweepResult: config must be in [0, {n}), got config={config!r}")
+      return int(config)
+    if not isinstance(config, Mapping):
+      raise TypeError(f"SweepResult: config must be an index or a dict of hyperparameter values,"
+                      f" got {type(config).__name__}")
+    hp = self.hparams
+    unknown = sorted(set(config) - set(hp))
+    if unknown:
+      raise ValueError(f"SweepResult: no hyperparameter {unknown[0]!r}; have {sorted(hp)}")
+    match = np.ones(n, bool)
+    for k, v in config.items():
+      col = hp[k]
+      match &= (col == v) if col.dtype.kind in "OUSb" else np.isclose(col.astype(float), float(v),
+                                                                      rtol=1e-6, atol=0)
+    hits = np.flatnonzero(match)
+    if hits.size != 1:
+      raise ValueError(f"SweepResult: {dict(config)} matches {hits.size} configs "
+                       f"({hits[:5].tolist()}); give more hyperparameters or an index")
+    return int(hits[0])
+
+  def _seed_index(self, seed: int) -> int:
+    seeds = np.asarray(self.seeds).tolist()
+    if seed not in seeds:
+      raise ValueError(f"SweepResult: seed must be one of {seeds}, got seed={seed!r}")
+    return seeds.index(seed)
+
+  def _take(self, tree: Any, what: str, config, seed) -> Any:
+    if self.params is None:
+      raise ValueError(f"SweepResult.{what}: the sweep kept no state; run it with "
+                       "keep_params=True")
+    import jax
+
+    i, s = self.index_of(config), self._seed_index(seed)
+    return jax.tree.map(lambda x: np.asarray(x)[s, i], tree)
+
+  def params_of(self, config: int | Mapping[str, Any], seed: int | None = None) -> Any:
+    """The final parameters of one run (``config``: index or hyperparameter values; ``seed``:
+    a seed value, default the first), with the task's structure (an ``nnx.State`` for a flax
+    task): ``task.to_model(res.params_of(...), res.model_state_of(...))`` rebuilds the model."""
+    seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
+    return self._take(self.params, "params_of", config, seed)
+
+  def opt_state_of(self, config: int | Mapping[str, Any], seed: int | None = None) -> Any:
+    """The final optimizer state of one run (the optax state of ``optimizer(hparams)``), to
+    continue it with the same transformation (``nnx.Optimizer`` or an optax loop)."""
+    seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
+    return self._take(self.opt_state, "opt_state_of", config, seed)
+
+  def model_state_of(self, config: int | Mapping[str, Any], seed: int | None = None) -> Any:
+    """The final model state of one run (BatchNorm statistics; ``()`` for a stateless task)."""
+    seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
+    return self._take(self.model_state, "model_state_of", config, seed)
+
+  def fold_summary(self, metric: str, *, at: str = "final", mode: str = "min") -> dict[str, Any]:
+    """Mean and spread over the folds of a k-fold sweep (``search.folds(k)``).
+
+    Each run's value (final, or best with ``at="best"``) is averaged over seeds, then its mean
+    and standard deviation (``ddof=0``) taken over the folds of each config of the other axes.
+
+    Returns:
+      ``{"hparams": {name: (C',)}, "mean": (C',), "std": (C',), "per_fold": (C', k)}`` over the
+      ``C'`` configs without the fold axis, in the order of first appearance.
+    """
+    hp = self.hparams
+    if "fold" not in hp:
+      raise ValueError("SweepResult.fold_summary: the sweep has no 'fold' axis (search.folds(k))")
+    vals = self.summary(metric, at=at, mode=mode).mean(axis=0)  # (C,)
+    others = [k for k in hp if k != "fold"]
+    keys = [tuple(hp[k][i].item() for k in others) for i in range(self.num_configs)]
+    order = list(dict.fromkeys(keys))
+    folds = sorted(set(hp["fold"].tolist()))
+    per = np.full((len(order), len(folds)), np.nan)
+    for i, key in enumerate(keys):
+      per[order.index(key), folds.index(int(hp["fold"][i]))] = vals[i]
+    return {
+        "hparams": {k: np.asarray([key[j] for key in order]) for j, k in enumerate(others)},
+        "mean": per.mean(axis=1), "std": per.std(axis=1), "per_fold": per,
+    }
 
   def _metric(self, metric: str) -> np.ndarray:
     if metric == "batch_loss":
