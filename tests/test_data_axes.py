@@ -175,3 +175,25 @@ def test_stream_misuse():
   del shared
   with pytest.raises(ValueError, match="cannot take a 'batch_size' axis"):
     optaxlr.sweep(_stream_task(task, 16, 10), sgd, search.grid(lr=[0.01], batch_size=[8]), **KW)
+
+
+def test_host_fed_resumes_from_a_checkpoint(tmp_path):
+  """Interrupted after a chunk, a host-fed sweep resumes by reading its streams from the start
+  and dropping the batches already trained on: equal to an uninterrupted run."""
+  task = _stream_task(_task(), 16, 10)
+  space = search.grid(lr=[0.01, 0.05])
+  full = optaxlr.sweep(task, sgd, space, sync_every=5, **KW)
+
+  def boom(event):
+    if event.chunk == 1:  # chunk 0 is committed; chunk 1 is not
+      raise RuntimeError("killed")
+  with pytest.raises(RuntimeError, match="killed"):
+    optaxlr.sweep(task, sgd, space, sync_every=5, checkpoint_dir=tmp_path / "c", callback=boom,
+                  **KW)
+  resumed = optaxlr.sweep(task, sgd, space, sync_every=5, checkpoint_dir=tmp_path / "c", **KW)
+  np.testing.assert_array_equal(resumed.batch_loss, full.batch_loss)
+  np.testing.assert_array_equal(resumed.metrics["val/loss"], full.metrics["val/loss"])
+  # another stream (other first batch) is refused
+  other = _stream_task(_task(), 16, 10, key=7)
+  with pytest.raises(ValueError, match="data"):
+    optaxlr.sweep(other, sgd, space, sync_every=5, checkpoint_dir=tmp_path / "c", **KW)

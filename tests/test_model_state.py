@@ -181,3 +181,28 @@ def test_continued_run_equals_the_sweep_carried_on():
   assert short.index_of({"lr": 1e-2, "wd": 1e-2, "dropout": 0.2}) == 0
   with pytest.raises(ValueError, match="keep_params=True"):
     optaxlr.sweep(task, opt, space, steps=2, batch_size=16, progress=False).params_of(0)
+
+
+def test_save_and_load_keep_the_runs_state(tmp_path):
+  task = _task()
+  space = search.grid(lr=[1e-2, 3e-3], wd=[1e-2], dropout=[0.2])
+  res = optaxlr.sweep(task, opt, space, steps=3, eval_every=3, batch_size=16, seeds=2,
+                      progress=False, keep_params=True)
+  path = res.save(tmp_path / "r.npz")
+  assert (tmp_path / "r.npz.state").is_dir()
+  numbers_only = optaxlr.load(path)
+  assert numbers_only.params is None and numbers_only.info["state_file"] == "r.npz.state"
+  with pytest.raises(ValueError, match="optaxlr.load\\(path, task=task, optimizer=optimizer\\)"):
+    numbers_only.params_of(0)
+  back = optaxlr.load(path, task=task, optimizer=opt)
+  for what in ("params_of", "opt_state_of", "model_state_of"):
+    a, b = getattr(res, what)(1, seed=1), getattr(back, what)(1, seed=1)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # the loaded run continues: it rebuilds into the model
+  model = task.to_model(back.params_of(1, seed=1), back.model_state_of(1, seed=1))
+  assert isinstance(model, BNNet)
+  # another optimizer's structure is refused with a clear error
+  with pytest.raises(ValueError, match="do not fit this task and optimizer"):
+    optaxlr.load(path, task=task, optimizer=lambda h: optax.sgd(h["lr"], momentum=0.9))

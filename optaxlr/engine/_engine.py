@@ -185,8 +185,16 @@ def base_fingerprint(fn: str, task, optimizer, objective, shapes, *, hp, seeds, 
       "driver": fn,
       "dtype": "float64" if jax.config.jax_enable_x64 else "float32",
       "task": getattr(task, "name", ""),
-      "task_functions": _fingerprint.function_id((task.init, task.loss, task.metrics)),
-      "data": _fingerprint.data_id({"train": task.train, "eval": task.eval}),
+      "task_functions": _fingerprint.function_id(
+          (task.init, task.loss, task.metrics, getattr(task, "init_state", None),
+           getattr(task, "train_loss", None), getattr(task, "eval_metrics", None))),
+      "data": (_fingerprint.data_id({"train": task.train, "eval": task.eval})
+               if not getattr(task, "host_fed", False) else
+               # a stream: its factory's code and its first batch (the rest cannot be read
+               # without consuming it)
+               _fingerprint.data_id({"first_batch": task.first_batch(int(seeds[0])),
+                                     "eval": task.eval})
+               + ":" + _fingerprint.function_id(task.train)),
       "params": _fingerprint.structure_id(shapes["params"]),
       "opt_state": _fingerprint.structure_id(shapes["opt_state"]),
       "optimizer": _fingerprint.function_id(optimizer),

@@ -117,6 +117,9 @@ class SweepResult:
 
   def _take(self, tree: Any, what: str, config, seed) -> Any:
     if self.params is None:
+      if self.info.get("state_file"):
+        raise ValueError(f"SweepResult.{what}: the file's runs' state was not read; load it with "
+                         "optaxlr.load(path, task=task, optimizer=optimizer)")
       raise ValueError(f"SweepResult.{what}: the sweep kept no state; run it with "
                        "keep_params=True")
     import jax
@@ -272,11 +275,19 @@ class SweepResult:
   # -- persistence -------------------------------------------------------------------------
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes the result to ``path`` (a ``.npz`` file with a JSON header); see :func:`load`."""
+    """Writes the result to ``path`` (a ``.npz`` file with a JSON header); see :func:`load`.
+
+    A result that kept its runs' state (``keep_params=True``) also writes the parameters,
+    optimizer states and model states with orbax-checkpoint to the folder ``<path>.state``
+    (written to a temporary folder and renamed into place); :func:`load` with the task and the
+    optimizer reads them back."""
     path = pathlib.Path(path)
     if path.suffix != ".npz":
       path = path.with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
+    state_info = None
+    if self.params is not None:
+      state_info = _save_state(path, (self.params, self.opt_state, self.model_state))
     header = {
         "format": "optaxlr.SweepResult/1",
         "axes": [
@@ -285,6 +296,7 @@ class SweepResult:
         "fixed": self.space.fixed,
         "metrics": list(self.metrics),
         "info": self.info,
+        **({"state": state_info} if state_info else {}),
     }
     arrays = {
         "seeds": self.seeds,
@@ -399,8 +411,66 @@ def _read_header(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict[str,
   return header
 
 
-def load(path: str | os.PathLike) -> SweepResult:
+def _save_state(path: pathlib.Path, trees) -> dict:
+  import shutil
+
+  import jax
+  import orbax.checkpoint as ocp
+
+  leaves = [[np.asarray(x) for x in jax.tree.leaves(t)] for t in trees]
+  final = path.with_name(path.name + ".state")
+  tmp = path.with_name(path.name + ".state.tmp")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(tmp.absolute(), {"params": leaves[0], "opt_state": leaves[1], "model_state": leaves[2]})
+  ckpt.wait_until_finished()
+  if final.exists():
+    shutil.rmtree(final)
+  os.replace(tmp, final)
+  return {"dir": final.name, "leaves": [len(x) for x in leaves],
+          "shapes": [[list(a.shape) for a in x] for x in leaves]}
+
+
+def _load_state(path: pathlib.Path, header: dict, space, task, optimizer) -> tuple:
+  import jax
+  import orbax.checkpoint as ocp
+
+  from optaxlr import search
+
+  info = header["state"]
+  folder = path.with_name(info["dir"])
+  if not folder.is_dir():
+    raise _bad_file(path, f"is incomplete: its runs' state folder {folder.name!r} is missing")
+  try:
+    raw = ocp.StandardCheckpointer().restore(folder.absolute())
+  except Exception as e:  # noqa: BLE001 -- a damaged orbax folder
+    raise _bad_file(path, f"has a damaged state folder {folder.name!r} ({type(e).__name__})") from e
+  hp = search.encode({k: np.asarray(v)[:1] for k, v in space.columns.items()}, space.categories)
+  hp = {k: v[0] for k, v in hp.items()}
+  opt = search.with_categories(optimizer, space.categories)
+  params_like = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  shapes = (params_like, jax.eval_shape(lambda p: opt(hp).init(p), params_like),
+            jax.eval_shape(task.initial_state, jax.random.PRNGKey(0)))
+  out = []
+  for name, like, n_leaves in zip(("params", "opt_state", "model_state"), shapes, info["leaves"]):
+    leaves = list(raw[name]) if n_leaves else []
+    like_leaves = jax.tree.leaves(like)
+    if len(leaves) != len(like_leaves) or any(
+        tuple(a.shape[2:]) != tuple(b.shape) for a, b in zip(leaves, like_leaves)):
+      raise ValueError(f"load: {str(path)!r}: the saved {name} do not fit this task and optimizer "
+                       f"({len(leaves)} arrays vs {len(like_leaves)} expected, or other shapes)")
+    out.append(jax.tree.unflatten(jax.tree.structure(like), [np.asarray(a) for a in leaves]))
+  return tuple(out)
+
+
+def load(path: str | os.PathLike, *, task: Any = None, optimizer: Any = None) -> SweepResult:
   """Reads a :class:`SweepResult` written by :meth:`SweepResult.save`.
+
+  With ``task`` and ``optimizer`` (the sweep's), the runs' parameters, optimizer states and
+  model states saved next to it (``<path>.state``, orbax) are read back in their structure
+  (``res.params_of(...)``, :meth:`SweepResult.opt_state_of` work as after the sweep);
+  without them only the numbers are read and ``info["state_file"]`` names the folder.
 
   The whole file is read and checked: zip checksums, the header, and that every array has the
   shape its header implies (``seeds (S,)``, ``diverged_at (S, C)``, ``batch_loss (S, C, T)``,
@@ -459,6 +529,17 @@ def load(path: str | os.PathLike) -> SweepResult:
   stop_reason = None  # files written before stop reasons were saved: derived by SweepResult
   if "stop_reason" in arrays:
     stop_reason = shaped("stop_reason", need("stop_reason", 2, "U"), (n_s, n_c), sc)
+  params = opt_state = model_state = None
+  info = dict(header.get("info", {}))
+  if header.get("state"):
+    info["state_file"] = header["state"]["dir"]
+    if (task is None) != (optimizer is None):
+      raise ValueError("load: pass both task= and optimizer= to read the runs' state")
+    if task is not None:
+      params, opt_state, model_state = _load_state(path, header, space, task, optimizer)
+  elif task is not None or optimizer is not None:
+    raise ValueError(f"load: {str(path)!r} holds no runs' state (the sweep ran without "
+                     "keep_params=True); drop task= and optimizer=")
   return SweepResult(
       space=space,
       seeds=seeds,
@@ -470,6 +551,7 @@ def load(path: str | os.PathLike) -> SweepResult:
       eval_steps=eval_steps,
       diverged_at=shaped("diverged_at", need("diverged_at", 2, "iu"), (n_s, n_c), sc),
       stopped_at=shaped("stopped_at", need("stopped_at", 2, "iu"), (n_s, n_c), sc),
-      info=header.get("info", {}),
+      info=info,
       stop_reason=stop_reason,
+      params=params, opt_state=opt_state, model_state=model_state,
   )
