@@ -4,6 +4,10 @@ Exit codes: 0 success; 1 the run failed (every config diverged) or a result file
 ``plot``/``diagnose`` could not be read (missing, damaged, not a sweep result); 2 bad usage
 (unknown option, bad value, bad ``--space`` file, unwritable ``--out``), argparse's convention.
 
+``--task`` takes a built-in task's name or ``MODULE:FUNCTION`` / ``path/to/file.py:FUNCTION``,
+a function of the user's called with no arguments that returns an :class:`optaxlr.Task`
+(:func:`load_user_task`), as W&B sweeps take a ``program``.
+
 Every option value is checked before anything is trained or drawn; a bad one ends the command
 with ONE line on stderr, ``optaxlr <command>: error: <option>: <what is wrong and what is
 allowed>``, and exit code 2 (never a traceback).
@@ -19,14 +23,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
+import importlib.util
+import inspect
 import json
 import math
 import os
 import pathlib
+import re
 import sys
 import tempfile
 import time
 import tomllib
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -55,6 +64,161 @@ def make_task(name: str, *, quick: bool = False):
   builder = {"sinusoid": tasks.sinusoid, "two_gaussians": tasks.two_gaussians,
              "spiral": tasks.spiral}[name]
   return builder(n_train=500, label_noise=0.1, hidden=hidden)
+
+
+TASK_HELP = (f"{', '.join(TASKS)} (built-in; default digits), or your own: MODULE:FUNCTION or"
+             " path/to/file.py:FUNCTION, a function taking no arguments that returns an"
+             " optaxlr.Task (MODULE is imported with the current directory on the path, as"
+             " python -m does)")
+TASK_FORMS = (f"a built-in task ({', '.join(TASKS)}), or MODULE:FUNCTION or"
+              " path/to/file.py:FUNCTION naming a function that takes no arguments and"
+              " returns an optaxlr.Task")
+
+
+def _raised(e: BaseException, user_file: str | None = None) -> str:
+  """``"ValueError: message (at file.py:12)"``: the exception and where: the last line of
+  ``user_file`` it passed through (the user's line that led to it), else where it was raised."""
+  frames = traceback.extract_tb(e.__traceback__)
+  here = os.path.realpath(user_file) if user_file else None
+  mine = [f for f in frames if os.path.realpath(f.filename) == here]
+  frame = (mine or frames or [None])[-1]
+  at = f" (at {frame.filename}:{frame.lineno})" if frame else ""
+  return f"{type(e).__name__}: {e}{at}"
+
+
+def _on_path(folder: str) -> None:
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+
+
+def _import_file(where: str, target: str):
+  """The module of the file ``target`` (its folder goes on ``sys.path``, as ``python file.py``)."""
+  path = pathlib.Path(target)
+  if not path.is_file():
+    folder = " (it is a folder)" if path.is_dir() else ""
+    raise UsageError(f"{where}: no such file {target!r}{folder}")
+  if path.suffix != ".py":
+    raise UsageError(f"{where}: {target!r} is not a .py file")
+  name = "_optaxlr_task_" + re.sub(r"\W", "_", path.stem)
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  _on_path(str(path.resolve().parent))
+  sys.modules[name] = module  # dataclasses and pickle look a class's module up there
+  try:
+    spec.loader.exec_module(module)
+  except (Exception, SystemExit) as e:  # a user's module may raise anything
+    sys.modules.pop(name, None)
+    raise UsageError(f"{where}: importing {target} raised {_raised(e, str(path))}") from None
+  return module
+
+
+def _import_module(where: str, target: str):
+  """The module ``target``, imported with the current directory on ``sys.path`` (as
+  ``python -m`` does)."""
+  if not all(part.isidentifier() for part in target.split(".")):
+    raise UsageError(f"{where}: {target!r} is neither a module name (dotted identifiers) nor a"
+                     " path to a .py file")
+  cwd = os.getcwd()
+  if "" not in sys.path:
+    _on_path(cwd)
+  importlib.invalidate_caches()  # a module written since the last import
+  try:
+    return importlib.import_module(target)
+  except ModuleNotFoundError as e:
+    if e.name and (target == e.name or target.startswith(e.name + ".")):
+      raise UsageError(f"{where}: no module named {e.name!r} (looked in the current directory"
+                       f" {cwd} and on sys.path)") from None
+    raise UsageError(f"{where}: importing {target} raised {_raised(e)}") from None
+  except (Exception, SystemExit) as e:  # a user's module may raise anything
+    raise UsageError(f"{where}: importing {target} raised {_raised(e)}") from None
+
+
+def load_user_task(option: str, spec: str):
+  """The :class:`optaxlr.Task` returned by ``FUNCTION()`` of ``spec`` = ``MODULE:FUNCTION`` or
+  ``path/to/file.py:FUNCTION`` (``FUNCTION`` may be dotted: ``module:Class.make``).
+
+  A module is imported with the current directory on ``sys.path``, as ``python -m`` does; a
+  file is loaded from its path, with its folder on ``sys.path``. The function is called once,
+  with no arguments, and what it returns is checked with :meth:`optaxlr.Task.validate`.
+
+  Raises:
+    UsageError: naming ``option``, ``spec`` and what is wrong: no such module or file, no such
+      attribute, not callable, needs arguments, raised (the exception and where), returned
+      something other than a ``Task``, or a ``Task`` that fails its checks.
+  """
+  from optaxlr.tasks import Task
+
+  where = f"{option} {spec}"
+  target, _, attr = spec.rpartition(":")
+  if not target or not attr:
+    raise UsageError(f"{option} {spec!r}: expected {TASK_FORMS}")
+  if target.endswith(".py") or "/" in target or os.sep in target:
+    module = _import_file(where, target)
+  else:
+    module = _import_module(where, target)
+  fn = module
+  for part in attr.split("."):
+    if not hasattr(fn, part):
+      mine = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                    and getattr(v, "__module__", None) == module.__name__)
+      raise UsageError(f"{where}: {target} has no attribute {attr!r}"
+                       + (f"; its functions: {', '.join(mine)}" if mine else ""))
+    fn = getattr(fn, part)
+  if not callable(fn):
+    raise UsageError(f"{where}: {attr} is not callable (its type is {type(fn).__name__}); give"
+                     " a function that takes no arguments and returns an optaxlr.Task")
+  try:
+    params = inspect.signature(fn).parameters.values()
+  except (TypeError, ValueError):  # some builtins have no signature: just call them
+    params = []
+  need = [p.name for p in params if p.default is p.empty
+          and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  if need:
+    raise UsageError(f"{where}: {attr}() requires arguments ({', '.join(need)}) but is called"
+                     " with none; give them defaults or wrap it in a function without arguments")
+  try:
+    task = fn()
+  except (Exception, SystemExit) as e:  # a user's function may raise anything
+    raise UsageError(f"{where}: {attr}() raised {_raised(e, getattr(module, '__file__', None))}"
+                     ) from None
+  if not isinstance(task, Task):
+    raise UsageError(f"{where}: {attr}() returned a value of type {type(task).__name__},"
+                     " expected an optaxlr.Task (e.g. from optaxlr.tasks or"
+                     " optaxlr.Task.from_functions)")
+  try:
+    task.validate()
+  except ValueError as e:
+    raise UsageError(f"{where}: {attr}() returned a Task that fails its checks: {e}") from None
+  return task
+
+
+def _check_task(args: argparse.Namespace, *, quick: bool, ranked: bool) -> None:
+  """``args.task``, a built-in name or a user's ``MODULE:FUNCTION``: loads it into
+  ``args.task_obj`` (and ``args.task_label``, its name in titles). ``ranked``: the command
+  ranks configs by ``val/error`` or ``val/loss``, which the task must then have."""
+  if args.task in TASKS:
+    args.task_obj, args.task_label = make_task(args.task, quick=quick), args.task
+    return
+  if ":" not in args.task:
+    raise UsageError(f"--task {args.task!r} is not {TASK_FORMS}")
+  if getattr(args, "quick", False):
+    raise UsageError(f"--quick and --task {args.task} conflict: --quick shrinks the built-in"
+                     " tasks' models and does not apply to a task of your own; drop --quick")
+  task = args.task_obj = load_user_task("--task", args.task)
+  args.task_label = task.name or args.task
+  if not ranked:
+    return
+  if "val" not in task.eval:
+    raise UsageError(f"--task {args.task}: the task has no 'val' split (its eval splits:"
+                     f" {', '.join(task.eval) or 'none'}); the results are ranked by val/error"
+                     " or val/loss")
+  import jax
+
+  params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  names = sorted(jax.eval_shape(task.metrics, params, task.eval["val"]))
+  if not {"error", "loss"} & set(names):
+    raise UsageError(f"--task {args.task}: the task's metrics ({', '.join(names)}) have neither"
+                     " 'error' nor 'loss'; the results are ranked by val/error or val/loss")
 
 
 OPTIMIZERS = {
@@ -360,8 +524,8 @@ def _check_record_size(runs: int, steps: int, hint: str) -> None:
     )
 
 
-def _check_batch_size(args: argparse.Namespace, quick: bool) -> None:
-  n_train = make_task(args.task, quick=quick).n_train
+def _check_batch_size(args: argparse.Namespace) -> None:
+  n_train = args.task_obj.n_train
   if args.batch_size > n_train:
     raise UsageError(f"--batch-size must be in [1, {n_train}] (the training set size of --task"
                      f" {args.task}), got {args.batch_size}")
@@ -443,10 +607,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  task = make_task(args.task, quick=args.quick)
+  task = args.task_obj
   space = search.grid(**args.axes)
   devices = jax.devices()[: args.devices] if args.devices else None
-  print(f"optaxlr sweep: task={args.task} ({task.info.get('n_train', len(task.train['y']))} train"
+  named = f"{args.task_label!r}, " if args.task_label != args.task else ""
+  print(f"optaxlr sweep: task={args.task} ({named}{task.n_train} train"
         f" examples), {len(space)} configs x {args.seeds} seeds x {len(args.optimizers)} optimizers,"
         f" {args.steps} steps, batch {args.batch_size}, schedule {args.schedule},"
         f" {len(devices) if devices else len(jax.devices())} device(s) [{jax.default_backend()}]")
@@ -518,7 +683,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
   # (seeds, and any other axis such as momentum), the figure's title is wrapped to its width.
   metric = "val/error" if pct else "val/loss"
   panels = {OPTIMIZERS[name][0]: res for name, res in results.items()}
-  what = f"{args.task}, {args.schedule} schedule, {args.steps} steps"
+  what = f"{args.task_label}, {args.schedule} schedule, {args.steps} steps"
   fig = plot.heatmaps(panels, "lr", "wd", metric,
                       suptitle=f"{metric} over learning rate x weight decay ({what})")
   fig_path = out / "heatmaps.png"
@@ -673,7 +838,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
   import optaxlr
   from optaxlr import search
 
-  task = make_task(args.task, quick=True)
+  task = args.task_obj
   space = search.grid(wd=args.wd)
   build = _lr_find_builder(args.optimizer)
 
@@ -681,11 +846,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
                         seeds=args.seeds, space=space, batch_size=args.batch_size)
   print(f"optaxlr lr-find: task={args.task}, optimizer={args.optimizer}, {args.steps} steps from"
         f" {args.min_lr:g} to {args.max_lr:g}, {args.seeds} seeds, weight decays {args.wd}")
-  print(f"{'wd':>9}  {'minimum/10':>10}  {'steep':>9}  {'valley':>9}  {'cyclic base':>11}  {'cyclic max':>10}")
+  print(f"{'wd':>9}  {'recommended':>11}  {'minimum/10':>10}  {'steep':>9}  {'valley':>9}"
+        f"  {'cyclic base':>11}  {'cyclic max':>10}")
+  recommended = []
   for c in range(len(space)):
     sug = res.suggest(c)
-    print(f"{space[c]['wd']:>9.1e}  {sug['minimum']:>10.2e}  {sug['steep']:>9.2e}  {sug['valley']:>9.2e}"
-          f"  {sug['base_lr']:>11.2e}  {sug['max_lr']:>10.2e}")
+    recommended.append(f"{sug['recommended']:.2e} at wd {space[c]['wd']:g}")
+    print(f"{space[c]['wd']:>9.1e}  {sug['recommended']:>11.2e}  {sug['minimum']:>10.2e}"
+          f"  {sug['steep']:>9.2e}  {sug['valley']:>9.2e}  {sug['base_lr']:>11.2e}"
+          f"  {sug['max_lr']:>10.2e}")
+  print(f"recommended learning rate: {', '.join(recommended)} (LRFindResult.suggest's choice,"
+        " e.g. the peak of a one-cycle schedule)")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   fig = res.plot()
@@ -780,17 +951,19 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
   p = sub.add_parser(
-      "sweep", help="sweep lr x weight decay on built-in data, one compiled program per optimizer",
+      "sweep", help="sweep lr x weight decay on built-in data or your own task, one compiled "
+      "program per optimizer",
       description="Trains every (lr, wd) config x seed of each optimizer as ONE compiled, vmapped "
-      "program; prints the best settings and writes to --out: sweep_<optimizer>.npz (every run, "
-      "read back with optaxlr.load or 'optaxlr plot'), summary.json (the table), heatmaps.png "
+      "program, on a built-in task or on yours (--task MODULE:FUNCTION); prints the best "
+      "settings and writes to --out: sweep_<optimizer>.npz (every run, read back with "
+      "optaxlr.load or 'optaxlr plot'), summary.json (the table), heatmaps.png "
       "(validation error over (lr, wd), one panel per optimizer, as Figure 2 of the AdamW paper) "
       "and atlas.png (the training doctor's diagnosis per cell). A best value on the edge of "
       "a grid axis with >= 3 values (its largest value, or its smallest unless 0) is flagged in "
       "the table and in summary.json ('on_edge'): extend the grid that way. Exit codes: 0 done, "
       "1 every config diverged, 2 bad usage.",
   )
-  p.add_argument("--task", choices=TASKS, default="digits", help="built-in task (default digits)")
+  p.add_argument("--task", default="digits", metavar="TASK", help=TASK_HELP)
   p.add_argument("--optimizers", type=lambda s: s.split(","), default=["adam_l2", "adamw"],
                  help=f"comma-separated, from {', '.join(OPTIMIZERS)} (default adam_l2,adamw)")
   p.add_argument("--lr", type=_values, default="1e-4:1e-1:1-3",
@@ -807,8 +980,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="minibatch size, at most the task's training set (default 64)")
   p.add_argument("--seeds", type=int, default=5, help="seeds per config (default 5)")
   p.add_argument("--eval-every", type=int, default=None,
-                 help="evaluate every N steps, a divisor of --steps (default: 50, or the largest "
-                 "divisor of --steps below 50)")
+                 help="evaluate every N steps, and after the last step (default: 50, or --steps "
+                 "if fewer)")
   p.add_argument("--devices", type=int, default=None, help="use the first N devices (default all)")
   p.add_argument("--key", type=int, default=0, help=f"base PRNG seed in [0, {MAX_KEY}] (default 0)")
   p.add_argument("--quick", action="store_true", help="smaller models for the synthetic tasks")
@@ -817,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_sweep, check=_check_sweep)
 
   p = sub.add_parser("lr-find", help="the LR range test (Smith 2017), seeds x weight decays at once")
-  p.add_argument("--task", choices=TASKS, default="digits", help="built-in task (default digits)")
+  p.add_argument("--task", default="digits", metavar="TASK", help=TASK_HELP)
   p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help="default adamw")
   p.add_argument("--wd", type=_values, default="0,1e-2", help="weight decays (default 0,1e-2)")
   p.add_argument("--min-lr", type=float, default=1e-6, help="the first rate, > 0 (default 1e-6)")
@@ -854,11 +1027,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------
 # Value checks argparse cannot express: each raises UsageError before anything runs.
 
-def _default_eval_every(steps: int) -> int:
-  """50, or the largest divisor of ``steps`` below 50 (the run is whole chunks of it)."""
-  return max(d for d in range(1, min(50, steps) + 1) if steps % d == 0)
-
-
 def _check_sweep(args: argparse.Namespace) -> None:
   import jax
 
@@ -877,12 +1045,8 @@ def _check_sweep(args: argparse.Namespace) -> None:
   _check_int("--seeds", args.seeds, 1, MAX_STEPS)
   _check_int("--key", args.key, 0, MAX_KEY, " (a 32-bit PRNG seed; larger ones wrap around)")
   if args.eval_every is None:
-    args.eval_every = _default_eval_every(args.steps)
+    args.eval_every = min(50, args.steps)
   _check_int("--eval-every", args.eval_every, 1, args.steps, " (at most --steps)")
-  if args.steps % args.eval_every:
-    raise UsageError(f"--eval-every {args.eval_every} must divide --steps {args.steps} (the run"
-                     f" is whole chunks of --eval-every steps); e.g. --eval-every"
-                     f" {_default_eval_every(args.steps)}")
   if args.devices is not None:
     n_dev = len(jax.devices())
     _check_int("--devices", args.devices, 1, n_dev,
@@ -898,7 +1062,8 @@ def _check_sweep(args: argparse.Namespace) -> None:
   for name in names:
     _check_builds(f"--optimizers {name} with --schedule {args.schedule}",
                   make_optimizer(name, args.schedule, args.steps), args.axes)
-  _check_batch_size(args, args.quick)
+  _check_task(args, quick=args.quick, ranked=True)
+  _check_batch_size(args)
   _check_out(args.out)
 
 
@@ -930,7 +1095,8 @@ def _check_lr_find(args: argparse.Namespace) -> None:
   _check_record_size(args.seeds * len(args.wd), args.steps, "steps, seeds or weight decays")
   _check_builds(f"--optimizer {args.optimizer}", _lr_find_builder(args.optimizer),
                 {"wd": args.wd, "lr": [args.min_lr, args.max_lr]})
-  _check_batch_size(args, True)
+  _check_task(args, quick=True, ranked=False)
+  _check_batch_size(args)
   _check_out(args.out)
 
 

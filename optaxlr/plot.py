@@ -1,4 +1,5 @@
-"""Matplotlib figures: schedules, heatmaps over two hyperparameters, loss curves.
+"""Matplotlib figures: schedules, heatmaps over two hyperparameters, loss curves, adaptive search
+(successive halving rungs, PBT lineages).
 
 Every function returns the ``matplotlib.figure.Figure`` (and draws into ``ax`` when given one).
 """
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["schedules", "heatmap", "heatmaps", "curves", "atlas", "atlases"]
+__all__ = ["schedules", "heatmap", "heatmaps", "curves", "rungs", "lineage", "atlas", "atlases"]
 
 
 def _plt():
@@ -69,6 +70,29 @@ def _is_log(values: np.ndarray) -> bool:
   return bool(np.all(v > 0) and v.max() / v.min() >= 20)
 
 
+def _is_categorical(values: Any) -> bool:
+  """A string (categorical) axis."""
+  return np.asarray(values).dtype.kind in "US"
+
+
+def _fmt_hparam(v: Any) -> str:
+  """A hyperparameter value for a legend or a title: ``0.001``, ``"sgd"`` as ``sgd``."""
+  if isinstance(v, (str, np.str_)):
+    return str(v)
+  if isinstance(v, (bool, np.bool_)):
+    return str(bool(v))
+  return f"{v:.3g}"
+
+
+def _axis_values(col: np.ndarray) -> np.ndarray:
+  """The distinct values of a column in axis order: numbers sorted, strings in order of first
+  appearance (the space's ``categories`` order)."""
+  if _is_categorical(col):
+    _, first = np.unique(col, return_index=True)
+    return col[np.sort(first)]
+  return np.unique(col)
+
+
 def _fmt_value(v: float, digits: int, sci: bool) -> str:
   """``v`` with ``digits`` significant digits; ``1e-3``-style exponents (no zero padding)."""
   text = f"{v:.{digits - 1}e}" if sci else f"{v:.{digits}g}"
@@ -80,10 +104,13 @@ def _fmt_value(v: float, digits: int, sci: bool) -> str:
   return text
 
 
-def _tick_labels(values: Sequence[float], rel: float = 5e-3) -> list[str]:
+def _tick_labels(values: Sequence[Any], rel: float = 5e-3) -> list[str]:
   """Labels that tell a grid's values apart: each value with the fewest significant digits
   that put it within ``rel`` of its true value (``4.64e-3``, not ``5e-03``), more digits for
-  all while two labels would read the same. A logarithmic range gets exponent notation."""
+  all while two labels would read the same. A logarithmic range gets exponent notation; the
+  values of a categorical (string) axis are their own labels."""
+  if _is_categorical(values):
+    return [str(x) for x in values]
   v = np.asarray(values, float)
   sci = _is_log(v)
 
@@ -108,10 +135,14 @@ def _cells(fn: str, hp: Mapping[str, np.ndarray], x: str, y: str,
   n = len(next(iter(hp.values())))
   keep = np.ones(n, bool)
   for name, value in (where or {}).items():
-    keep &= np.isclose(hp[name], value)
+    col = np.asarray(hp[name])
+    if _is_categorical(col) or isinstance(value, str):  # strings match exactly, never numbers
+      keep &= np.asarray(col == value) if _is_categorical(col) and isinstance(value, str) else False
+    else:
+      keep &= np.isclose(col, value)
   if not keep.any():
     raise ValueError(f"{fn}: no config has where={dict(where or {})}")
-  xs, ys = np.unique(hp[x][keep]), np.unique(hp[y][keep])
+  xs, ys = _axis_values(hp[x][keep]), _axis_values(hp[y][keep])
   cells = {}
   for i, yv in enumerate(ys):
     for j, xv in enumerate(xs):
@@ -134,7 +165,8 @@ def _over(n_seeds: int, averaged: Mapping[str, int], where: Mapping[str, Any] | 
   parts += [f"{k} ({m} values)" for k, m in averaged.items()]
   text = " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
   if where:
-    text += "; " + ", ".join(f"{k}={v:g}" for k, v in where.items())
+    text += "; " + ", ".join(f"{k}={v if isinstance(v, str) else format(v, 'g')}"
+                           for k, v in where.items())
   return text
 
 
@@ -348,7 +380,7 @@ def curves(
     with np.errstate(all="ignore"):
       mean = np.nanmean(v, axis=0) if np.isfinite(v).any() else np.full(v.shape[-1], np.nan)
     cfg = result.config(int(c))
-    label = ", ".join(f"{k}={cfg[k]:.3g}" for k in names if np.ndim(cfg[k]) == 0)
+    label = ", ".join(f"{k}={_fmt_hparam(cfg[k])}" for k in names if np.ndim(cfg[k]) == 0)
     (line,) = ax.plot(steps, mean, label=label or f"config {int(c)}")
     if v.shape[0] > 1:
       with np.errstate(all="ignore"):
@@ -360,6 +392,275 @@ def curves(
     ax.set_yscale("log")
   ax.set_title(title, fontsize=9, wrap=True)
   ax.legend(fontsize=7)
+  return fig
+
+
+def _adapt_report(fn: str, result, strategies: tuple[str, ...], call: str) -> Mapping[str, Any]:
+  """``result.info["adapt"]`` of one of ``strategies``, else a ValueError saying what to run."""
+  rep = getattr(result, "info", {}).get("adapt")
+  got = rep.get("strategy") if isinstance(rep, Mapping) else None
+  if got not in strategies:
+    raise ValueError(f"{fn}: result must come from optaxlr.sweep(..., adapt={call}), got a "
+                     f"result whose info['adapt'] strategy is {got!r}")
+  return rep
+
+
+def _metric_curve(result, metric: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, (C, T) mean over seeds)`` of an evaluated metric or of ``"batch_loss"``."""
+  vals = result._metric(metric)  # (S, C, T)
+  if metric == "batch_loss":
+    steps = np.arange(vals.shape[-1]) * int(result.info.get("log_every", 1))
+  else:
+    steps = np.asarray(result.eval_steps)
+  with np.errstate(all="ignore"):
+    return steps, vals.mean(axis=0)
+
+
+def rungs(
+    result,
+    metric: str | None = None,
+    *,
+    ax=None,
+    log: bool = False,
+    figsize=(8.5, 4.5),
+    label_by: Sequence[str] | None = None,
+):
+  """Successive halving or Hyperband as it ran: ``metric`` (mean over seeds) against the step
+  for every config, each line ending where its config was stopped.
+
+  Stopped configs are thin lines coloured by the rung that stopped them, ending in a cross at
+  that rung; the configs trained to the end are bold and labelled by their hyperparameters.
+  Every rung is a dotted vertical line; the top axis says how many of the configs that reached
+  it were kept. The title gives the compute used: the steps the configs trained, summed, as a
+  share of training them all to the end. On a linear axis the y range reaches from the lowest
+  value to as far again above the worst value a rung kept; configs far worse (a rate that blew
+  up) leave the top of the axes, and a note says how many and how high.
+
+  Args:
+    result: a :class:`optaxlr.SweepResult` of ``sweep(..., adapt=successive_halving(...))`` or
+      ``hyperband(...)``.
+    metric: an evaluated metric or ``"batch_loss"`` (default: the metric the rungs ranked by).
+    log: a logarithmic y axis (showing every value).
+    label_by: hyperparameters in the survivors' labels (default: all).
+
+  Examples:
+    >>> import optaxlr
+    >>> from optaxlr import adapt, plot, search
+    >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
+    >>> res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.zip(lr=[1e-3, 1e-2, 0.1]),
+    ...                     steps=8, batch_size=8, eval_every=4, progress=False,
+    ...                     adapt=adapt.successive_halving("val/loss", eta=3, min_steps=4))
+    >>> fig = plot.rungs(res)
+    >>> len([l for l in fig.axes[0].lines if l.get_gid() == "config"])
+    3
+  """
+  rep = _adapt_report("rungs", result, ("successive_halving", "hyperband"),
+                      "optaxlr.adapt.successive_halving(...) or hyperband(...)")
+  metric = rep["metric"] if metric is None else metric
+  steps, mean = _metric_curve(result, metric)
+  n_cfg = result.num_configs
+  stop_step = {}
+  kept_at: dict[int, list[int]] = {}  # rung step -> [kept, reached]
+  for r in rep["rungs"]:
+    for c in r["stopped"]:
+      stop_step[int(c)] = int(r["step"])
+    k = kept_at.setdefault(int(r["step"]), [0, 0])
+    k[0] += len(r["kept"])
+    k[1] += len(r["kept"]) + len(r["stopped"])
+  rung_steps = sorted({int(s) for b in rep["brackets"] for s in b["rungs"]})
+  plt = _plt()
+  cmap = plt.get_cmap("viridis")
+  fig, ax = _fig_ax(ax, figsize)
+  names = list(label_by) if label_by is not None else list(result.hparams)
+  survivors = [c for c in range(n_cfg) if c not in stop_step]
+  by_step: dict[int, Any] = {}  # stop step -> the first line stopped there (its legend entry)
+  shown = []  # the survivors' legend entries: at most 8, then one for the rest
+  for c in range(n_cfg):
+    if c in stop_step:
+      s = stop_step[c]
+      keep = steps <= s
+      (line,) = ax.plot(steps[keep], mean[c][keep], lw=0.9, alpha=0.75, marker="x",
+                        markevery=[int(keep.sum()) - 1], ms=5,
+                        color=cmap(0.85 * rung_steps.index(s) / max(1, len(rung_steps) - 1)))
+      if s not in by_step:
+        by_step[s] = line
+        n_here = sum(v == s for v in stop_step.values())
+        line.set_label(f"stopped at step {s} ({n_here} config{'s' * (n_here != 1)})")
+    else:
+      rank = survivors.index(c)
+      cfg = result.config(c)
+      text = ", ".join(f"{k}={_fmt_hparam(cfg[k])}" for k in names if np.ndim(cfg[k]) == 0)
+      (line,) = ax.plot(steps, mean[c], lw=2.2, color=f"C{rank % 10}", zorder=3)
+      if rank < 8:
+        line.set_label(f"{text or f'config {c}'} (to the end)")
+        shown.append(line)
+      elif rank == 8:
+        line.set_label(f"{len(survivors) - 8} more trained to the end")
+        shown.append(line)
+    line.set_gid("config")
+  if log:
+    ax.set_yscale("log")
+  else:  # the reference: the values that won at the rungs (of the configs each rung kept)
+    won = [mean[int(c), max(0, int(np.searchsorted(steps, r["step"], side="right")) - 1)]
+           for r in rep["rungs"] for c in r["kept"]]
+    _clip_outliers(ax, mean, np.asarray(won, float))
+  for s in rung_steps:
+    ax.axvline(s, color="0.45", ls=":", lw=1, gid="rung", zorder=1)
+  top = ax.secondary_xaxis("top")
+  top.set_xticks([s for s in rung_steps if s in kept_at],
+                 [f"kept {kept_at[s][0]}/{kept_at[s][1]}" for s in rung_steps if s in kept_at],
+                 fontsize=7, color="0.3")
+  top.tick_params(length=0)
+  ax.set_xlabel("step")
+  ax.set_ylabel(metric)
+  n_s = len(result.seeds)
+  share = ""
+  if rep.get("full_config_steps"):
+    share = (f"; {rep['config_steps'] / rep['full_config_steps']:.0%} of the steps of training "
+             "all to the end")
+  title = (f"{rep['strategy']} on {rep['metric']} (eta={rep['eta']}): {n_cfg} configs, "
+           f"{len(survivors)} trained to the end\n{metric}, mean over {n_s} "
+           f"seed{'s' * (n_s != 1)}{share}")
+  ax.set_title(title, fontsize=9)
+  ax.legend(handles=[by_step[s] for s in sorted(by_step)] + shown, fontsize=7, loc="center left",
+            bbox_to_anchor=(1.01, 0.5))
+  return fig
+
+
+def _clip_outliers(ax, values: np.ndarray, reference: np.ndarray) -> None:
+  """A y range from the lowest value to as far again above the highest ``reference`` value;
+  lines that go above it leave the axes, and a note in the corner says how many and how high."""
+  finite = values[np.isfinite(values)]
+  reference = reference[np.isfinite(reference)]
+  if not reference.size or not finite.size:
+    return
+  lo, hi = float(finite.min()), float(reference.max())
+  top = hi + max(hi - lo, 1e-12 * max(abs(hi), 1.0))
+  over = np.where(np.isfinite(values), values, -np.inf).max(axis=-1) > top
+  if not over.any():
+    return
+  n = int(over.sum())
+  ax.set_ylim(lo - 0.05 * (top - lo), top)
+  ax.text(0.01, 0.98, f"{n} config{'s' * (n != 1)} above the axis "
+          f"(up to {float(finite.max()):.3g})", transform=ax.transAxes, ha="left", va="top",
+          fontsize=7, color="0.3", gid="off_scale")
+
+
+def _trajectory_points(traj: Any) -> list[tuple[int, Mapping[str, float]]]:
+  """A PBT lineage as ``[(step, hparams)]`` (a saved result holds lists, not tuples)."""
+  return [(int(s), h) for s, h in traj]
+
+
+def lineage(
+    result,
+    hparam: str,
+    *,
+    ax=None,
+    log: bool | None = None,
+    figsize=(8.5, 4.5),
+):
+  """Population-based training as it ran: each slot's value of ``hparam`` over the steps, and
+  every exploit as an arrow from the source slot's value to the value its copy explores.
+
+  A slot's line is the value it trained with at each step (constant between exploits). At an
+  exploit step the destination slot takes the source's weights and optimizer state and a new
+  value (perturbed or resampled; the source's own if ``hparam`` is neither): a circle marks the
+  new value, in the destination's colour, and an arrow comes from the source's value. The
+  dashed black line is the lineage of the best slot at the end (by the PBT metric, mean over
+  seeds): the values its weights trained with, inherited through its copies, as
+  :meth:`optaxlr.adapt.PBT.schedule` replays them.
+
+  Args:
+    result: a :class:`optaxlr.SweepResult` of ``sweep(..., adapt=optaxlr.adapt.pbt(...))``.
+    hparam: a hyperparameter of the space.
+    log: a logarithmic y axis (default: when the values are positive and span 20x or more).
+
+  Examples:
+    >>> import optaxlr
+    >>> from optaxlr import adapt, plot, search
+    >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
+    >>> res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]),
+    ...                     search.zip(lr=[1e-3, 1e-2, 3e-2, 1e-1]), steps=8, batch_size=8,
+    ...                     eval_every=2, progress=False,
+    ...                     adapt=adapt.pbt("val/loss", 4, perturb={"lr": (0.5, 2.0)}))
+    >>> fig = plot.lineage(res, "lr")
+    >>> len([l for l in fig.axes[0].lines if l.get_gid() == "slot"])
+    4
+  """
+  rep = _adapt_report("lineage", result, ("pbt",), "optaxlr.adapt.pbt(...)")
+  hp = result.hparams
+  if hparam not in hp:
+    raise ValueError(f"lineage: no hyperparameter {hparam!r}; available: {sorted(hp)}")
+  col = np.asarray(hp[hparam])
+  categories = None
+  if _is_categorical(col):  # the program (and PBT's record) holds the index of the value
+    categories = result.space.categories[hparam]
+    col = np.asarray([categories.index(v) for v in col.tolist()])
+  cur = col.astype(float)
+  n_cfg = len(cur)
+  steps_total = int(result.info.get("steps", result.batch_loss.shape[-1]))
+  hist = {c: [(0, cur[c])] for c in range(n_cfg)}
+  exploits = sorted(rep["exploits"], key=lambda e: int(e["step"]))
+  arrows = []
+  i = 0
+  while i < len(exploits):  # one exploit step at a time: sources read the values before it
+    step = int(exploits[i]["step"])
+    before = cur.copy()
+    while i < len(exploits) and int(exploits[i]["step"]) == step:
+      e = exploits[i]
+      src, dst = int(e["src"]), int(e["dst"])
+      new = float(e["hparams"].get(hparam, before[src]))
+      cur[dst] = new
+      hist[dst].append((step, new))
+      arrows.append((step, before[src], new, src, dst))
+      i += 1
+  plt = _plt()
+  fig, ax = _fig_ax(ax, figsize)
+  cmap = plt.get_cmap("tab10" if n_cfg <= 10 else "tab20")
+  colors = [cmap(c % cmap.N) for c in range(n_cfg)]
+  for c in range(n_cfg):
+    xs = [s for s, _ in hist[c]] + [steps_total]
+    ys = [v for _, v in hist[c]] + [hist[c][-1][1]]
+    ax.step(xs, ys, where="post", color=colors[c], lw=1.4, alpha=0.85,
+            label=f"slot {c}" if n_cfg <= 10 else "_nolegend_", gid="slot")
+  lead = 0.03 * steps_total  # arrows start on the source's line just before the step
+  for step, y0, y1, src, dst in arrows:
+    ax.annotate("", xy=(step, y1), xytext=(step - lead, y0),
+                arrowprops=dict(arrowstyle="->", color=colors[dst], lw=1.0, shrinkA=0, shrinkB=4))
+  if arrows:
+    ax.scatter([a[0] for a in arrows], [a[2] for a in arrows], s=30, facecolors="none",
+               edgecolors=[colors[a[4]] for a in arrows], linewidths=1.3, zorder=4, gid="exploit",
+               label=f"exploits ({len(arrows)}): circle = new value, arrow from the source")
+  metric = rep["metric"]
+  best = None
+  if metric in result.metrics:
+    with np.errstate(all="ignore"):
+      final = result.final(metric).mean(axis=0)
+    final = np.where(result.diverged.any(axis=0), np.nan, final)
+    if np.isfinite(final).any():
+      best = int(np.nanargmax(final) if "acc" in metric.split("/")[-1] else np.nanargmin(final))
+  trajectory = rep.get("trajectory", {})
+  traj = trajectory.get(best, trajectory.get(str(best))) if best is not None else None
+  if traj:
+    pts = _trajectory_points(traj)
+    ys = [float(h[hparam]) for _, h in pts]
+    ax.step([s for s, _ in pts] + [steps_total], ys + ys[-1:], where="post", color="k",
+            ls="--", lw=2.2, alpha=0.55, zorder=5, gid="best_lineage",
+            label=f"lineage of the best slot ({best})")
+  ax.set_xlim(0, steps_total)
+  ax.set_xlabel("step")
+  ax.set_ylabel(hparam)
+  values = np.concatenate([[v for _, v in h] for h in hist.values()])
+  if categories is not None:
+    ax.set_yticks(range(len(categories)), categories)
+  elif log or (log is None and _is_log(values)):
+    ax.set_yscale("log")
+  ax.set_title(f"PBT on {metric}: {hparam} of each of {n_cfg} slots, exploits every "
+               f"{rep['interval']} steps (quantile {rep['quantile']:g})", fontsize=9, wrap=True)
+  if n_cfg <= 10:  # a legend entry per slot, beside the axes
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  else:
+    ax.legend(fontsize=7, loc="best")
   return fig
 
 

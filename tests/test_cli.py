@@ -209,10 +209,13 @@ def test_lr_find_command(tmp_path, capsys):
   _png(tmp_path / "lr_find.png", 400)
   lines = capsys.readouterr().out.splitlines()
   head = next(i for i, line in enumerate(lines) if "valley" in line and "cyclic max" in line)
+  assert lines[head].split()[:2] == ["wd", "recommended"], lines[head]
   table = [line.split() for line in lines[head + 1: head + 3]]
   assert [float(r[0]) for r in table] == [0.0, 1e-2]
   for r in table:  # every suggestion is a rate between --min-lr and --max-lr
     assert all(1e-6 <= float(v) <= 10 for v in r[1:]), r
+  assert lines[head + 3].startswith(f"recommended learning rate: {table[0][1]} at wd 0,"
+                                    f" {table[1][1]} at wd 0.01 ("), lines[head + 3]
 
 
 def test_schedules_command(tmp_path, capsys):
@@ -258,6 +261,16 @@ def test_the_readme_quick_start_passes_the_checks_with_its_default_grid(monkeypa
   args = seen["args"]
   assert len(args.axes["lr"]) == 7 and len(args.axes["wd"]) == 6
   assert (args.steps, args.eval_every, args.seeds) == (600, 50, 5)
+
+
+@pytest.mark.parametrize("steps, eval_every", [(130, 50), (20, 20), (10, 10)])
+def test_default_eval_every_need_not_divide_steps(steps, eval_every, monkeypatch, tmp_path):
+  """50 (or --steps if fewer): the engine evaluates after the last step too."""
+  monkeypatch.chdir(tmp_path)
+  seen = {}
+  monkeypatch.setattr(cli, "cmd_sweep", lambda args: seen.setdefault("args", args) and 0)
+  assert cli.main(["sweep", "--steps", str(steps)]) == 0
+  assert seen["args"].eval_every == eval_every
 
 
 # ----------------------------------------------------------------------------------------
@@ -315,7 +328,9 @@ BAD_ARGV = [
     (["sweep", "--optimizers", ""], "--optimizers: an empty name"),
     (["sweep", "--optimizers", "adamw,"], "--optimizers: an empty name"),
     (["sweep", "--optimizers", "adamw,adamw"], "--optimizers: adamw is given twice"),
-    (["sweep", "--task", "mnist"], "invalid choice"),
+    (["sweep", "--task", "mnist"], "--task 'mnist' is not a built-in task (digits, digits-cnn,"),
+    (["sweep", "--task", "mnist:"], "--task 'mnist:': expected a built-in task"),
+    (["sweep", "--task", ":make"], "--task ':make': expected a built-in task"),
     (["sweep", "--schedule", "linear"], "invalid choice"),
     (["sweep", "--steps", "0"], "--steps must be >= 4"),
     (["sweep", "--steps", "2"], "--steps must be >= 4 (the training doctor reads at least 4 steps)"),
@@ -329,7 +344,6 @@ BAD_ARGV = [
     (["sweep", "--task", "teacher_student", "--batch-size", "101"], "[1, 100]"),
     (["sweep", "--eval-every", "0"], "--eval-every must be in [1, 600]"),
     (["sweep", "--eval-every", "1000"], "--eval-every must be in [1, 600]"),
-    (["sweep", "--steps", "100", "--eval-every", "30"], "--eval-every 30 must divide --steps 100"),
     (["sweep", "--devices", "0"], "--devices must be in [1,"),
     (["sweep", "--devices", str(len(jax.devices()) + 1)], "--devices must be in [1,"),
     (["sweep", "--key", "-1"], "--key must be >= 0"),
@@ -356,6 +370,8 @@ BAD_ARGV = [
     (["lr-find", "--wd", "nan"], "argument --wd"),
     (["lr-find", "--wd", "0,0"], "0 is given twice"),
     (["lr-find", "--optimizer", "lion"], "invalid choice"),
+    (["lr-find", "--task", "mnist"], "--task 'mnist' is not a built-in task"),
+    (["lr-find", "--task", "nosuch_optaxlr_mod:make"], "no module named 'nosuch_optaxlr_mod'"),
     (["lr-find", "--out", ""], "--out must be a folder path"),
     # schedules
     (["schedules", "--steps", "10"], "--steps must be in [30, 1000000]"),
@@ -575,3 +591,154 @@ def test_plot_and_diagnose_exit_1_on_a_damaged_result(command, swept, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"optaxlr {command}: error: cannot read the sweep result: '{path}'"), err
+
+
+# ----------------------------------------------------------------------------------------
+# --task MODULE:FUNCTION (or path/to/file.py:FUNCTION): a task of the user's.
+
+USER_TASK = """\
+import optaxlr
+
+
+def make_task():
+  return optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
+"""
+
+
+def _user_task():
+  """What USER_TASK's make_task returns, built here rather than through the command."""
+  return optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
+
+
+@pytest.fixture
+def user_dir(monkeypatch, tmp_path):
+  """tmp_path as the current directory; sys.path and the user's modules undone afterwards."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  yield tmp_path
+  for name in [m for m in sys.modules if m.startswith(("ut_", "_optaxlr_task_"))]:
+    del sys.modules[name]
+
+
+def test_sweep_of_a_user_task_equals_the_same_sweep_from_python(user_dir, capsys):
+  """--task MODULE:FUNCTION with --optimizers, --wd and a --space file; 10 steps evaluated
+  every 4 (after steps 4, 8 and 10): the numbers are those of optaxlr.sweep called directly."""
+  (user_dir / "ut_teacher.py").write_text(USER_TASK)
+  (user_dir / "space.toml").write_text("lr = [1e-3, 1e-2]\n")
+  assert cli.main(["sweep", "--task", "ut_teacher:make_task", "--optimizers", "adamw",
+                   "--space", "space.toml", "--wd", "0,1e-2", "--steps", "10", "--eval-every",
+                   "4", "--seeds", "2", "--batch-size", "16", "--no-progress", "--out", "o"]) == 0
+  printed = capsys.readouterr().out
+  assert "task=ut_teacher:make_task ('teacher_student', 64 train examples)" in printed, printed
+  got = optaxlr.load(user_dir / "o" / "sweep_adamw.npz")
+
+  def adamw(h):  # what the command's adamw with its default cosine schedule is
+    return optaxlr.adamw(optaxlr.schedules.cosine(h["lr"], 10), weight_decay=h["wd"],
+                         decay="decoupled")
+
+  want = optaxlr.sweep(_user_task(), adamw, search.grid(lr=[1e-3, 1e-2], wd=[0.0, 1e-2]),
+                       steps=10, batch_size=16, seeds=2, eval_every=4, key=0, progress=False)
+  assert got.eval_steps.tolist() == want.eval_steps.tolist() == [4, 8, 10]
+  _same(got, want)  # the same program on the same data and keys: equal to the bit
+  assert not got.diverged.any()
+  row = json.loads((user_dir / "o" / "summary.json").read_text())[0]
+  best = want.best("val/loss")
+  assert row["metric"] == "val/loss" and row["best"] == best["hparams"]
+  assert row["val"][0] == pytest.approx(best["val/loss"], rel=1e-6)
+
+
+def test_lr_find_of_a_user_task_file_prints_the_recommended_rate(user_dir, capsys):
+  """path/to/file.py:FUNCTION with lr-find: the recommended rate printed is that of
+  optaxlr.lr_find(...).suggest() called directly."""
+  (user_dir / "sub").mkdir()
+  (user_dir / "sub" / "ut_file.py").write_text(USER_TASK)
+  assert cli.main(["lr-find", "--task", "sub/ut_file.py:make_task", "--steps", "30", "--seeds",
+                   "1", "--wd", "0", "--batch-size", "16", "--out", "o"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["wd", "recommended"])
+  want = optaxlr.lr_find(_user_task(), lambda h: optaxlr.adamw(h["lr"], weight_decay=h["wd"]),
+                         search.grid(wd=[0.0]), steps=30, seeds=1, batch_size=16, min_lr=1e-6,
+                         max_lr=10.0).suggest(0)
+  assert np.isfinite(want["recommended"])
+  cols = lines[head + 1].split()
+  assert cols[1] == f"{want['recommended']:.2e}" and cols[3] == f"{want['steep']:.2e}", cols
+  assert lines[head + 2].startswith(f"recommended learning rate: {want['recommended']:.2e} at wd 0")
+
+
+def test_user_task_from_a_file_path_passes_the_checks(user_dir, monkeypatch):
+  (user_dir / "ut_path.py").write_text(USER_TASK)
+  seen = {}
+  monkeypatch.setattr(cli, "cmd_sweep", lambda args: seen.setdefault("args", args) and 0)
+  assert cli.main(["sweep", "--task", str(user_dir / "ut_path.py") + ":make_task"]) == 0
+  task = seen["args"].task_obj
+  assert isinstance(task, optaxlr.Task) and task.n_train == 64 and set(task.eval) == {"val", "test"}
+
+
+_MAKE = "\n\ndef make():\n  t = optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)\n"
+BAD_USER_TASKS = [
+    # (file name, its text, --task, what the one line says (or a tuple of parts of it))
+    (None, None, "nosuch_optaxlr_mod:make",
+     "--task nosuch_optaxlr_mod:make: no module named 'nosuch_optaxlr_mod' (looked in the current"),
+    (None, None, "nosuch_optaxlr_pkg.sub:make", "no module named 'nosuch_optaxlr_pkg'"),
+    (None, None, "missing.py:make", "--task missing.py:make: no such file 'missing.py'"),
+    ("notes.txt", "", "./notes.txt:make", "'./notes.txt' is not a .py file"),
+    (None, None, "not a module:make", "'not a module' is neither a module name"),
+    ("ut_raise.py", "raise RuntimeError('broken at import')\n", "ut_raise:make",
+     "--task ut_raise:make: importing ut_raise raised RuntimeError: broken at import (at "),
+    ("ut_dep.py", "import nosuch_optaxlr_dep\n", "ut_dep:make",
+     "importing ut_dep raised ModuleNotFoundError: No module named 'nosuch_optaxlr_dep' (at "),
+    ("ut_attr.py", USER_TASK, "ut_attr:nope",
+     "--task ut_attr:nope: ut_attr has no attribute 'nope'; its functions: make_task"),
+    ("ut_value.py", "TASK = 3\n", "ut_value:TASK", "TASK is not callable (its type is int)"),
+    ("ut_args.py", "def make(n, scale=1):\n  return n\n", "ut_args:make",
+     "make() requires arguments (n) but is called with none"),
+    ("ut_fails.py", "def make():\n  raise ValueError('no data here')\n", "ut_fails:make",
+     "--task ut_fails:make: make() raised ValueError: no data here (at "),
+    ("ut_deep.py", "import optaxlr\n\n\ndef make():\n"
+     "  return optaxlr.tasks.teacher_student(n_train=-1)\n",
+     "ut_deep:make", ("make() raised ValueError: teacher_student: n_train must be >= 1, got"
+                      " n_train=-1 (at ", "ut_deep.py:5)\n")),  # the user's line, not optaxlr's
+    ("ut_dict.py", "def make():\n  return {'x': 1}\n", "ut_dict:make",
+     "make() returned a value of type dict, expected an optaxlr.Task"),
+    ("ut_noval.py", "import dataclasses, optaxlr" + _MAKE
+     + "  return dataclasses.replace(t, eval={'test': t.eval['test']})\n", "ut_noval:make",
+     "the task has no 'val' split (its eval splits: test); the results are ranked by val/error"),
+    ("ut_nan.py", "import dataclasses, optaxlr" + _MAKE
+     + "  x = t.train['x'].at[0, 0].set(float('nan'))\n"
+     + "  return dataclasses.replace(t, train={**t.train, 'x': x})\n",
+     "ut_nan:make", "make() returned a Task that fails its checks: Task.validate:"),
+]
+
+
+@pytest.mark.parametrize("file, text, spec, message", BAD_USER_TASKS,
+                         ids=[s for _, _, s, _ in BAD_USER_TASKS])
+def test_bad_user_task_exits_2_with_one_line(file, text, spec, message, tripwire, user_dir, capsys):
+  if file is not None:
+    (user_dir / file).write_text(text)
+  err = _usage_error(["sweep", "--task", spec], capsys)
+  for part in message if isinstance(message, tuple) else (message,):
+    assert part in err, err
+
+
+def test_user_task_conflicts_and_batch_size(tripwire, user_dir, capsys):
+  (user_dir / "ut_teacher.py").write_text(USER_TASK)
+  err = _usage_error(["sweep", "--task", "ut_teacher:make_task", "--quick"], capsys)
+  assert "--quick and --task ut_teacher:make_task conflict" in err, err
+  err = _usage_error(["sweep", "--task", "ut_teacher:make_task", "--batch-size", "65"], capsys)
+  assert ("--batch-size must be in [1, 64] (the training set size of --task"
+          " ut_teacher:make_task), got 65") in err, err
+
+
+def test_user_task_module_is_found_in_the_current_directory_by_the_installed_command(tmp_path):
+  """The console script's sys.path lacks the current directory; the command adds it (as
+  python -m does), so the module is found and its function called."""
+  exe = pathlib.Path(sys.executable).with_name("optaxlr")
+  if not exe.exists():
+    pytest.skip(f"no installed optaxlr command beside {sys.executable}")
+  (tmp_path / "ut_proc.py").write_text("def make():\n  return 'not a task'\n")
+  proc = subprocess.run([str(exe), "sweep", "--task", "ut_proc:make"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr == ("optaxlr sweep: error: --task ut_proc:make: make() returned a value of"
+                         " type str, expected an optaxlr.Task (e.g. from optaxlr.tasks or"
+                         " optaxlr.Task.from_functions)\n"), proc.stderr

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import matplotlib.collections
 import matplotlib.colors
+import matplotlib.text
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -288,3 +289,144 @@ def test_bad_names_raise(result):
     plot.atlas(optaxlr.diagnose(result), "b1", "wd")
   with pytest.raises(ValueError, match=r"heatmap: no config has where=\{'m': 0.5\}"):
     plot.heatmap(result, "lr", "wd", "val/loss", where={"m": 0.5})
+
+
+# ----------------------------------------------------------------------------------------
+# Adaptive search: successive halving rungs, PBT lineages.
+
+
+def _gid(ax, gid):
+  return [l for l in ax.lines if l.get_gid() == gid]
+
+
+def test_rungs_draw_every_config_up_to_its_rung(task, tmp_path):
+  lrs = [3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.6, 1.0, 2.0, 1e-3]
+  res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.zip(lr=lrs), steps=36,
+                      batch_size=16, seeds=2, eval_every=4, progress=False,
+                      adapt=optaxlr.adapt.successive_halving("val/loss", eta=3, min_steps=4))
+  fig = plot.rungs(res)
+  fig.savefig(tmp_path / "rungs.png", dpi=110)
+  ax = fig.axes[0]
+  rep = res.info["adapt"]
+  stopped = {c: r["step"] for r in rep["rungs"] for c in r["stopped"]}
+  assert sorted(stopped.values()) == [4] * 6 + [12] * 2
+  lines = _gid(ax, "config")
+  assert len(lines) == 9
+  mean = res.metrics["val/loss"].mean(axis=0)
+  for c, line in enumerate(lines):
+    end = stopped.get(c, 36)
+    keep = res.eval_steps <= end
+    np.testing.assert_allclose(line.get_xdata(), res.eval_steps[keep])
+    np.testing.assert_allclose(line.get_ydata(), mean[c][keep], rtol=1e-6)
+    if c in stopped:  # a cross where it stopped
+      assert line.get_marker() == "x" and list(line.get_markevery()) == [keep.sum() - 1]
+    else:
+      assert line.get_linewidth() > 2 and line.get_label() == f"lr={lrs[c]:.3g} (to the end)"
+  assert sorted(l.get_xdata()[0] for l in _gid(ax, "rung")) == [4, 12]
+  (top,) = ax.child_axes  # the rungs' axis: how many of the configs that reached them were kept
+  assert [t.get_text() for t in top.get_xticklabels()] == ["kept 3/9", "kept 1/3"]
+  np.testing.assert_allclose(top.get_xticks(), [4, 12])
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert legend[:2] == ["stopped at step 4 (6 configs)", "stopped at step 12 (2 configs)"]
+  assert ax.get_xlabel() == "step" and ax.get_ylabel() == "val/loss"
+  share = rep["config_steps"] / rep["full_config_steps"]
+  assert ax.get_title() == (f"successive_halving on val/loss (eta=3): 9 configs, 1 trained to the "
+                            f"end\nval/loss, mean over 2 seeds; {share:.0%} of the steps of "
+                            f"training all to the end")
+  # The y range shows the configs that passed the first rung; those that blew up before it
+  # leave the axes, and the note says so.
+  passed = [c for c in range(9) if stopped.get(c, 36) > 4]
+  won = [mean[c, list(res.eval_steps).index(r["step"])] for r in rep["rungs"] for c in r["kept"]]
+  lo, hi = np.nanmin(mean), max(won)  # the worst value a rung kept
+  assert ax.get_ylim()[1] == pytest.approx(2 * hi - lo)
+  far = [c for c in range(9) if np.nanmax(mean[c]) > 2 * hi - lo]
+  assert far and set(far).isdisjoint(passed)
+  assert f"{len(far)} configs above the axis (up to {np.nanmax(mean):.3g})" in _texts(ax)
+  ax = plot.rungs(res, log=True).axes[0]
+  assert ax.get_yscale() == "log" and not _texts(ax)
+
+
+def test_lineage_draws_each_slots_values_and_the_copies(task, tmp_path):
+  space = search.zip(lr=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1e-4, 3e-3, 0.05])
+  p = optaxlr.adapt.pbt("val/loss", interval=8, quantile=0.25, perturb={"lr": (0.5, 2.0)}, seed=3)
+  res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), space, steps=40, batch_size=16,
+                      eval_every=8, progress=False, adapt=p)
+  fig = plot.lineage(res, "lr")
+  fig.savefig(tmp_path / "lineage.png", dpi=110)
+  ax = fig.axes[0]
+  exploits = res.info["adapt"]["exploits"]
+  assert exploits and {e["step"] for e in exploits} <= {8, 16, 24, 32}
+  # One circle per exploit, at the step, on the value the copy explores; one arrow each.
+  (marks,) = [c for c in ax.collections if c.get_gid() == "exploit"]
+  np.testing.assert_allclose(marks.get_offsets(), [(e["step"], e["hparams"]["lr"]) for e in exploits])
+  # Each slot's line ends on the value the engine trained it with last.
+  slots = _gid(ax, "slot")
+  assert len(slots) == 8
+  final = res.info["hparams_final"]["lr"]
+  for c, line in enumerate(slots):
+    assert line.get_drawstyle() == "steps-post"
+    assert line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 40
+    assert line.get_ydata()[0] == space[c]["lr"]
+    np.testing.assert_allclose(line.get_ydata()[-1], final[c], rtol=1e-6)
+  # An arrow per exploit: from the source's line just before the step to the new value.
+  arrows = [t for t in ax.texts if isinstance(t, matplotlib.text.Annotation)]
+  assert len(arrows) == len(exploits)
+  for a, e in zip(arrows, exploits):
+    xs, ys = slots[e["src"]].get_xdata(), slots[e["src"]].get_ydata()
+    before = ys[np.searchsorted(xs, e["step"]) - 1]  # the source's value before the exploit
+    assert a.xy == (e["step"], e["hparams"]["lr"])
+    assert a.xyann == (pytest.approx(e["step"] - 1.2), before)
+  # The best slot's lineage is the trajectory PBT.schedule replays.
+  best = res.best("val/loss")["index"]
+  (lin,) = _gid(ax, "best_lineage")
+  bounds, values, _ = p.schedule(best, "lr")
+  np.testing.assert_allclose(lin.get_xdata(), [0, *bounds, 40])
+  np.testing.assert_allclose(lin.get_ydata(), [*values, values[-1]])
+  assert ax.get_yscale() == "log" and ax.get_ylabel() == "lr"
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert legend[-2:] == [f"exploits ({len(exploits)}): circle = new value, arrow from the source",
+                         f"lineage of the best slot ({best})"]
+
+
+def test_adaptive_plots_need_their_strategy(result):
+  with pytest.raises(ValueError, match=r"rungs: result must come from optaxlr.sweep\(\.\.\., "
+                                       r"adapt=optaxlr.adapt.successive_halving\(\.\.\.\) or "
+                                       r"hyperband\(\.\.\.\)\), got a result whose info\['adapt'\] "
+                                       r"strategy is None"):
+    plot.rungs(result)
+  with pytest.raises(ValueError, match=r"lineage: result must come from .*adapt.pbt"):
+    plot.lineage(result, "lr")
+
+
+# ----------------------------------------------------------------------------------------
+# Categorical (string) axes.
+
+
+def test_categorical_axes_are_labelled_by_their_strings(task, tmp_path):
+  space = search.grid(opt=["sgd", "momentum"], lr=[1e-3, 1e-2, 1e-1], wd=[0.0, 1e-3])
+  momentum = {"sgd": 0.0, "momentum": 0.9}
+  res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"], weight_decay=h["wd"],
+                                                  momentum=search.switch(h["opt"], momentum)),
+                      space, steps=20, batch_size=16, eval_every=10, progress=False)
+  fig = plot.heatmap(res, "lr", "opt", "val/loss")
+  fig.savefig(tmp_path / "heatmap_categorical.png")
+  ax = fig.axes[0]
+  assert [t.get_text() for t in ax.get_yticklabels()] == ["sgd", "momentum"]  # the space's order
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["1e-3", "1e-2", "1e-1"]
+  assert ax.get_title() == "val/loss (final), mean over 1 seed and wd (2 values)"
+  final = res.final("val/loss")[0].reshape(2, 3, 2).mean(axis=-1)  # (opt, lr), mean over wd
+  for i in range(2):
+    for j in range(3):
+      assert _cell_text(ax, j, i) == f"{final[i, j]:.3g}"
+  # The categorical axis on x, in the atlas, fixed by where=, in a legend.
+  ax = plot.heatmap(res, "opt", "lr", "val/loss").axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["sgd", "momentum"]
+  ax = plot.atlas(optaxlr.diagnose(res), "opt", "lr").axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["sgd", "momentum"]
+  ax = plot.heatmap(res, "lr", "wd", "val/loss", where={"opt": "momentum"}).axes[0]
+  assert ax.get_title() == "val/loss (final), mean over 1 seed; opt=momentum"
+  assert _cell_text(ax, 0, 0) == f"{res.final('val/loss')[0, 6]:.3g}"  # momentum, 1e-3, wd 0
+  with pytest.raises(ValueError, match=r"heatmap: no config has where=\{'opt': 'adam'\}"):
+    plot.heatmap(res, "lr", "wd", "val/loss", where={"opt": "adam"})
+  ax = plot.curves(res, "val/loss", [0, 8], label_by=["opt", "lr"]).axes[0]
+  assert [l.get_label() for l in ax.lines] == ["opt=sgd, lr=0.001", "opt=momentum, lr=0.01"]

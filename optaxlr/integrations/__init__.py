@@ -1,0 +1,5 @@
+"""Bridges to other tools; each imports its tool lazily, so optaxlr never requires it.
+
+- :mod:`optaxlr.integrations.optuna`: Optuna's ask-and-tell interface, a batch of trials
+  trained as one :func:`optaxlr.sweep` (``pip install 'optaxlr[optuna]'``).
+"""
