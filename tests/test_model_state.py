@@ -206,3 +206,34 @@ def test_save_and_load_keep_the_runs_state(tmp_path):
   # another optimizer's structure is refused with a clear error
   with pytest.raises(ValueError, match="do not fit this task and optimizer"):
     optaxlr.load(path, task=task, optimizer=lambda h: optax.sgd(h["lr"], momentum=0.9))
+
+
+def test_start_from_continues_every_run_exactly():
+  """Two sweeps of 6 steps (the second start_from the first) equal one sweep of 12: schedules,
+  minibatch order, dropout keys and BatchNorm statistics continue."""
+  task = _task()
+  space = search.grid(lr=[1e-2, 3e-3], wd=[1e-2], dropout=[0.2])
+
+  def sched_opt(h):
+    return optax.adamw(optax.cosine_decay_schedule(h["lr"], 12), weight_decay=h["wd"])
+  kw = dict(batch_size=16, seeds=2, progress=False, keep_params=True, eval_every=3)
+  whole = optaxlr.sweep(task, sched_opt, space, steps=12, **kw)
+  first = optaxlr.sweep(task, sched_opt, space, steps=6, **kw)
+  second = optaxlr.sweep(task, sched_opt, space, steps=6, start_from=first, **kw)
+  assert second.eval_steps.tolist() == [9, 12] and second.info["start_step"] == 6
+  np.testing.assert_allclose(second.batch_loss, whole.batch_loss[..., 6:], rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(second.metrics["val/loss"], whole.metrics["val/loss"][..., 2:],
+                             rtol=2e-5)
+  # another batch size in the second phase is allowed (grow the batch); a mismatch is not
+  grown = optaxlr.sweep(task, sched_opt, space, steps=3, start_from=first,
+                        **{**kw, "batch_size": 32})
+  assert np.isfinite(grown.batch_loss).all()
+  with pytest.raises(ValueError, match="start_from has 2 configs, this space 1"):
+    optaxlr.sweep(task, sched_opt, search.grid(lr=[1e-2], wd=[1e-2], dropout=[0.2]), steps=3,
+                  start_from=first, **kw)
+  with pytest.raises(ValueError, match="do not fit this task and optimizer"):
+    optaxlr.sweep(task, lambda h: optax.sgd(h["lr"] + 0 * h["wd"]), space, steps=3,
+                  start_from=first, **kw)
+  with pytest.raises(ValueError, match="keep_params=True"):
+    optaxlr.sweep(task, sched_opt, space, steps=3, start_from=optaxlr.sweep(
+        task, sched_opt, space, steps=3, batch_size=16, seeds=2, progress=False), **kw)

@@ -291,11 +291,10 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
 
     def step_body(state, xs):
       c, perm = state
-      t = xs["t"]
+      t, last = xs["t"], xs["last"]
       ramp_t = {k: v[jnp.minimum(t, v.shape[0] - 1)] for k, v in ramp.items()}
       value = jnp.where(c.fresh, c.last_value, jnp.nan)
       mkeys = jax.vmap(lambda key: jax.random.fold_in(key, t))(model_keys)
-      last = ((t + 1) % spec.eval_every == 0) | (t + 1 == total)
       new_perm, outs = [], []
       for k, seg in enumerate(segs):
         if spec.host_fed:
@@ -341,7 +340,8 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     def block_body(state, xs):
       b0 = xs["b0"]
       steps = b0 + jnp.arange(spec.eval_every, dtype=jnp.int32)
-      inner = {"t": steps}
+      # the last step before the block's evaluation (blocks start at ``start``, any step)
+      inner = {"t": steps, "last": (steps == b0 + spec.eval_every - 1) | (steps + 1 == total)}
       if spec.host_fed:
         inner["batch"] = xs["batch"]  # leaves (eval_every, S, B, ...)
       (c, perm), (loss, ran, recs) = jax.lax.scan(step_body, state, inner)

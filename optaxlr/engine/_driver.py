@@ -137,6 +137,8 @@ class Plan:
   fold_splits: dict = dataclasses.field(default_factory=dict)  # fold -> (train_idx, held_idx)
   batches: Callable | None = None  # host-fed data: seed -> iterator of batches
   batch_spec: dict | None = None  # host-fed: key -> (per-example shape, dtype)
+  start_step: int = 0  # steps already trained (continuing a kept sweep): numbering starts there
+  init_from: Any = None  # (params, opt_state, model_state) leaves (S, C, ...) to start from
 
 
 @dataclasses.dataclass
@@ -280,7 +282,8 @@ def run(plan: Plan) -> Output:
   steps, chunk_steps = plan.steps, spec.chunk_steps
   n_chunks = math.ceil(steps / chunk_steps)
   n_evals = math.ceil(steps / plan.eval_every)
-  eval_steps = np.minimum((np.arange(n_evals) + 1) * plan.eval_every, steps)
+  base = plan.start_step
+  eval_steps = base + np.minimum((np.arange(n_evals) + 1) * plan.eval_every, steps)
   n_log = math.ceil(steps / plan.log_every)
   mem = device_memory_bytes(devices[0])
   compile_s = 0.0
@@ -339,7 +342,7 @@ def run(plan: Plan) -> Output:
 
   def compile_for(g):
     prog, hp_g, carry, segs = example_args(g)
-    exe, dt = prog.compiled_chunk(carry, hp_g, ramp, keys_d, jnp.int32(0), jnp.int32(steps),
+    exe, dt = prog.compiled_chunk(carry, hp_g, ramp, keys_d, jnp.int32(base), jnp.int32(base + steps),
                                   with_batches(data_for(segs), batches_like()), rule_args_d)
     return prog, exe, dt
 
@@ -472,6 +475,11 @@ def run(plan: Plan) -> Output:
       feed = _Feed(plan, n_s, chunk_steps, steps, first * chunk_steps, repl) if host_fed else None
       t0 = time.perf_counter()
       carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(len(slots)), rule_args_d)
+      if plan.init_from is not None and not resumed:
+        # Continue kept runs: their parameters, optimizer and model states replace the fresh
+        # ones (padding slots take their copy's).
+        src = jax.tree.map(lambda x: np.asarray(x)[:, sel], plan.init_from)
+        carry = carry._replace(params=src[0], opt_state=src[1], model_state=src[2])
       if resumed:
         leaves = _leaves_from("s", resume_state, len(jax.tree.leaves(carry)))
         for a, b in zip(leaves, jax.tree.leaves(carry)):
@@ -491,12 +499,12 @@ def run(plan: Plan) -> Output:
         start = c * chunk_steps
         t0 = time.perf_counter()
         data_c = with_batches(data_g, feed.next() if feed is not None else None)
-        exe, dt = prog.compiled_chunk(carry, hp_g, ramp, keys_d, jnp.int32(start),
-                                      jnp.int32(steps), data_c, rule_args_d)
+        exe, dt = prog.compiled_chunk(carry, hp_g, ramp, keys_d, jnp.int32(base + start),
+                                      jnp.int32(base + steps), data_c, rule_args_d)
         compile_s += dt
         t0 += dt
-        carry, out = exe(carry, hp_g, ramp, keys_d, jnp.int32(start), jnp.int32(steps),
-                         data_c, rule_args_d)
+        carry, out = exe(carry, hp_g, ramp, keys_d, jnp.int32(base + start),
+                         jnp.int32(base + steps), data_c, rule_args_d)
         if feed is not None:
           feed.prefetch()  # the next chunk's batches are read while this one runs
         arrays = {
@@ -524,7 +532,7 @@ def run(plan: Plan) -> Output:
         if plan.callback is not None:
           e_now = min(c * spec.blocks + spec.blocks, n_evals)
           event = ChunkEvent(
-              group=g, chunk=c, step=done, configs=tuple(int(i) for i in ids),
+              group=g, chunk=c, step=base + done, configs=tuple(int(i) for i in ids),
               hparams={k: v[ids].copy() for k, v in hp_now.items()},
               metrics={k: v[:, ids, e_now - 1].copy() for k, v in metrics.items()},
               history={k: v[:, ids, :e_now].copy() for k, v in metrics.items()},

@@ -304,6 +304,39 @@ def check_loss(fn: str, task, batch_size: int, hp: Mapping[str, Any] | None = No
   return batch_shape
 
 
+def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict, task):
+  """``(start_step, (params, opt_state, model_state))`` of a kept result, checked."""
+  if not isinstance(prev, SweepResult):
+    raise TypeError(f"{fn}: start_from must be a SweepResult, got {type(prev).__name__}")
+  if prev.params is None:
+    raise ValueError(f"{fn}: start_from holds no kept state; run the first sweep with "
+                     "keep_params=True (or load it with optaxlr.load(path, task=, optimizer=))")
+  if prev.num_configs != n_cfg:
+    raise ValueError(f"{fn}: start_from has {prev.num_configs} configs, this space {n_cfg}; "
+                     "config i continues run i, so the counts must match")
+  if np.asarray(prev.seeds).tolist() != list(seeds):
+    raise ValueError(f"{fn}: start_from has seeds {np.asarray(prev.seeds).tolist()}, this sweep "
+                     f"{list(seeds)}; they must match")
+  state_like = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+  for name, got, like in (("params", prev.params, shapes["params"]),
+                          ("opt_state", prev.opt_state, shapes["opt_state"]),
+                          ("model_state", prev.model_state, state_like)):
+    a, b = jax.tree.leaves(got), jax.tree.leaves(like)
+    if jax.tree.structure(got) != jax.tree.structure(like) or any(
+        tuple(np.shape(x)[2:]) != tuple(y.shape) for x, y in zip(a, b)):
+      raise ValueError(f"{fn}: start_from's {name} do not fit this task and optimizer (another "
+                       "structure or shapes)")
+    if any(np.asarray(x).dtype != y.dtype for x, y in zip(a, b)):
+      raise ValueError(f"{fn}: start_from's {name} dtypes differ from this sweep's (float32 vs "
+                       "float64?)")
+  steps_before = int(prev.info.get("start_step", 0)) + int(prev.info.get("steps", 0))
+  if (prev.stop_reason != "completed").any():
+    bad = np.argwhere(prev.stop_reason != "completed")[0]
+    raise ValueError(f"{fn}: start_from's run (seed index {bad[0]}, config {bad[1]}) ended "
+                     f"{prev.stop_reason[tuple(bad)]!r}; only completed runs continue")
+  return steps_before, (prev.params, prev.opt_state, prev.model_state)
+
+
 def _has_conv(task, batch_shape, hp) -> bool:
   """Whether the task's training step contains a convolution (jaxpr inspection)."""
   loss, _, params_shape, state_shape = _probe_fns(task, hp)
@@ -354,6 +387,7 @@ def sweep(
     vectorize: int | str | None = "auto",
     eval_batch_size: int | None = None,
     compute_dtype: str | None = None,
+    start_from: SweepResult | None = None,
 ) -> SweepResult:
   """Trains every config of ``space`` (x ``seeds``) on ``task`` in one compiled program.
 
@@ -442,6 +476,14 @@ def sweep(
       means over examples: loss, accuracy, error); default: the whole split at once.
     compute_dtype: ``"bfloat16"``: mixed precision, the forward and backward pass in
       bfloat16, parameters, gradients and optimizer state in float32; default ``None``.
+
+    start_from: a result of a sweep with ``keep_params=True`` and the same configs (count and
+      order) and seeds: every run continues from its kept parameters, optimizer state and
+      model state, its steps numbered on from the previous sweep's (schedules, the minibatch
+      order and the model keys continue; rules such as early stopping start afresh). The
+      hyperparameters, the batch size (an axis or not) and the optimizer's settings may
+      change; the optimizer state's structure may not. Growing the batch instead of decaying
+      the rate (Smith et al. 2018) is one sweep per phase.
 
   Axes the core reads itself: ``batch_size`` (each config trains with its own minibatch size,
   inside the same program; a row equals a sweep at that fixed size) and ``fold``
@@ -641,6 +683,11 @@ def sweep(
                          set_hparams=ctrl.set_hparams if ctrl else {}, stop_sweep=True)
       return ctrl
 
+  start_step, init_from = 0, None
+  if start_from is not None:
+    start_step, init_from = _check_start_from(fn, start_from, n_cfg, seeds_l, shapes, task)
+    if adapt is not None:
+      raise ValueError(f"{fn}: start_from= does not combine with adapt=")
   plan = _driver.Plan(
       fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp={},
       seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,
@@ -653,6 +700,7 @@ def sweep(
       vectorize=vectorize, eval_batch=eval_batch_size, compute_dtype=compute_dtype,
       segment_of=segment_of, segment_defs=segment_defs, fold_splits=fold_splits,
       batches=task.train if task.host_fed else None, batch_spec=batch_spec,
+      start_step=start_step, init_from=init_from,
   )
   if checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(
@@ -661,7 +709,9 @@ def sweep(
         monitor=monitor, plateau=plateau, plateau_stop=plateau_stop, update_ratio=update_ratio,
         early_stopping=repr(early_stopping), keep_params=keep_params, devices=len(devices),
         processes=jax.process_count(), vectorize=vectorize, eval_batch_size=eval_batch_size,
-        compute_dtype=compute_dtype,
+        compute_dtype=compute_dtype, start_step=start_step,
+        start_from=None if init_from is None else _fingerprint.data_id(
+            {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(init_from))}),
     )
   out = _driver.run(plan)
   metrics = dict(out.metrics)
@@ -688,6 +738,7 @@ def sweep(
       model_state=out.model_state,
       info={
           "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
+          "start_step": start_step,
           "vectorize": vectorize, "eval_batch_size": eval_batch_size,
           "compute_dtype": compute_dtype, "host_fed": task.host_fed,
           "sync_every": sync_every, "log_every": log_every,
