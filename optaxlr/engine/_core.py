@@ -294,7 +294,9 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
       t, last = xs["t"], xs["last"]
       ramp_t = {k: v[jnp.minimum(t, v.shape[0] - 1)] for k, v in ramp.items()}
       value = jnp.where(c.fresh, c.last_value, jnp.nan)
-      mkeys = jax.vmap(lambda key: jax.random.fold_in(key, t))(model_keys)
+      # per-step model keys (Dropout...), only for a model that takes them
+      mkeys = (jax.vmap(lambda key: jax.random.fold_in(key, t))(model_keys) if spec.stateful
+               else model_keys)
       new_perm, outs = [], []
       for k, seg in enumerate(segs):
         if spec.host_fed:
