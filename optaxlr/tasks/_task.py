@@ -556,8 +556,8 @@ class Task:
     tkw, ekw = dict(train_kwargs or {}), dict(eval_kwargs or {})
     x0 = jnp.asarray(train[x_key])[:1]
 
-    def rngs_for(key):
-      return {s: stream_key(key, s) for s in ("params", *streams)}
+    def rngs_for(key):  # "params" draws from the init key itself, as module.init(key, x)
+      return {"params": key, **{s: stream_key(key, s) for s in streams}}
 
     def variables(key):
       return module.init(rngs_for(key), x0, **ekw)
