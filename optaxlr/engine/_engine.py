@@ -100,6 +100,11 @@ def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> No
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
       bad = int(np.flatnonzero(~np.isfinite(arr))[0])
       raise ValueError(f"{fn}: hyperparameter {name!r} is not finite in config {bad}: {arr[bad]}")
+    if (np.issubdtype(arr.dtype, np.floating) and not jax.config.jax_enable_x64
+        and np.any(np.abs(arr) > np.finfo(np.float32).max)):
+      bad = int(np.flatnonzero(np.abs(arr) > np.finfo(np.float32).max)[0])
+      raise ValueError(f"{fn}: hyperparameter {name!r} of config {bad} is {arr[bad]!r}, beyond "
+                       "float32 (the sweep computes in float32; enable jax_enable_x64 for it)")
     lname = name.lower()
     if lname in ("lr", "learning_rate", "peak_lr", "max_lr", "base_lr") or lname.endswith("_lr"):
       if np.any(arr <= 0):

@@ -288,7 +288,7 @@ class Task:
       state = jax.eval_shape(self.initial_state, key)
     except Exception as e:  # noqa: BLE001  (re-raised with context)
       raise ValueError(f"{where}: init(key) failed: {type(e).__name__}: {e}") from e
-    hp = {k: jnp.asarray(v) for k, v in hparams.items()}
+    hp = {k: np.asarray(v) for k, v in hparams.items()}
 
     def loss(p, s, batch):
       return self.step_loss(p, s, batch, key, hp)[0]
