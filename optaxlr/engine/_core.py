@@ -178,7 +178,9 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     if cdtype is not None:
       # Mixed precision: the forward and backward pass in ``cdtype``; the gradient arrives
       # in the master weights' dtype through the cast.
-      params, mstate, batch = _cast(params, cdtype), _cast(mstate, cdtype), _cast(batch, cdtype)
+      # The model state (BatchNorm's running statistics) stays in its dtype: rounding it to
+      # bfloat16 every step would lose the slow running averages.
+      params, batch = _cast(params, cdtype), _cast(batch, cdtype)
     if spec.stateful:
       loss, new_state = task.step_loss(params, mstate, batch, key, hp)
     else:
