@@ -257,12 +257,19 @@ class PBT(Adapt):
       return None
     alive = np.asarray(event.alive).any(axis=0)
     ids = [c for c, a in zip(event.configs, alive) if a]
-    if len(ids) < 2:
+    # A member whose every seed diverged is replaced like the worst (Jaderberg et al.): it is
+    # a copy target, never a source; its slot would otherwise compute a frozen run for nothing.
+    reasons = np.asarray(event.stop_reason)
+    dead = [c for j, c in enumerate(event.configs)
+            if not alive[j] and (reasons[:, j] == "diverged").all()]
+    if len(ids) < 2 and not (dead and ids):
       return None
     score = dict(zip(event.configs, self._score(event)))
     order = sorted(ids, key=lambda c: (score[c], c))
-    k = max(1, int(math.floor(len(order) * self.quantile)))
-    top, bottom = order[:k], order[-k:]
+    k = max(1, int(math.floor((len(order) + len(dead)) * self.quantile)))
+    top = order[:k]
+    n_worst = max(0, k - len(dead))
+    bottom = dead + [c for c in order[len(order) - n_worst:] if c not in top]
     hp = {name: dict(zip(event.configs, v)) for name, v in event.hparams.items()}
     copy, new = {}, {}
     for dst in bottom:
@@ -283,7 +290,8 @@ class PBT(Adapt):
       copy[dst] = src
       new[dst] = values
       self.events.append({"step": event.step, "dst": int(dst), "src": src, "hparams": values,
-                          "score_dst": float(score[dst]), "score_src": float(score[src])})
+                          "score_dst": float(score[dst]), "score_src": float(score[src]),
+                          **({"dst_diverged": True} if dst in dead else {})})
       traj = [(s, dict(h)) for s, h in self.trajectory[src]]
       merged = {**{n: float(hp[n][src]) for n in hp}, **values}
       self.trajectory[dst] = traj + [(event.step, merged)]

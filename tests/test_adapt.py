@@ -6,6 +6,7 @@ schedule reproduces it."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -105,6 +106,24 @@ def test_pbt_exploit_and_explore_equal_a_standalone_run_and_its_replay(x64):
                              on_step=lambda t, params, tx: sgd({"lr": new_lr}) if t == 8 else None)
   if b == 8:
     np.testing.assert_allclose(res.batch_loss[0, dst, 8:], ref[8:], rtol=1e-12)
+
+
+def test_pbt_replaces_a_diverged_member():
+  """A member that diverged is a copy target (never a source): its slot trains again."""
+  task = make_task()
+  space = search.zip(lr=[0.01, 0.05, 0.1, 2.0])
+
+  def nan_above_one(h):  # the last config's updates are NaN: it diverges at its first step
+    return optax.chain(optax.sgd(h["lr"]), optax.scale(jnp.where(h["lr"] > 1.0, jnp.nan, 1.0)))
+  p = adapt.pbt("val/loss", interval=8, quantile=0.25, perturb={"lr": (0.8, 1.25)}, seed=0)
+  res = run(task, nan_above_one, space, steps=24, eval_every=8, adapt=p)
+  ex = res.info["adapt"]["exploits"]
+  revived = [e for e in ex if e.get("dst_diverged")]
+  assert revived and revived[0]["dst"] == 3 and revived[0]["step"] == 8
+  assert all(e["src"] != 3 for e in ex if e["step"] == revived[0]["step"])
+  # the slot trained on from its new parent's state: finite losses after the exploit
+  assert np.isfinite(res.batch_loss[0, 3, 8:]).all()
+  assert np.isfinite(res.metrics["val/loss"][0, 3, -1])
 
 
 @pytest.mark.parametrize("strategy, kwargs, match", [

@@ -59,10 +59,10 @@ def test_steps_are_exact_and_the_last_evaluation_is_after_the_last_step(x64):
 
 def test_unused_axes_are_rejected_before_compiling():
   task = make_task()
-  with pytest.raises(ValueError, match=r"sweep: the space's axis 'batch_size' is read by neither"
-                                       r".*batch size as a sweep axis is not supported yet"):
-    run(task, sgd, search.grid(lr=[0.1], batch_size=[8, 512]))
-  with pytest.raises(ValueError, match=r"axis 'wd' is read by neither the optimizer nor the objective"):
+  with pytest.raises(ValueError, match=r"sweep: the space's axis 'steps' is read by neither"
+                                       r".*the number of steps is the sweep's steps="):
+    run(task, sgd, search.grid(lr=[0.1], steps=[8, 512]))
+  with pytest.raises(ValueError, match=r"axis 'wd' is read by neither the optimizer, the objective"):
     run(task, sgd, search.grid(lr=[0.1], wd=[0.0, 0.1]))
   # An axis read only by the objective is used.
   res = run(task, sgd, search.grid(lr=[0.1], flood=[0.0, 0.3]),

@@ -256,7 +256,6 @@ def test_callback_can_stop_the_sweep():
         (dict(seeds=0), "seeds must be >= 1"),
         (dict(eval_every=0), "eval_every must be an int >= 1"),
         (dict(monitor="val/nope", plateau=True), "monitor='val/nope' is not an evaluated metric"),
-        (dict(space=search.zip(lr=[0.1]) * search.folds(2)), "'fold' axis is not supported"),
         (dict(space={"lr": [0.1, 0.2], "wd": [0.1]}), "same length"),
     ],
 )

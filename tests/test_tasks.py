@@ -326,7 +326,8 @@ def test_from_functions_custom_loss_and_metrics():
   np.testing.assert_allclose(float(m["max"]), np.max(np.abs(_X[:, 0])), rtol=1e-6)
 
 
-def test_adapters_refuse_mutable_state():
+def test_adapters_carry_model_state():
+  """BatchNorm statistics (nnx BatchStat, linen batch_stats) are model state, not refused."""
   class WithBN(nnx.Module):
     def __init__(self, rngs):
       self.lin = nnx.Linear(3, 2, rngs=rngs)
@@ -335,20 +336,65 @@ def test_adapters_refuse_mutable_state():
     def __call__(self, x):
       return self.bn(self.lin(x))
 
-  with pytest.raises(ValueError, match=r"Task.from_flax_nnx\('bn'\): the model may hold only "
-                                       r"nnx.Param variables .* bn/mean .*BatchStat"):
-    Task.from_flax_nnx("bn", WithBN, train={"x": _X, "y": _Y})
-
-  class LinenBN(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return nn.BatchNorm(use_running_average=False)(nn.Dense(2)(x))
-
-  with pytest.raises(ValueError, match=r"Task.from_linen\('bn'\): the module may hold only "
-                                       r"'params', got collections \['batch_stats'\]"):
-    Task.from_linen("bn", LinenBN(), train={"x": _X, "y": _Y})
+  task = Task.from_flax_nnx("bn", WithBN, train={"x": _X, "y": _Y})
+  assert task.stateful
+  state = task.initial_state(jax.random.key(0))
+  assert set(state["bn"]) == {"mean", "var"}
   with pytest.raises(ValueError, match=r"Task.from_functions\('f'\): loss must be one of"):
     Task.from_functions("f", lambda k: 0.0, lambda p, x: x, "hinge", train={"x": _X, "y": _Y})
+
+
+def test_linen_batchnorm_and_dropout_rows_equal_a_linen_loop():
+  """A linen module with BatchNorm and Dropout: a sweep's row equals a hand-written linen loop
+  (mutable batch_stats, dropout key stream_key(model_key(key, seed, t), "dropout"))."""
+  import optax
+
+  import optaxlr
+  from optaxlr.engine import batch_indices, model_key, run_keys
+  from optaxlr.tasks import stream_key
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+      x = nn.Dense(8)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.Dropout(0.3, deterministic=not train)(nn.relu(x))
+      return nn.Dense(3)(x)
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 64).astype(np.int32)
+  task = Task.from_linen("ln", Net(), train={"x": x, "y": y}, eval={"val": {"x": x, "y": y}},
+                         rng_streams=("dropout",), train_kwargs={"train": True},
+                         eval_kwargs={"train": False})
+  res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"], momentum=0.9),
+                      optaxlr.search.grid(lr=[0.05, 0.2]), steps=6, batch_size=16, seeds=2,
+                      eval_every=6, progress=False)
+  module = Net()
+  for s, i in ((0, 1), (1, 0)):
+    init_key, data_key = run_keys(0, s)
+    variables = module.init({"params": init_key, "dropout": stream_key(init_key, "dropout")},
+                            x[:1], train=False)
+    params, stats = variables["params"], variables["batch_stats"]
+    tx = optax.sgd([0.05, 0.2][i], momentum=0.9)
+    opt_state = tx.init(params)
+    losses = []
+    for t in range(6):
+      idx = np.asarray(batch_indices(data_key, t, 64, 16))
+
+      def loss_fn(p, stats=stats, idx=idx, t=t, s=s):
+        out, new = module.apply({"params": p, "batch_stats": stats}, x[idx], train=True,
+                                mutable=["batch_stats"],
+                                rngs={"dropout": stream_key(model_key(0, s, t), "dropout")})
+        return optax.softmax_cross_entropy_with_integer_labels(out, y[idx]).mean(), new
+      (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params, stats = optax.apply_updates(params, updates), new["batch_stats"]
+      losses.append(float(loss))
+    np.testing.assert_allclose(res.batch_loss[s, i], losses, rtol=1e-4, atol=1e-6)
+    out = module.apply({"params": params, "batch_stats": stats}, x, train=False)
+    val = float(optax.softmax_cross_entropy_with_integer_labels(out, y).mean())
+    np.testing.assert_allclose(res.metrics["val/loss"][s, i, -1], val, rtol=1e-4)
 
 
 def test_minibatch_by_traced_index_and_identity_hash():

@@ -4,6 +4,8 @@ vmapped, sharded program, driven from the host chunk by chunk."""
 from optaxlr.engine._core import clear_cache
 from optaxlr.engine._data import batch_indices
 from optaxlr.engine._data import epoch_permutation
+from optaxlr.engine._data import fold_split
+from optaxlr.engine._data import model_key
 from optaxlr.engine._data import run_keys
 from optaxlr.engine._driver import ChunkEvent
 from optaxlr.engine._driver import Control
@@ -28,7 +30,9 @@ __all__ = [
     "batch_indices",
     "clear_cache",
     "epoch_permutation",
+    "fold_split",
     "load",
+    "model_key",
     "run_keys",
     "sweep",
 ]

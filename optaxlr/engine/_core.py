@@ -40,7 +40,7 @@ from optaxlr.engine._data import epoch_permutation
 
 PyTree = Any
 
-__all__ = ["Spec", "Carry", "Program", "get_program", "all_finite"]
+__all__ = ["Spec", "Segment", "Carry", "Program", "get_program", "all_finite"]
 
 
 def all_finite(tree: PyTree) -> jax.Array:
@@ -56,6 +56,19 @@ def _sq_norm(tree: PyTree) -> jax.Array:
 def _where(cond: jax.Array, a: PyTree, b: PyTree) -> PyTree:
   """Leafwise ``where(cond, a, b)`` for a scalar ``cond`` (inside the vmaps)."""
   return jax.tree.map(lambda x, y: jnp.where(cond, x, y).astype(y.dtype), a, b)
+
+
+class Segment(NamedTuple):
+  """Configs of a program that share a minibatch stream: a batch size and a training subset.
+
+  ``size`` configs (of the program's config axis, in order); ``fold`` -1 trains on the whole
+  training split, else on fold ``fold``'s training part (:func:`optaxlr.engine.fold_split`
+  with ``folds`` folds) and evaluates its held-out part as the split ``"fold"``."""
+
+  size: int
+  batch_size: int
+  fold: int = -1
+  folds: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +87,13 @@ class Spec:
   eval_rules: tuple[_rules.Rule, ...]
   update_ratio: bool  # record ||update|| / ||params|| of the last step before each evaluation
   key_impl: str | None  # None: raw uint32 keys; else the impl name of typed keys
+  stateful: bool = False  # the task carries model state / randomness (task.step_loss)
+  serial: int = 1  # config blocks per device run one after another (lax.map); 1: all vmapped
+  devices: int = 1  # devices the config axis is sharded over (blocks stay within a device)
+  eval_batch: int | None = None  # evaluate splits in pieces of this many examples
+  compute_dtype: str | None = None  # forward/backward in this dtype (float32 master weights)
+  segments: tuple[Segment, ...] | None = None  # None: one segment (batch_size, whole split)
+  host_fed: bool = False  # minibatches come from the host per chunk instead of the train split
 
   @property
   def chunk_steps(self) -> int:
@@ -85,6 +105,7 @@ class Carry(NamedTuple):
 
   params: PyTree
   opt_state: PyTree
+  model_state: PyTree  # BatchNorm statistics...; () for a stateless task
   alive: jax.Array  # bool: neither stopped nor diverged
   stopped_at: jax.Array  # int32: updates received when it stopped, -1 while running
   reason: jax.Array  # int32: code in STOP_REASONS, 0 while running
@@ -103,8 +124,8 @@ class Out(NamedTuple):
 
 
 class Program(NamedTuple):
-  init: Callable  # (hparams, ramp, init_keys, rule_args) -> Carry
-  chunk: Callable  # (carry, hparams, ramp, data_keys, start, total, train, evals, rule_args)
+  init: Callable  # (hparams, ramp, init_keys, n_configs_like, rule_args) -> Carry
+  chunk: Callable  # (carry, hparams, ramp, keys, start, total, data, rule_args) -> (carry, Out)
   steer: Callable  # (carry, src, stop, step) -> carry
 
 
@@ -112,11 +133,33 @@ def _wrap(keys: jax.Array, impl: str | None) -> jax.Array:
   return keys if impl is None else jax.random.wrap_key_data(keys, impl=impl)
 
 
+def _cast(tree: PyTree, dtype) -> PyTree:
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _weighted_eval(metric_fn, arrays: dict, piece: int | None) -> dict:
+  """Metrics of a split, in pieces of ``piece`` examples combined by example-weighted means
+  (metrics must be means over examples: loss, accuracy, error)."""
+  n = int(jax.tree.leaves(arrays)[0].shape[0])
+  if piece is None or piece >= n:
+    return metric_fn(arrays)
+  full, rest = divmod(n, piece)
+  head = jax.tree.map(lambda a: a[: full * piece].reshape(full, piece, *a.shape[1:]), arrays)
+  per = jax.lax.map(metric_fn, head)  # name -> (full, ...)
+  out = {k: v.sum(0) * piece for k, v in per.items()}
+  if rest:
+    tail = metric_fn(jax.tree.map(lambda a: a[full * piece:], arrays))
+    out = {k: out[k] + tail[k] * rest for k in out}
+  return {k: v / n for k, v in out.items()}
+
+
 def build_program(task, optimizer, objective, spec: Spec) -> Program:
   """The jitted functions of one spec (see the module docstring)."""
   dtype = jnp.result_type(float)
   rules = spec.step_rules + spec.eval_rules
   n_step_rules = len(spec.step_rules)
+  cdtype = None if spec.compute_dtype is None else jnp.dtype(spec.compute_dtype)
 
   def apply_rules(rule_list, offset, rstates, ctx, rule_args, run, code):
     """Updates rules ``offset..`` of one run (states kept where it does not run); the first
@@ -131,29 +174,46 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
         records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(dtype)
     return tuple(new_rs), code, records
 
-  def loss_fn(params, batch, hp):
-    loss = task.loss(params, batch)
-    return loss if objective is None else objective(loss, hp)
+  def loss_fn(params, mstate, batch, key, hp):
+    if cdtype is not None:
+      # Mixed precision: the forward and backward pass in ``cdtype``; the gradient arrives
+      # in the master weights' dtype through the cast.
+      # The model state (BatchNorm's running statistics) stays in its dtype: rounding it to
+      # bfloat16 every step would lose the slow running averages.
+      params, batch = _cast(params, cdtype), _cast(batch, cdtype)
+    if spec.stateful:
+      loss, new_state = task.step_loss(params, mstate, batch, key, hp)
+    else:
+      loss, new_state = task.loss(params, batch), mstate
+    loss = loss.astype(dtype)
+    loss = loss if objective is None else objective(loss, hp)
+    return loss, new_state
 
-  def config_step(params, opt_state, alive, stopped_at, reason, rstates, ratio,
-                  hp, ramp_t, batch, t, go, value, fresh, rule_args, last):
+  def config_step(params, opt_state, mstate, alive, stopped_at, reason, rstates, ratio,
+                  hp, ramp_t, batch, key, t, go, value, fresh, rule_args, last):
     hp = {**hp, **ramp_t}
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch, hp)
+    (loss, new_mstate), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, mstate, batch, key, hp)
+    if cdtype is not None:
+      new_mstate = jax.tree.map(lambda new, old: new.astype(old.dtype), new_mstate, mstate)
     tx = optax.with_extra_args_support(optimizer(hp))
     extra = {"value": value, "evaluate": fresh} if spec.plateau else {}
     updates, new_opt = tx.update(grads, opt_state, params, **extra)
     new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
     ok = jnp.isfinite(loss) & all_finite(new_params)
+    if spec.stateful:
+      ok = ok & all_finite(new_mstate)
     run = alive & go
     code = jnp.where(ok, 0, _rules.reason_code("diverged"))
     ctx = _rules.StepContext(step=t, loss=loss, params=new_params, opt_state=new_opt)
     new_rs, code, records = apply_rules(spec.step_rules, 0, rstates, ctx, rule_args, run, code)
     stop = run & (code != 0)
     keep = run & ~stop
-    # A stopped run's parameters are frozen (selected, fused into the add); its optimizer state
-    # is not selected (one pass less over it per step: ~10% of a step at 16 configs of an MLP on
-    # the CPU) and may move on, which changes none of its numbers.
+    # A stopped run's parameters (and model state) are frozen (selected, fused into the add);
+    # its optimizer state is not selected (one pass less over it per step: ~10% of a step at 16
+    # configs of an MLP on the CPU) and may move on, which changes none of its numbers.
     params = _where(keep, new_params, params)
+    mstate = _where(keep, new_mstate, mstate) if spec.stateful else mstate
     opt_state = new_opt
     if spec.update_ratio:
       # Only the last step before an evaluation is recorded: compute the two norms there only
@@ -162,19 +222,24 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
           last, lambda: jnp.where(keep, jnp.sqrt(_sq_norm(updates) / _sq_norm(params)), ratio),
           lambda: ratio)
     out = (
-        params, opt_state, alive & ~stop, jnp.where(stop, t, stopped_at),
+        params, opt_state, mstate, alive & ~stop, jnp.where(stop, t, stopped_at),
         jnp.where(stop, code, reason), tuple(new_rs), ratio,
     )
     return out, (jnp.where(run, loss, 0).astype(dtype), run, records)
 
-  c_ax = (0,) * 7 + (0, None, None, None, None, 0, None, None, None)
-  s_ax = (0,) * 7 + (None, None, 0, None, None, 0, None, None, None)
+  n_run = 8  # per-run carried arguments of config_step
+  c_ax = (0,) * n_run + (0, None, None, None, None, None, 0, None, None, None)
+  s_ax = (0,) * n_run + (None, None, 0, 0, None, None, 0, None, None, None)
   seeds_step = jax.vmap(jax.vmap(config_step, in_axes=c_ax), in_axes=s_ax)
 
-  def evaluate(params, evals):
+  def evaluate(params, mstate, hparams, evals):
     out = {}
-    for split in spec.eval_splits:
-      per = jax.vmap(jax.vmap(lambda p, d=evals[split]: task.metrics(p, d)))(params)
+    for split, data in evals.items():
+      def one(p, m, h, data=data):
+        def metric_fn(piece):
+          return task.evaluate(p, m, piece, h) if spec.stateful else task.metrics(p, piece)
+        return _weighted_eval(metric_fn, data, spec.eval_batch)
+      per = jax.vmap(jax.vmap(one, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(params, mstate, hparams)
       out.update({f"{split}/{k}": v.astype(dtype) for k, v in per.items()})
     return out
 
@@ -191,38 +256,102 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
   seeds_eval = jax.vmap(jax.vmap(config_eval, in_axes=(0,) * 7 + (None, None, None)),
                         in_axes=(0,) * 7 + (None, None, None))
 
-  def chunk(carry: Carry, hparams, ramp, data_keys, start, total, train, evals, rule_args):
-    data_keys = _wrap(data_keys, spec.key_impl)
-    n = int(jax.tree.leaves(train)[0].shape[0])
-    b = spec.batch_size
-    per_epoch = n // b
+  def segments_of(n_cfg: int) -> tuple[Segment, ...]:
+    if spec.segments is None:
+      return (Segment(n_cfg, spec.batch_size),)
+    assert sum(s.size for s in spec.segments) == n_cfg, (spec.segments, n_cfg)
+    return spec.segments
 
-    def perms(t):
-      return jax.vmap(lambda k: epoch_permutation(k, t // per_epoch, n))(data_keys)
+  def chunk_vmapped(carry: Carry, hparams, ramp, keys, start, total, data, rule_args):
+    """One chunk of every config in ``carry`` at once (the config axis vmapped)."""
+    data_keys = _wrap(keys["data"], spec.key_impl)
+    model_keys = _wrap(keys["model"], spec.key_impl)
+    train = data["train"]
+    n_cfg = int(carry.alive.shape[1])
+    segs = segments_of(n_cfg)
+    offs = np.concatenate([[0], np.cumsum([s.size for s in segs])]).tolist()
+    multi = len(segs) > 1
 
-    def step_body(state, t):
+    def seg_slice(tree, k):
+      if not multi:
+        return tree
+      return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, offs[k], offs[k + 1], axis=1), tree)
+
+    def seg_hp(k):
+      if not multi:
+        return hparams
+      return jax.tree.map(lambda x: x[offs[k]:offs[k + 1]], hparams)
+
+    def n_examples(k):
+      seg = segs[k]
+      return (int(data["fold_train"][k].shape[0]) if seg.fold >= 0
+              else int(jax.tree.leaves(train)[0].shape[0]))
+
+    def perms(k, t):
+      per_epoch = n_examples(k) // segs[k].batch_size
+      return jax.vmap(lambda key: epoch_permutation(key, t // per_epoch, n_examples(k)))(data_keys)
+
+    def step_body(state, xs):
       c, perm = state
-      pos = t % per_epoch
-      perm = jax.lax.cond(pos == 0, lambda: perms(t), lambda: perm)
-      idx = jax.lax.dynamic_slice_in_dim(perm, pos * b, b, axis=1)  # (S, B)
-      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), train)
+      t, last = xs["t"], xs["last"]
       ramp_t = {k: v[jnp.minimum(t, v.shape[0] - 1)] for k, v in ramp.items()}
       value = jnp.where(c.fresh, c.last_value, jnp.nan)
-      (params, opt_state, alive, stopped_at, reason, rstates, ratio), (loss, ran, recs) = seeds_step(
-          c.params, c.opt_state, c.alive, c.stopped_at, c.reason, c.rule_states, c.ratio,
-          hparams, ramp_t, batch, t, t < total, value, c.fresh, rule_args,
-          ((t + 1) % spec.eval_every == 0) | (t + 1 == total),
-      )
-      c = c._replace(params=params, opt_state=opt_state, alive=alive, stopped_at=stopped_at,
-                     reason=reason, rule_states=rstates, ratio=ratio, fresh=jnp.array(False))
-      return (c, perm), (loss, ran, recs)
+      # per-step model keys (Dropout...), only for a model that takes them
+      mkeys = (jax.vmap(lambda key: jax.random.fold_in(key, t))(model_keys) if spec.stateful
+               else model_keys)
+      new_perm, outs = [], []
+      for k, seg in enumerate(segs):
+        if spec.host_fed:
+          batch = xs["batch"]
+          new_perm.append(perm[k])
+        else:
+          b = seg.batch_size
+          per_epoch = n_examples(k) // b
+          pos = t % per_epoch
+          pk = jax.lax.cond(pos == 0, lambda k=k: perms(k, t), lambda k=k: perm[k])
+          new_perm.append(pk)
+          idx = jax.lax.dynamic_slice_in_dim(pk, pos * b, b, axis=1)  # (S, B)
+          if seg.fold >= 0:
+            idx = jnp.take(data["fold_train"][k], idx, axis=0)
+          batch = jax.tree.map(lambda a, idx=idx: jnp.take(a, idx, axis=0), train)
+        sc = seg_slice(c._replace(fresh=None), k)
+        outs.append(seeds_step(
+            sc.params, sc.opt_state, sc.model_state, sc.alive, sc.stopped_at, sc.reason,
+            sc.rule_states, sc.ratio, seg_hp(k), ramp_t, batch, mkeys, t, t < total, value[:, offs[k]:offs[k + 1]] if multi else value,
+            c.fresh, rule_args, last))
+      if multi:
+        (new, (loss, ran, recs)) = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *outs)
+      else:
+        (new, (loss, ran, recs)) = outs[0]
+      params, opt_state, mstate, alive, stopped_at, reason, rstates, ratio = new
+      c = c._replace(params=params, opt_state=opt_state, model_state=mstate, alive=alive,
+                     stopped_at=stopped_at, reason=reason, rule_states=rstates, ratio=ratio,
+                     fresh=jnp.array(False))
+      return (c, tuple(new_perm)), (loss, ran, recs)
 
-    def block_body(state, b0):
+    def evaluate_all(c):
+      if not multi and (not segs or segs[0].fold < 0):
+        return evaluate(c.params, c.model_state, hparams, data["evals"])
+      parts = []
+      for k, seg in enumerate(segs):
+        sc = seg_slice(c._replace(fresh=None), k)
+        splits = dict(data["evals"])
+        if seg.fold >= 0:
+          splits["fold"] = data["fold_eval"][k]
+        parts.append(evaluate(sc.params, sc.model_state, seg_hp(k), splits))
+      return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
+
+    def block_body(state, xs):
+      b0 = xs["b0"]
       steps = b0 + jnp.arange(spec.eval_every, dtype=jnp.int32)
-      (c, perm), (loss, ran, recs) = jax.lax.scan(step_body, state, steps)
+      # the last step before the block's evaluation (blocks start at ``start``, any step)
+      inner = {"t": steps, "last": (steps == b0 + spec.eval_every - 1) | (steps + 1 == total)}
+      if spec.host_fed:
+        inner["batch"] = xs["batch"]  # leaves (eval_every, S, B, ...)
+      (c, perm), (loss, ran, recs) = jax.lax.scan(step_body, state, inner)
       end = jnp.minimum(b0 + spec.eval_every, total)
       go = b0 < total
-      metrics = evaluate(c.params, evals)
+      metrics = evaluate_all(c)
       erecs = {}
       if spec.eval_rules:
         rstates, alive, stopped_at, reason, erecs = seeds_eval(
@@ -240,9 +369,18 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
       mean = jnp.where(cnt > 0, jnp.where(ran, loss, 0).sum(1) / jnp.maximum(cnt, 1), jnp.nan)
       return (c, perm), (mean, metrics, recs, erecs, c.ratio)
 
-    perm0 = perms(start)
+    if spec.host_fed:
+      perm0 = tuple(jnp.zeros((1,), jnp.int32) for _ in segs)
+    else:
+      perm0 = tuple(perms(k, start) for k in range(len(segs)))
     b0s = start + spec.eval_every * jnp.arange(spec.blocks, dtype=jnp.int32)
-    (carry, _), (loss, metrics, recs, erecs, ratio) = jax.lax.scan(block_body, (carry, perm0), b0s)
+    xs = {"b0": b0s}
+    if spec.host_fed:
+      # (S, chunk_steps, B, ...) -> (blocks, eval_every, S, B, ...)
+      xs["batch"] = jax.tree.map(
+          lambda a: jnp.moveaxis(a, 0, 1).reshape(spec.blocks, spec.eval_every, *a.shape[:1],
+                                                  *a.shape[2:]), data["batches"])
+    (carry, _), (loss, metrics, recs, erecs, ratio) = jax.lax.scan(block_body, (carry, perm0), xs)
     # (blocks, W, S, C) -> (S, C, blocks * W); (blocks, S, C) -> (S, C, blocks)
     last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731
     flat = lambda x: jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, -1)  # noqa: E731
@@ -255,6 +393,40 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     )
     return carry, out
 
+  def chunk(carry: Carry, hparams, ramp, keys, start, total, data, rule_args):
+    if spec.serial == 1:
+      return chunk_vmapped(carry, hparams, ramp, keys, start, total, data, rule_args)
+    # Config blocks one after another (lax.map), each block's configs vmapped: leaves
+    # (S, D * serial * v, ...) -> (serial, S, D * v, ...), blocks within each device.
+    d, m = spec.devices, spec.serial
+    n_cfg = int(carry.alive.shape[1])
+    v = n_cfg // (d * m)
+
+    def split_run(x):  # (S, C, ...) -> (m, S, D * v, ...)
+      x = x.reshape(x.shape[0], d, m, v, *x.shape[2:])
+      return jnp.moveaxis(x, 2, 0).reshape(m, x.shape[0], d * v, *x.shape[4:])
+
+    def join_run(x):  # (m, S, D * v, ...) -> (S, C, ...)
+      x = x.reshape(m, x.shape[1], d, v, *x.shape[3:])
+      return jnp.moveaxis(x, 0, 2).reshape(x.shape[1], d * m * v, *x.shape[4:])
+
+    def split_cfg(x):  # (C, ...) -> (m, D * v, ...)
+      x = x.reshape(d, m, v, *x.shape[1:])
+      return jnp.moveaxis(x, 1, 0).reshape(m, d * v, *x.shape[3:])
+
+    runs = jax.tree.map(split_run, carry._replace(fresh=None))
+    hps = jax.tree.map(split_cfg, hparams)
+
+    def one(args):
+      c, h = args
+      c = c._replace(fresh=carry.fresh)
+      c, out = chunk_vmapped(c, h, ramp, keys, start, total, data, rule_args)
+      return c._replace(fresh=None), (out, c.fresh)
+
+    new, (out, fresh) = jax.lax.map(one, (runs, hps))
+    new = jax.tree.map(join_run, new)._replace(fresh=fresh[0])
+    return new, jax.tree.map(join_run, out)
+
   def init(hparams, ramp, init_keys, n_configs_like, rule_args):
     init_keys = _wrap(init_keys, spec.key_impl)
     ramp0 = {k: v[0] for k, v in ramp.items()}
@@ -262,9 +434,10 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     def one(k, h, i):
       del i  # sizes the config axis when there are no hyperparameters
       params = task.init(k)
-      return params, optimizer({**h, **ramp0}).init(params)
+      mstate = task.initial_state(k) if spec.stateful else ()
+      return params, optimizer({**h, **ramp0}).init(params), mstate
 
-    params, opt_state = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, None))(
+    params, opt_state, mstate = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, None))(
         init_keys, hparams, n_configs_like)
     shape = (init_keys.shape[0], n_configs_like.shape[0])
 
@@ -273,7 +446,7 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
       return jax.tree.map(lambda x: jnp.broadcast_to(x, shape + jnp.shape(x)), st)
 
     return Carry(
-        params=params, opt_state=opt_state,
+        params=params, opt_state=opt_state, model_state=mstate,
         alive=jnp.ones(shape, bool),
         stopped_at=jnp.full(shape, -1, jnp.int32),
         reason=jnp.zeros(shape, jnp.int32),

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["run_keys", "batch_indices", "as_key", "key_data", "epoch_permutation"]
+__all__ = ["run_keys", "model_key", "model_base_key", "batch_indices", "fold_split", "as_key",
+           "key_data", "epoch_permutation"]
 
 
 def as_key(fn: str, key: Any) -> jax.Array:
@@ -64,6 +65,48 @@ def run_keys(key: Any, seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
   key = as_key("run_keys", key)
   k = jax.random.fold_in(key, seed)
   return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+
+
+def model_base_key(key: Any, seed: int) -> jax.Array:
+  """``fold_in(fold_in(key, seed), 2)``: the base of a seed's per-step model keys."""
+  key = as_key("model_key", key)
+  return jax.random.fold_in(jax.random.fold_in(key, seed), 2)
+
+
+def model_key(key: Any, seed: int, step: int | jax.Array) -> jax.Array:
+  """The model's key at ``step`` (Dropout masks...): ``fold_in(fold_in(fold_in(key, seed), 2),
+  step)``, the same for every config of a seed (common random numbers). A flax.nnx task
+  reseeds its RNG streams with it (:func:`optaxlr.tasks.reseed_nnx`), a linen task draws
+  stream ``s`` from :func:`optaxlr.tasks.stream_key` ``(model_key, s)``.
+
+  Examples:
+    >>> model_key(0, seed=1, step=5).shape
+    (2,)
+  """
+  return jax.random.fold_in(model_base_key(key, seed), step)
+
+
+def fold_split(num_examples: int, k: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(train_indices, held_out_indices)`` of fold ``fold`` of ``k``: the examples split in
+  order into ``k`` contiguous parts (the first ``num_examples % k`` one longer), fold ``i``
+  holding out part ``i`` -- scikit-learn's ``KFold(n_splits=k)`` without shuffling. Shuffle
+  the data first for random folds.
+
+  Examples:
+    >>> tr, held = fold_split(10, 3, 0)
+    >>> held.tolist(), tr.tolist()
+    ([0, 1, 2, 3], [4, 5, 6, 7, 8, 9])
+  """
+  if not 2 <= k <= num_examples:
+    raise ValueError(f"fold_split: k must be in [2, num_examples={num_examples}], got k={k}")
+  if not 0 <= fold < k:
+    raise ValueError(f"fold_split: fold must be in [0, {k}), got fold={fold}")
+  sizes = np.full(k, num_examples // k)
+  sizes[: num_examples % k] += 1
+  bounds = np.concatenate([[0], np.cumsum(sizes)])
+  held = np.arange(bounds[fold], bounds[fold + 1])
+  train = np.concatenate([np.arange(0, bounds[fold]), np.arange(bounds[fold + 1], num_examples)])
+  return train, held
 
 
 def epoch_permutation(data_key: jax.Array, epoch: jax.Array | int, num_examples: int) -> jax.Array:

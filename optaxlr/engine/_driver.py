@@ -30,7 +30,7 @@ import numpy as np
 from optaxlr.engine import _core
 from optaxlr.engine import _rules
 from optaxlr.engine._checkpoint import CheckpointStore
-from optaxlr.engine._data import key_data, run_keys
+from optaxlr.engine._data import key_data, model_base_key, run_keys
 
 PyTree = Any
 
@@ -129,6 +129,16 @@ class Plan:
   end_when_all_stopped: bool = True
   compact: bool = False  # move live runs into a smaller program when runs stop (adaptive search)
   one_group: bool = False  # every config must fit in one program (adaptive search compares them)
+  vectorize: int | None = None  # configs vmapped at once per device (blocks under lax.map)
+  eval_batch: int | None = None  # evaluate in pieces of this many examples
+  compute_dtype: str | None = None  # mixed precision: forward/backward dtype
+  segment_of: np.ndarray | None = None  # (C,) segment id per config (batch size / fold axes)
+  segment_defs: tuple = ()  # per id: (batch_size, fold, folds)
+  fold_splits: dict = dataclasses.field(default_factory=dict)  # fold -> (train_idx, held_idx)
+  batches: Callable | None = None  # host-fed data: seed -> iterator of batches
+  batch_spec: dict | None = None  # host-fed: key -> (per-example shape, dtype)
+  start_step: int = 0  # steps already trained (continuing a kept sweep): numbering starts there
+  init_from: Any = None  # (params, opt_state, model_state) leaves (S, C, ...) to start from
 
 
 @dataclasses.dataclass
@@ -145,6 +155,8 @@ class Output:
   params: Any
   steering: list
   info: dict
+  opt_state: Any = None
+  model_state: Any = None
 
 
 def device_memory_bytes(device) -> int | None:
@@ -204,21 +216,33 @@ def run(plan: Plan) -> Output:
   raw = (lambda k: k) if key_impl is None else jax.random.key_data
   init_keys = np.stack([np.asarray(raw(k[0])) for k in keys])
   data_keys = np.stack([np.asarray(raw(k[1])) for k in keys])
+  model_keys = np.stack([np.asarray(raw(model_base_key(plan.key, s))) for s in plan.seeds])
+  stateful = bool(getattr(task, "stateful", False))
+  vec = plan.vectorize
 
-  spec = _core.Spec(
-      batch_size=plan.batch_size, eval_every=plan.eval_every,
-      blocks=plan.sync_every // plan.eval_every, log_every=plan.log_every,
-      eval_splits=plan.eval_splits, monitor=plan.monitor, plateau=plan.plateau,
-      step_rules=tuple(plan.step_rules), eval_rules=tuple(plan.eval_rules),
-      update_ratio=plan.update_ratio, key_impl=key_impl,
-  )
+  def spec_for(segments, serial):
+    return _core.Spec(
+        batch_size=plan.batch_size, eval_every=plan.eval_every,
+        blocks=plan.sync_every // plan.eval_every, log_every=plan.log_every,
+        eval_splits=plan.eval_splits, monitor=plan.monitor, plateau=plan.plateau,
+        step_rules=tuple(plan.step_rules), eval_rules=tuple(plan.eval_rules),
+        update_ratio=plan.update_ratio, key_impl=key_impl, stateful=stateful,
+        serial=serial, devices=n_dev, eval_batch=plan.eval_batch,
+        compute_dtype=plan.compute_dtype, segments=segments, host_fed=plan.batches is not None,
+    )
+
+  spec = spec_for(None, 1)
   rules = spec.step_rules + spec.eval_rules
   rule_args = tuple(
       jax.tree.map(lambda v: np.asarray(np.minimum(np.float64(v), np.finfo(fdtype).max), fdtype), r.args())
       for r in rules
   )
   donate = devices[0].platform != "cpu"
-  prog = _core.get_program(task, plan.optimizer, plan.objective, spec, donate=donate)
+
+  def prog_for(segments, g):
+    serial = 1 if vec is None else max(1, g // (n_dev * vec))
+    return _core.get_program(task, plan.optimizer, plan.objective, spec_for(segments, serial),
+                             donate=donate)
 
   mesh = jax.sharding.Mesh(np.array(devices), ("config",))
   P = jax.sharding.PartitionSpec
@@ -226,11 +250,20 @@ def run(plan: Plan) -> Output:
   cfg_sh = jax.sharding.NamedSharding(mesh, P("config"))
   repl = jax.sharding.NamedSharding(mesh, P())
 
-  train = {k: _core.put(np.asarray(v), repl) for k, v in task.train.items()}
+  host_fed = plan.batches is not None
+  train = {} if host_fed else {k: _core.put(np.asarray(v), repl) for k, v in task.train.items()}
   evals = {s: {k: _core.put(np.asarray(v), repl) for k, v in task.eval[s].items()}
            for s in plan.eval_splits}
+  data_base = {"train": train, "evals": evals, "fold_train": (), "fold_eval": ()}
+  if plan.segment_defs and any(f >= 0 for _, f, _ in plan.segment_defs):
+    tr_np = {k: np.asarray(v) for k, v in task.train.items()}
+    fold_train, fold_eval = {}, {}
+    for fold, (tr_idx, held_idx) in plan.fold_splits.items():
+      fold_train[fold] = _core.put(np.asarray(tr_idx, np.int32), repl)
+      fold_eval[fold] = {k: _core.put(v[held_idx], repl) for k, v in tr_np.items()}
   ramp = {k: _core.put(np.asarray(v, fdtype), repl) for k, v in plan.ramp.items()}
   data_keys_d = _core.put(data_keys, repl)
+  keys_d = {"data": data_keys_d, "model": _core.put(model_keys, repl)}
   init_keys_d = _core.put(init_keys, repl)
   rule_args_d = jax.tree.map(lambda a: _core.put(a, repl), rule_args)
 
@@ -240,39 +273,84 @@ def run(plan: Plan) -> Output:
   def place_carry(carry_np):
     return jax.tree.map(lambda x: _core.put(x, run_sh if np.ndim(x) >= 2 else repl), carry_np)
 
-  # Groups: start with every config (a multiple of the device count), shrink to what the
-  # compiled program says fits in half of the device memory.
+  # Groups: start with every config (a multiple of the device count, and of the configs
+  # vectorised at once), shrink to what the compiled program says fits in half of the device
+  # memory.
+  unit = n_dev * (vec or 1)
   group = n_cfg if plan.max_group_size is None else min(n_cfg, plan.max_group_size)
-  group = max(n_dev, math.ceil(group / n_dev) * n_dev)
+  group = max(unit, math.ceil(group / unit) * unit)
   steps, chunk_steps = plan.steps, spec.chunk_steps
   n_chunks = math.ceil(steps / chunk_steps)
   n_evals = math.ceil(steps / plan.eval_every)
-  eval_steps = np.minimum((np.arange(n_evals) + 1) * plan.eval_every, steps)
+  base = plan.start_step
+  eval_steps = base + np.minimum((np.arange(n_evals) + 1) * plan.eval_every, steps)
   n_log = math.ceil(steps / plan.log_every)
   mem = device_memory_bytes(devices[0])
   compile_s = 0.0
 
-  def pad_sel(lo, hi, g):
-    return np.concatenate([np.arange(lo, hi), np.full(g - (hi - lo), lo)]).astype(np.int64)
+  def arrange(lo, hi, g):
+    """``(slots, sel, segments)`` of the group of configs ``lo..hi`` padded to ``g`` slots:
+    configs sorted by segment (batch size, fold) when the space has such axes."""
+    ids = np.arange(lo, hi)
+    if plan.segment_of is not None:
+      ids = ids[np.argsort(plan.segment_of[ids], kind="stable")]
+    pad = g - len(ids)
+    slots = np.concatenate([ids, np.full(pad, -1)]).astype(np.int64)
+    sel = np.concatenate([ids, np.full(pad, ids[-1] if plan.segment_of is not None else lo)])
+    return slots, sel.astype(np.int64), segments_of(sel)
+
+  def segments_of(sel):
+    if plan.segment_of is None:
+      return None
+    seg_ids = plan.segment_of[sel]
+    out = []
+    for i in seg_ids:
+      b, fold, folds = plan.segment_defs[int(i)]
+      if out and out[-1][1:] == (b, fold, folds) and out[-1][4] == int(i):
+        out[-1][0] += 1
+      else:
+        out.append([1, b, fold, folds, int(i)])
+    return tuple(_core.Segment(n, b, f, k) for n, b, f, k, _ in out)
+
+  def data_for(segs):
+    if not segs or all(sg.fold < 0 for sg in segs):
+      return data_base
+    dummy_t, dummy_e = jnp.zeros((1,), jnp.int32), None
+    ft = tuple(fold_train[sg.fold] if sg.fold >= 0 else dummy_t for sg in segs)
+    fe = tuple(fold_eval[sg.fold] if sg.fold >= 0 else dummy_e for sg in segs)
+    return {**data_base, "fold_train": ft, "fold_eval": fe}
+
+  def batches_like():
+    if not host_fed:
+      return None
+    return {k: jax.ShapeDtypeStruct((n_s, spec.chunk_steps, plan.batch_size, *shape), dt,
+                                    sharding=repl)
+            for k, (shape, dt) in plan.batch_spec.items()}
+
+  def with_batches(data, batches):
+    return data if batches is None else {**data, "batches": batches}
 
   def example_args(g):
-    hp_g = put_hp({k: v[pad_sel(0, min(g, n_cfg), g)] for k, v in plan.hparams.items()})
+    _, sel, segs = arrange(0, min(g, n_cfg), g)
+    prog = prog_for(segs, g)
+    hp_g = put_hp({k: v[sel] for k, v in plan.hparams.items()})
     carry_shape = jax.eval_shape(prog.init, hp_g, ramp, init_keys_d, jnp.arange(g), rule_args_d)
     carry = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=run_sh if len(s.shape) >= 2 else repl),
         carry_shape)
-    return hp_g, carry
+    return prog, hp_g, carry, segs
 
   def compile_for(g):
-    hp_g, carry = example_args(g)
-    return prog.compiled_chunk(carry, hp_g, ramp, data_keys_d, jnp.int32(0), jnp.int32(steps),
-                               train, evals, rule_args_d)
+    prog, hp_g, carry, segs = example_args(g)
+    exe, dt = prog.compiled_chunk(carry, hp_g, ramp, keys_d, jnp.int32(base), jnp.int32(base + steps),
+                                  with_batches(data_for(segs), batches_like()), rule_args_d)
+    return prog, exe, dt
 
-  exe, dt = compile_for(group)
+  prog, exe, dt = compile_for(group)
   compile_s += dt
   need = prog.memory(exe)
   per_dev_budget = None if mem is None else mem // 2
-  fixed = sum(np.asarray(v).nbytes for v in task.train.values()) + sum(
+  fixed = sum(np.asarray(v).nbytes for v in (() if host_fed else task.train.values())) + sum(
       np.asarray(v).nbytes for s in plan.eval_splits for v in task.eval[s].values())
   tries = 0
   while need is not None and per_dev_budget is not None and need > per_dev_budget:
@@ -282,6 +360,8 @@ def run(plan: Plan) -> Output:
     per_dev = max(1, group // n_dev)
     per_cfg = max(1, (need - fixed) // per_dev)
     fit = min(per_dev - 1, (per_dev_budget - fixed) // per_cfg)
+    if vec is not None:
+      fit = fit // vec * vec
     if fit < 1 or tries >= 6:
       raise ValueError(
           f"{plan.fn}: one config needs about {per_cfg / 2**20:.1f} MiB per device for {n_s} seeds"
@@ -290,7 +370,7 @@ def run(plan: Plan) -> Output:
           " use fewer seeds, a smaller batch or a smaller model"
       )
     group = int(fit) * n_dev
-    exe, dt = compile_for(group)
+    prog, exe, dt = compile_for(group)
     compile_s += dt
     need = prog.memory(exe)
     tries += 1
@@ -311,7 +391,7 @@ def run(plan: Plan) -> Output:
   hp_now = {k: np.array(v, copy=True) for k, v in plan.hparams.items()}
   steering: list[dict] = []
   final_params: dict[int, Any] = {}
-  params_treedef = None
+  params_treedef = None  # of (params, opt_state, model_state) when keep_params
 
   def buf(store, name, tail):
     if name not in store:
@@ -380,8 +460,7 @@ def run(plan: Plan) -> Output:
       if stop_all:
         break
       lo, hi = g * group, min((g + 1) * group, n_cfg)
-      slots = np.concatenate([np.arange(lo, hi), np.full(group - (hi - lo), -1)]).astype(np.int64)
-      sel = pad_sel(lo, hi, group)
+      slots, sel, segs = arrange(lo, hi, group)
       hp_g_np = {k: v[sel] for k, v in hp_now.items()}
       resumed = resume_state is not None and g == start_group
       first = 0
@@ -389,8 +468,18 @@ def run(plan: Plan) -> Output:
         slots = resume_state["slots"].astype(np.int64)
         hp_g_np = {k: resume_state[f"hp:{k}"] for k in hp_now}
         first = start_chunk
+        if plan.segment_of is not None:
+          segs = segments_of(np.where(slots >= 0, slots, slots[slots >= 0][-1]))
+      prog = prog_for(segs, len(slots))
+      data_g = data_for(segs)
+      feed = _Feed(plan, n_s, chunk_steps, steps, first * chunk_steps, repl) if host_fed else None
       t0 = time.perf_counter()
       carry = prog.init(put_hp(hp_g_np), ramp, init_keys_d, jnp.arange(len(slots)), rule_args_d)
+      if plan.init_from is not None and not resumed:
+        # Continue kept runs: their parameters, optimizer and model states replace the fresh
+        # ones (padding slots take their copy's).
+        src = jax.tree.map(lambda x: np.asarray(x)[:, sel], plan.init_from)
+        carry = carry._replace(params=src[0], opt_state=src[1], model_state=src[2])
       if resumed:
         leaves = _leaves_from("s", resume_state, len(jax.tree.leaves(carry)))
         for a, b in zip(leaves, jax.tree.leaves(carry)):
@@ -409,12 +498,15 @@ def run(plan: Plan) -> Output:
       for c in range(first, n_chunks):
         start = c * chunk_steps
         t0 = time.perf_counter()
-        exe, dt = prog.compiled_chunk(carry, hp_g, ramp, data_keys_d, jnp.int32(start),
-                                      jnp.int32(steps), train, evals, rule_args_d)
+        data_c = with_batches(data_g, feed.next() if feed is not None else None)
+        exe, dt = prog.compiled_chunk(carry, hp_g, ramp, keys_d, jnp.int32(base + start),
+                                      jnp.int32(base + steps), data_c, rule_args_d)
         compile_s += dt
         t0 += dt
-        carry, out = exe(carry, hp_g, ramp, data_keys_d, jnp.int32(start), jnp.int32(steps),
-                         train, evals, rule_args_d)
+        carry, out = exe(carry, hp_g, ramp, keys_d, jnp.int32(base + start),
+                         jnp.int32(base + steps), data_c, rule_args_d)
+        if feed is not None:
+          feed.prefetch()  # the next chunk's batches are read while this one runs
         arrays = {
             "loss": _core.to_host(out.loss),
             "stopped_at": _core.to_host(carry.stopped_at).astype(np.int64),
@@ -440,7 +532,7 @@ def run(plan: Plan) -> Output:
         if plan.callback is not None:
           e_now = min(c * spec.blocks + spec.blocks, n_evals)
           event = ChunkEvent(
-              group=g, chunk=c, step=done, configs=tuple(int(i) for i in ids),
+              group=g, chunk=c, step=base + done, configs=tuple(int(i) for i in ids),
               hparams={k: v[ids].copy() for k, v in hp_now.items()},
               metrics={k: v[:, ids, e_now - 1].copy() for k, v in metrics.items()},
               history={k: v[:, ids, :e_now].copy() for k, v in metrics.items()},
@@ -486,8 +578,9 @@ def run(plan: Plan) -> Output:
               carry = place_carry(jax.tree.map(_core.to_host, carry))
             hp_g = put_hp(hp_g_np)
         if group_ends and plan.keep_params:
-          leaves = [_core.to_host(x)[:, valid] for x in jax.tree.leaves(carry.params)]
-          params_treedef = jax.tree.structure(carry.params)
+          kept = (carry.params, carry.opt_state, carry.model_state)
+          leaves = [_core.to_host(x)[:, valid] for x in jax.tree.leaves(kept)]
+          params_treedef = jax.tree.structure(kept)
           final_params[g] = (ids, leaves)
           arrays.update({f"param:{i}": x for i, x in enumerate(leaves)})
           arrays["param:count"] = np.asarray(len(leaves))
@@ -511,20 +604,24 @@ def run(plan: Plan) -> Output:
   finally:
     if ckpt is not None:
       ckpt.close()
+    if "feed" in locals() and feed is not None:
+      feed.close()
   bar.close()
 
   # Runs that never ran (the sweep was stopped before their group) are "not_run".
   never = np.isnan(loss).all(axis=-1) & (reason == 0) & (stopped_at < 0)
   reason[never] = _rules.reason_code("not_run")
   _fill_frozen(metrics, stopped_at, reason, eval_steps)
-  params = None
+  params = opt_state = model_state = None
   if plan.keep_params:
     if len(final_params) < n_groups and not stop_all:
       raise ValueError(f"{plan.fn}: keep_params=True but the checkpoint holds no parameters of"
                        " some groups")
     if final_params:
       if params_treedef is None:
-        params_treedef = jax.tree.structure(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+        kept = jax.eval_shape(prog.init, put_hp({k: v[:1] for k, v in plan.hparams.items()}),
+                              ramp, init_keys_d, jnp.arange(1), rule_args_d)
+        params_treedef = jax.tree.structure((kept.params, kept.opt_state, kept.model_state))
       n_leaves = len(next(iter(final_params.values()))[1])
       cat = []
       for i in range(n_leaves):
@@ -533,11 +630,12 @@ def run(plan: Plan) -> Output:
         for ids, leaves in final_params.values():
           full[:, np.asarray(ids)] = leaves[i]
         cat.append(full)
-      params = jax.tree.unflatten(params_treedef, cat)
+      params, opt_state, model_state = jax.tree.unflatten(params_treedef, cat)
   return Output(
       loss=loss, metrics=metrics, step_records=step_records, eval_records=eval_records,
       update_ratio=ratio, stopped_at=stopped_at, reason=reason, eval_steps=eval_steps,
-      hparams=hp_now, params=params, steering=steering,
+      hparams=hp_now, params=params, steering=steering, opt_state=opt_state,
+      model_state=model_state,
       info={
           "steps": steps, "steps_run": steps_run, "group_size": group, "groups": n_groups,
           "devices": n_dev, "processes": jax.process_count(), "compile_s": compile_s,
@@ -546,6 +644,98 @@ def run(plan: Plan) -> Output:
           "slot_steps": slot_steps,  # steps computed, summed over the program's slots (compute)
       },
   )
+
+
+class _Feed:
+  """Host-fed minibatches: one iterator per seed (``plan.batches(seed)``), ``chunk_steps``
+  batches per seed stacked per chunk, checked, and placed on the device; the next chunk's are
+  read in a background thread while the current one runs."""
+
+  def __init__(self, plan: Plan, n_s: int, chunk_steps: int, steps: int, skip: int, sharding):
+    import concurrent.futures
+
+    self.plan, self.n_s, self.chunk_steps, self.steps = plan, n_s, chunk_steps, steps
+    self.sharding = sharding
+    self.iters = []
+    for s in plan.seeds:
+      it = plan.batches(s)
+      try:
+        it = iter(it)
+      except TypeError:
+        raise TypeError(f"{plan.fn}: train(seed) must return an iterator of batches, got "
+                        f"{type(it).__name__} for seed {s}") from None
+      if any(it is other for other in self.iters):
+        raise ValueError(f"{plan.fn}: train(seed) returned the same iterator for two seeds; "
+                         "return a fresh iterator per call (each seed has its own stream)")
+      self.iters.append(it)
+    self.step = 0
+    for _ in range(skip):  # resuming: the consumed batches are read again and dropped
+      self._one_step()
+    self._pool = concurrent.futures.ThreadPoolExecutor(1)
+    self._next = None
+
+  def _check(self, s_i: int, batch: Any) -> dict:
+    fn, spec, b = self.plan.fn, self.plan.batch_spec, self.plan.batch_size
+    seed, step = self.plan.seeds[s_i], self.step
+    where = f"{fn}: the batch stream of seed {seed}, batch {step}"
+    if not isinstance(batch, Mapping):
+      raise ValueError(f"{where}: expected a dict of arrays, got {type(batch).__name__}")
+    if set(batch) != set(spec):
+      raise ValueError(f"{where}: keys {sorted(batch)} differ from the first batch's "
+                       f"{sorted(spec)}")
+    out = {}
+    for k, (shape, dt) in spec.items():
+      v = np.asarray(batch[k])
+      if v.shape != (b, *shape):
+        raise ValueError(f"{where}, key {k!r}: shape {v.shape}, expected {(b, *shape)} "
+                         f"(batch_size={b})")
+      if v.dtype != dt:
+        raise ValueError(f"{where}, key {k!r}: dtype {v.dtype}, expected {dt}")
+      if v.dtype.kind == "f" and not np.isfinite(v).all():
+        raise ValueError(f"{where}, key {k!r}: {int((~np.isfinite(v)).sum())} non-finite "
+                         "value(s)")
+      out[k] = v
+    return out
+
+  def _one_step(self) -> list[dict]:
+    rows = []
+    for i, it in enumerate(self.iters):
+      try:
+        batch = next(it)
+      except StopIteration:
+        raise ValueError(
+            f"{self.plan.fn}: the batch stream of seed {self.plan.seeds[i]} ended after "
+            f"{self.step} batches; the sweep needs {self.steps} (steps) per seed") from None
+      rows.append(self._check(i, batch))
+    self.step += 1
+    return rows
+
+  def _read(self):
+    n = min(self.chunk_steps, self.steps - self.step)
+    per_step = [self._one_step() for _ in range(n)]
+    out = {}
+    for k, (shape, dt) in self.plan.batch_spec.items():
+      arr = np.zeros((self.n_s, self.chunk_steps, self.plan.batch_size, *shape), dt)
+      for t, rows in enumerate(per_step):  # steps past ``steps`` stay zeros (masked)
+        for s_i, row in enumerate(rows):
+          arr[s_i, t] = row[k]
+      out[k] = _core.put(arr, self.sharding)
+    return out
+
+  def next(self):
+    if self._next is None:
+      return self._read()
+    fut, self._next = self._next, None
+    return fut.result()
+
+  def prefetch(self):
+    if self.step < self.steps:
+      self._next = self._pool.submit(self._read)
+
+  def close(self):
+    if self._next is not None:
+      self._next.cancel()
+    self._pool.shutdown(wait=True)
 
 
 def _decode_steering(arrays) -> list:

@@ -22,7 +22,7 @@ from optaxlr.engine import _core
 from optaxlr.engine import _driver
 from optaxlr.engine import _fingerprint
 from optaxlr.engine import _rules
-from optaxlr.engine._data import as_key, batch_indices, key_data, run_keys
+from optaxlr.engine._data import as_key, batch_indices, fold_split, key_data, model_key, run_keys
 from optaxlr.engine._driver import ChunkEvent, Control
 from optaxlr.engine._result import SweepResult
 from optaxlr.engine._rules import EarlyStop
@@ -30,13 +30,15 @@ from optaxlr.engine._rules import EarlyStop
 PyTree = Any
 Hyperparams = Mapping[str, jax.Array]
 
-__all__ = ["sweep", "batch_indices", "run_keys", "EarlyStop", "ChunkEvent", "Control"]
+__all__ = ["sweep", "batch_indices", "run_keys", "model_key", "fold_split", "EarlyStop",
+           "ChunkEvent", "Control"]
 
-# Axis names that a user may expect the core to read but that it does not (yet) read.
+# Axis names that a user may expect the core to read but that it does not read.
 _NOT_SUPPORTED_AXES = {
-    "batch_size": "batch size as a sweep axis is not supported yet; run one sweep per batch size",
     "steps": "the number of steps is the sweep's steps=, not an axis",
 }
+# Axes the core itself reads: the minibatch size and the cross-validation fold of a config.
+CORE_AXES = ("batch_size", "fold")
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,6 +100,11 @@ def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> No
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
       bad = int(np.flatnonzero(~np.isfinite(arr))[0])
       raise ValueError(f"{fn}: hyperparameter {name!r} is not finite in config {bad}: {arr[bad]}")
+    if (np.issubdtype(arr.dtype, np.floating) and not jax.config.jax_enable_x64
+        and np.any(np.abs(arr) > np.finfo(np.float32).max)):
+      bad = int(np.flatnonzero(np.abs(arr) > np.finfo(np.float32).max)[0])
+      raise ValueError(f"{fn}: hyperparameter {name!r} of config {bad} is {arr[bad]!r}, beyond "
+                       "float32 (the sweep computes in float32; enable jax_enable_x64 for it)")
     lname = name.lower()
     if lname in ("lr", "learning_rate", "peak_lr", "max_lr", "base_lr") or lname.endswith("_lr"):
       if np.any(arr <= 0):
@@ -106,7 +113,7 @@ def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> No
 
 
 def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: Sequence[str],
-              extra: Mapping[str, Any] | None = None) -> dict:
+              extra: Mapping[str, Any] | None = None, batch: Mapping[str, Any] | None = None) -> dict:
   """Builds every config's transform on the host with concrete values (the transforms' own
   eager validation rejects bad settings before anything is traced), checks that every axis is
   read by the optimizer or the objective, and returns the optimizer state's shape."""
@@ -140,11 +147,25 @@ def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: S
       jax.eval_shape(obj, hp_one)
     except Exception as e:  # noqa: BLE001
       raise ValueError(f"{fn}: objective(loss, hparams) fails: {type(e).__name__}: {e}") from e
-  unused = [n for n in names if n not in seen]
+  if getattr(task, "stateful", False) and batch is not None:
+    # The model may read hyperparameters too (a dropout rate, label smoothing).
+    state_shape = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+
+    def model_reads(p, s, b, h):
+      h = _core.ReadRecorder(h, seen)
+      loss, _ = task.step_loss(p, s, b, jax.random.PRNGKey(0), h)
+      return loss, task.evaluate(p, s, b, h)
+    try:
+      jax.eval_shape(model_reads, params_shape, state_shape, batch, hp_one)
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(f"{fn}: the task's model fails with traced hyperparameters: "
+                       f"{type(e).__name__}: {e}") from e
+  unused = [n for n in names if n not in seen and n not in CORE_AXES]
   if unused:
     why = "; ".join(_NOT_SUPPORTED_AXES[n] for n in unused if n in _NOT_SUPPORTED_AXES)
     raise ValueError(
-        f"{fn}: the space's axis {unused[0]!r} is read by neither the optimizer nor the objective"
+        f"{fn}: the space's axis {unused[0]!r} is read by neither the optimizer, the objective "
+        "nor the model"
         + (f" (also unused: {unused[1:]})" if len(unused) > 1 else "")
         + f"; it would only repeat identical runs. Read it as hparams[{unused[0]!r}] or remove it"
         + (f" ({why})" if why else "")
@@ -169,8 +190,16 @@ def base_fingerprint(fn: str, task, optimizer, objective, shapes, *, hp, seeds, 
       "driver": fn,
       "dtype": "float64" if jax.config.jax_enable_x64 else "float32",
       "task": getattr(task, "name", ""),
-      "task_functions": _fingerprint.function_id((task.init, task.loss, task.metrics)),
-      "data": _fingerprint.data_id({"train": task.train, "eval": task.eval}),
+      "task_functions": _fingerprint.function_id(
+          (task.init, task.loss, task.metrics, getattr(task, "init_state", None),
+           getattr(task, "train_loss", None), getattr(task, "eval_metrics", None))),
+      "data": (_fingerprint.data_id({"train": task.train, "eval": task.eval})
+               if not getattr(task, "host_fed", False) else
+               # a stream: its factory's code and its first batch (the rest cannot be read
+               # without consuming it)
+               _fingerprint.data_id({"first_batch": task.first_batch(int(seeds[0])),
+                                     "eval": task.eval})
+               + ":" + _fingerprint.function_id(task.train)),
       "params": _fingerprint.structure_id(shapes["params"]),
       "opt_state": _fingerprint.structure_id(shapes["opt_state"]),
       "optimizer": _fingerprint.function_id(optimizer),
@@ -185,7 +214,7 @@ def base_fingerprint(fn: str, task, optimizer, objective, shapes, *, hp, seeds, 
   }
 
 
-def split_seeds(fn: str, space, seeds) -> tuple[Any, list[int]]:
+def split_seeds(fn: str, space, seeds, folds_ok: bool = False) -> tuple[Any, list[int]]:
   """The space without its "seed" axis, and the seed values (from the space or ``seeds``)."""
   from optaxlr import search  # a sibling layer below the engine
 
@@ -195,10 +224,10 @@ def split_seeds(fn: str, space, seeds) -> tuple[Any, list[int]]:
     raise TypeError(
         f"{fn}: space must be an optaxlr.search.Space or a dict of 1-D arrays, got {type(space)!r}"
     )
-  if search.FOLD in space.dims:
+  if search.FOLD in space.dims and not folds_ok:
     raise ValueError(
-        f"{fn}: a 'fold' axis is not supported yet; split the data into folds in the task and"
-        " sweep each fold's task"
+        f"{fn}: does not take a 'fold' axis (optaxlr.sweep does); split the data into folds in"
+        " the task"
     )
   if search.SEED in space.dims:
     if seeds is not None:
@@ -231,32 +260,108 @@ def intervals(fn: str, steps: int, eval_every: Any, sync_every: Any, log_every: 
   return eval_every, sync_every, log_every
 
 
-def metric_names(fn: str, task, splits: Sequence[str]) -> tuple[str, ...]:
+def _probe_fns(task, hp: Mapping[str, Any]):
+  """``(loss(params, state, batch), metrics(params, state, batch), params, state)`` shapes."""
   params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  state_shape = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+  hp = {k: np.asarray(v) for k, v in hp.items()}
+
+  def loss(p, s, b):
+    return task.step_loss(p, s, b, jax.random.PRNGKey(0), hp)[0]
+
+  def metrics(p, s, b):
+    return task.evaluate(p, s, b, hp)
+  return loss, metrics, params_shape, state_shape
+
+
+def metric_names(fn: str, task, splits: Sequence[str], hp: Mapping[str, Any] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+  """``"split/metric"`` of every evaluated split (``extra``: more splits, e.g. ``"fold"``)."""
+  _, metrics, params_shape, state_shape = _probe_fns(task, hp or {})
   names = []
-  for split in splits:
+  all_splits = {**{s: task.eval[s] for s in splits}, **dict(extra or {})}
+  for split, data in all_splits.items():
     try:
-      ms = jax.eval_shape(task.metrics, params_shape, task.eval[split])
+      ms = jax.eval_shape(metrics, params_shape, state_shape, data)
     except Exception as e:  # noqa: BLE001 -- re-raised with context
       raise ValueError(f"{fn}: task.metrics fails on split {split!r}: {type(e).__name__}: {e}") from e
-    for name, s in ms.items():
-      if s.shape != ():
-        raise ValueError(f"{fn}: task.metrics must return scalars, {split}/{name} has shape {s.shape}")
+    for name, sh in ms.items():
+      if sh.shape != ():
+        raise ValueError(f"{fn}: task.metrics must return scalars, {split}/{name} has shape {sh.shape}")
       names.append(f"{split}/{name}")
   return tuple(names)
 
 
-def check_loss(fn: str, task, batch_size: int) -> None:
-  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+def check_loss(fn: str, task, batch_size: int, hp: Mapping[str, Any] | None = None,
+               train_like: Mapping[str, Any] | None = None) -> dict:
+  """Checks the loss on a batch of ``batch_size`` and returns that batch's shapes."""
+  loss, _, params_shape, state_shape = _probe_fns(task, hp or {})
+  like = task.train if train_like is None else train_like
   batch_shape = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), task.train
+      lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), dict(like)
   )
   try:
-    loss_shape = jax.eval_shape(task.loss, params_shape, batch_shape)
+    loss_shape = jax.eval_shape(loss, params_shape, state_shape, batch_shape)
   except Exception as e:  # noqa: BLE001 -- re-raised with context
     raise ValueError(f"{fn}: task.loss fails on a batch of {batch_size} training examples: {e}") from e
   if loss_shape.shape != ():
     raise ValueError(f"{fn}: task.loss must return a scalar, got shape {loss_shape.shape}")
+  return batch_shape
+
+
+def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict, task):
+  """``(start_step, (params, opt_state, model_state))`` of a kept result, checked."""
+  if not isinstance(prev, SweepResult):
+    raise TypeError(f"{fn}: start_from must be a SweepResult, got {type(prev).__name__}")
+  if prev.params is None:
+    raise ValueError(f"{fn}: start_from holds no kept state; run the first sweep with "
+                     "keep_params=True (or load it with optaxlr.load(path, task=, optimizer=))")
+  if prev.num_configs != n_cfg:
+    raise ValueError(f"{fn}: start_from has {prev.num_configs} configs, this space {n_cfg}; "
+                     "config i continues run i, so the counts must match")
+  if np.asarray(prev.seeds).tolist() != list(seeds):
+    raise ValueError(f"{fn}: start_from has seeds {np.asarray(prev.seeds).tolist()}, this sweep "
+                     f"{list(seeds)}; they must match")
+  state_like = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+  for name, got, like in (("params", prev.params, shapes["params"]),
+                          ("opt_state", prev.opt_state, shapes["opt_state"]),
+                          ("model_state", prev.model_state, state_like)):
+    a, b = jax.tree.leaves(got), jax.tree.leaves(like)
+    if jax.tree.structure(got) != jax.tree.structure(like) or any(
+        tuple(np.shape(x)[2:]) != tuple(y.shape) for x, y in zip(a, b)):
+      raise ValueError(f"{fn}: start_from's {name} do not fit this task and optimizer (another "
+                       "structure or shapes)")
+    if any(np.asarray(x).dtype != y.dtype for x, y in zip(a, b)):
+      raise ValueError(f"{fn}: start_from's {name} dtypes differ from this sweep's (float32 vs "
+                       "float64?)")
+  steps_before = int(prev.info.get("start_step", 0)) + int(prev.info.get("steps", 0))
+  if (prev.stop_reason != "completed").any():
+    bad = np.argwhere(prev.stop_reason != "completed")[0]
+    raise ValueError(f"{fn}: start_from's run (seed index {bad[0]}, config {bad[1]}) ended "
+                     f"{prev.stop_reason[tuple(bad)]!r}; only completed runs continue")
+  return steps_before, (prev.params, prev.opt_state, prev.model_state)
+
+
+def _has_conv(task, batch_shape, hp) -> bool:
+  """Whether the task's training step contains a convolution (jaxpr inspection)."""
+  loss, _, params_shape, state_shape = _probe_fns(task, hp)
+  try:
+    jaxpr = jax.make_jaxpr(loss)(params_shape, state_shape, batch_shape)
+  except Exception:  # noqa: BLE001 -- the checks above already traced it; be conservative
+    return False
+
+  def walk(j) -> bool:
+    for eqn in j.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        return True
+      for v in eqn.params.values():
+        subs = v if isinstance(v, (list, tuple)) else [v]
+        for sub in subs:
+          inner = getattr(sub, "jaxpr", None)
+          if inner is not None and walk(getattr(inner, "jaxpr", inner)):
+            return True
+    return False
+  return walk(jaxpr.jaxpr)
 
 
 def sweep(
@@ -284,6 +389,10 @@ def sweep(
     keep_params: bool = False,
     callback: Callable[[ChunkEvent], Control | bool | None] | None = None,
     adapt: Any = None,
+    vectorize: int | str | None = "auto",
+    eval_batch_size: int | None = None,
+    compute_dtype: str | None = None,
+    start_from: SweepResult | None = None,
 ) -> SweepResult:
   """Trains every config of ``space`` (x ``seeds``) on ``task`` in one compiled program.
 
@@ -363,6 +472,35 @@ def sweep(
       ``checkpoint_dir`` (its decisions live on the host) nor with a ``callback`` that returns
       a Control.
 
+    vectorize: how many configs are computed at once per device (vmapped); the rest run one
+      block after another inside the same program (``lax.map``). ``None``: all at once;
+      ``"auto"`` (default): one at a time for a model with convolutions on the CPU (XLA:CPU
+      runs vmapped convolutions as slow grouped convolutions), else all at once; an int
+      ``v``: groups are padded to a multiple of ``v``.
+    eval_batch_size: evaluate each split in pieces of this many examples (the metrics must be
+      means over examples: loss, accuracy, error); default: the whole split at once.
+    compute_dtype: ``"bfloat16"``: mixed precision, the forward and backward pass in
+      bfloat16, parameters, gradients and optimizer state in float32; default ``None``.
+
+    start_from: a result of a sweep with ``keep_params=True`` and the same configs (count and
+      order) and seeds: every run continues from its kept parameters, optimizer state and
+      model state, its steps numbered on from the previous sweep's (schedules, the minibatch
+      order and the model keys continue; rules such as early stopping start afresh). The
+      hyperparameters, the batch size (an axis or not) and the optimizer's settings may
+      change; the optimizer state's structure may not. Growing the batch instead of decaying
+      the rate (Smith et al. 2018) is one sweep per phase.
+
+  Axes the core reads itself: ``batch_size`` (each config trains with its own minibatch size,
+  inside the same program; a row equals a sweep at that fixed size) and ``fold``
+  (``search.folds(k)``: config of fold ``i`` trains on :func:`fold_split` ``(N, k, i)``'s
+  training part and is evaluated on its held-out part, the split ``"fold"``; a row equals a
+  sweep of the task on that split). The optimizer and objective may read them too (the
+  linear scaling rule: ``h["lr"] * h["batch_size"] / 256``).
+
+  A task whose ``train`` is a factory ``seed -> iterator of batches`` is fed from the host:
+  each seed's stream feeds every config of the seed, ``batch_size`` batches checked (keys,
+  shapes, dtypes, finite) and stacked per chunk, read ahead while the device computes.
+
   Returns:
     A :class:`SweepResult` labelled by hyperparameter values.
 
@@ -385,9 +523,47 @@ def sweep(
     ('seed', 'lr', 'wd', 'eval_step')
   """
   fn = "sweep"
-  space, seeds_l = split_seeds(fn, space, seeds)
+  space, seeds_l = split_seeds(fn, space, seeds, folds_ok=True)
   steps = check_int(fn, "steps", steps, 1)
-  batch_size = check_task(fn, task, batch_size)
+  from optaxlr.tasks import Task
+
+  if not isinstance(task, Task):
+    raise TypeError(f"{fn}: task must be an optaxlr.Task, got {type(task).__name__}")
+  batch_spec = None
+  train_like = None
+  bs_axis = "batch_size" in space.names
+  fold_axis = "fold" in space.names
+  if bs_axis and batch_size is not None:
+    raise ValueError(f"{fn}: the space has a 'batch_size' axis; do not also pass batch_size="
+                     f"{batch_size!r}")
+  if task.host_fed:
+    if bs_axis or fold_axis:
+      raise ValueError(f"{fn}: a host-fed task (train is a batch factory) cannot take a "
+                       f"{'batch_size' if bs_axis else 'fold'!r} axis: the stream fixes its batches")
+    first = task.first_batch(seeds_l[0])
+    train_like = first
+    b0 = int(next(iter(first.values())).shape[0])
+    if batch_size is not None and check_int(fn, "batch_size", batch_size, 1) != b0:
+      raise ValueError(f"{fn}: batch_size={batch_size} differs from the batches of the task's "
+                       f"stream ({b0} examples)")
+    batch_size = b0
+    batch_spec = {k: (tuple(v.shape[1:]), np.dtype(v.dtype)) for k, v in first.items()}
+  elif bs_axis:
+    batch_size = None
+  else:
+    batch_size = check_task(fn, task, batch_size)
+  if isinstance(vectorize, str):
+    if vectorize != "auto":
+      raise ValueError(f"{fn}: vectorize must be 'auto', None or an int >= 1, got "
+                       f"vectorize={vectorize!r}")
+  elif vectorize is not None:
+    vectorize = check_int(fn, "vectorize", vectorize, 1)
+  if eval_batch_size is not None:
+    eval_batch_size = check_int(fn, "eval_batch_size", eval_batch_size, 1)
+  if compute_dtype not in (None, "bfloat16"):
+    raise ValueError(f"{fn}: compute_dtype must be None or 'bfloat16', got "
+                     f"compute_dtype={compute_dtype!r} (float16 needs loss scaling, which the "
+                     "core does not do)")
   eval_every, sync_every, log_every = intervals(fn, steps, eval_every, sync_every, log_every)
   for name, flag in (("plateau", plateau), ("plateau_stop", plateau_stop), ("progress", progress),
                      ("keep_params", keep_params), ("update_ratio", update_ratio)):
@@ -423,17 +599,59 @@ def sweep(
   objective = _search.with_categories(objective, categories)
   n_cfg = len(space)
   check_hparams(fn, hp_np, n_cfg)
-  task.validate()
-  check_loss(fn, task, batch_size)
+  hp0 = {k: v[0] for k, v in hp_np.items()}
+  task.validate(hparams=hp0)
+  segment_of, segment_defs, fold_splits = None, (), {}
+  if bs_axis or fold_axis:
+    n_train = task.n_train
+    if adapt is not None:
+      raise ValueError(f"{fn}: adapt= does not take a 'batch_size' or 'fold' axis yet")
+    bsz = np.asarray(hp_np["batch_size"]) if bs_axis else np.full(n_cfg, -1)
+    folds = np.asarray(hp_np["fold"]) if fold_axis else np.full(n_cfg, -1)
+    if bs_axis:
+      if bsz.dtype.kind not in "iu" and not np.all(bsz == np.round(bsz)):
+        raise ValueError(f"{fn}: the 'batch_size' axis must hold ints, got {bsz[:5].tolist()}")
+    k = 0
+    if fold_axis:
+      k = int(len(np.unique(folds)))
+      if set(np.unique(folds).tolist()) != set(range(k)) or k < 2:
+        raise ValueError(f"{fn}: the 'fold' axis must hold the folds 0..k-1 (search.folds(k)), "
+                         f"got {sorted(set(np.unique(folds).tolist()))}")
+      fold_splits = {i: fold_split(n_train, k, i) for i in range(k)}
+    keys_ = sorted(set(zip(bsz.astype(np.int64).tolist(), folds.astype(np.int64).tolist())))
+    for b, f in keys_:
+      n_avail = len(fold_splits[f][0]) if f >= 0 else n_train
+      b = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
+      check_int(fn, "batch_size", b, 1, n_avail)
+    defs = []
+    for b, f in keys_:
+      n_avail = len(fold_splits[f][0]) if f >= 0 else n_train
+      bb = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
+      defs.append((int(bb), int(f), k if f >= 0 else 0))
+    index = {kk: i for i, kk in enumerate(keys_)}
+    segment_of = np.array([index[(int(b), int(f))] for b, f in zip(bsz, folds)], np.int64)
+    segment_defs = tuple(defs)
+    if batch_size is None:
+      batch_size = max(d[0] for d in defs)
+  train_shapes = check_loss(fn, task, batch_size, hp0, train_like=train_like)
   splits = tuple(task.eval)
-  names = metric_names(fn, task, splits)
+  extra_splits = {}
+  if fold_axis:
+    extra_splits = {"fold": {k: v[:2] for k, v in task.train.items()}}
+  names = metric_names(fn, task, splits, hp0, extra_splits)
   if monitor is not None and monitor not in names:
     raise ValueError(f"{fn}: monitor={monitor!r} is not an evaluated metric; available: {sorted(names)}")
   eval_rules = ()
   if early_stopping is not None:
     early_stopping.validate(names)
     eval_rules = (early_stopping,)
-  shapes = read_axes(fn, task, optimizer, objective, list(space), space.names)
+  shapes = read_axes(fn, task, optimizer, objective, list(space), space.names, batch=train_shapes)
+  if vectorize == "auto":
+    vectorize = 1 if (check_devices(fn, devices)[0].platform == "cpu"
+                      and _has_conv(task, train_shapes, hp0)) else None
+  if vectorize is not None and segment_of is not None:
+    raise ValueError(f"{fn}: vectorize={vectorize} (configs in blocks) does not combine with a "
+                     "'batch_size' or 'fold' axis yet; pass vectorize=None")
   step_rules = ()
   if plateau and plateau_stop:
     if not _rules.has_plateau(shapes["opt_state"]):
@@ -470,6 +688,11 @@ def sweep(
                          set_hparams=ctrl.set_hparams if ctrl else {}, stop_sweep=True)
       return ctrl
 
+  start_step, init_from = 0, None
+  if start_from is not None:
+    start_step, init_from = _check_start_from(fn, start_from, n_cfg, seeds_l, shapes, task)
+    if adapt is not None:
+      raise ValueError(f"{fn}: start_from= does not combine with adapt=")
   plan = _driver.Plan(
       fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp={},
       seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,
@@ -479,6 +702,10 @@ def sweep(
       progress=progress, callback=callback, keep_params=keep_params,
       compact=adapt is not None and not hasattr(adapt, "interval"),
       one_group=adapt is not None,
+      vectorize=vectorize, eval_batch=eval_batch_size, compute_dtype=compute_dtype,
+      segment_of=segment_of, segment_defs=segment_defs, fold_splits=fold_splits,
+      batches=task.train if task.host_fed else None, batch_spec=batch_spec,
+      start_step=start_step, init_from=init_from,
   )
   if checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(
@@ -486,7 +713,10 @@ def sweep(
         batch_size=batch_size, eval_every=eval_every, sync_every=sync_every, log_every=log_every,
         monitor=monitor, plateau=plateau, plateau_stop=plateau_stop, update_ratio=update_ratio,
         early_stopping=repr(early_stopping), keep_params=keep_params, devices=len(devices),
-        processes=jax.process_count(),
+        processes=jax.process_count(), vectorize=vectorize, eval_batch_size=eval_batch_size,
+        compute_dtype=compute_dtype, start_step=start_step,
+        start_from=None if init_from is None else _fingerprint.data_id(
+            {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(init_from))}),
     )
   out = _driver.run(plan)
   metrics = dict(out.metrics)
@@ -509,8 +739,13 @@ def sweep(
       stopped_at=out.stopped_at,
       stop_reason=np.asarray(_rules.STOP_REASONS)[out.reason],
       params=out.params,
+      opt_state=out.opt_state,
+      model_state=out.model_state,
       info={
           "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
+          "start_step": start_step,
+          "vectorize": vectorize, "eval_batch_size": eval_batch_size,
+          "compute_dtype": compute_dtype, "host_fed": task.host_fed,
           "sync_every": sync_every, "log_every": log_every,
           **out.info,
           **adapt_info,

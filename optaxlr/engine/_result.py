@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,9 @@ class SweepResult:
     stopped_at: the number of updates a run had received when it stopped, for any reason
       (divergence, early stopping, a plateau that can reduce no further, the host), -1 if it
       ran every step.
-    params: the final parameters (leaves ``(S, C, ...)``) when the sweep kept them.
+    params: the final parameters (leaves ``(S, C, ...)``) when the sweep kept them
+      (``keep_params=True``); ``opt_state`` and ``model_state`` (BatchNorm statistics) the
+      same. :meth:`params_of` and :meth:`state_of` take one run out.
     info: settings and timings (``compile_s``, ``run_s``...).
     stop_reason: ``(S, C)`` why each run ended, one of
       :data:`optaxlr.engine.STOP_REASONS`: ``"completed"``, ``"diverged"``,
@@ -50,6 +53,8 @@ class SweepResult:
   params: Any = None
   info: dict = dataclasses.field(default_factory=dict)
   stop_reason: Any = None
+  opt_state: Any = None
+  model_state: Any = None
 
   def __post_init__(self):
     if self.stop_reason is None:  # results of old files: what the two step arrays say
@@ -77,6 +82,94 @@ class SweepResult:
   def config(self, i: int) -> dict[str, Any]:
     """The hyperparameters of config ``i`` as Python values."""
     return {k: v[i].item() if np.ndim(v[i]) == 0 else v[i] for k, v in self.hparams.items()}
+
+  def index_of(self, config: int | Mapping[str, Any]) -> int:
+    """The index of ``config``: an int, or a dict of hyperparameter values that matches
+    exactly one config (``{"lr": 0.01, "wd": 1e-4}``)."""
+    n = self.num_configs
+    if isinstance(config, (int, np.integer)) and not isinstance(config, (bool, np.bool_)):
+      if not 0 <= int(config) < n:
+        raise ValueError(f"SweepResult: config must be in [0, {n}), got config={config!r}")
+      return int(config)
+    if not isinstance(config, Mapping):
+      raise TypeError(f"SweepResult: config must be an index or a dict of hyperparameter values,"
+                      f" got {type(config).__name__}")
+    hp = self.hparams
+    unknown = sorted(set(config) - set(hp))
+    if unknown:
+      raise ValueError(f"SweepResult: no hyperparameter {unknown[0]!r}; have {sorted(hp)}")
+    match = np.ones(n, bool)
+    for k, v in config.items():
+      col = hp[k]
+      match &= (col == v) if col.dtype.kind in "OUSb" else np.isclose(col.astype(float), float(v),
+                                                                      rtol=1e-6, atol=0)
+    hits = np.flatnonzero(match)
+    if hits.size != 1:
+      raise ValueError(f"SweepResult: {dict(config)} matches {hits.size} configs "
+                       f"({hits[:5].tolist()}); give more hyperparameters or an index")
+    return int(hits[0])
+
+  def _seed_index(self, seed: int) -> int:
+    seeds = np.asarray(self.seeds).tolist()
+    if seed not in seeds:
+      raise ValueError(f"SweepResult: seed must be one of {seeds}, got seed={seed!r}")
+    return seeds.index(seed)
+
+  def _take(self, tree: Any, what: str, config, seed) -> Any:
+    if self.params is None:
+      if self.info.get("state_file"):
+        raise ValueError(f"SweepResult.{what}: the file's runs' state was not read; load it with "
+                         "optaxlr.load(path, task=task, optimizer=optimizer)")
+      raise ValueError(f"SweepResult.{what}: the sweep kept no state; run it with "
+                       "keep_params=True")
+    import jax
+
+    i, s = self.index_of(config), self._seed_index(seed)
+    return jax.tree.map(lambda x: np.asarray(x)[s, i], tree)
+
+  def params_of(self, config: int | Mapping[str, Any], seed: int | None = None) -> Any:
+    """The final parameters of one run (``config``: index or hyperparameter values; ``seed``:
+    a seed value, default the first), with the task's structure (an ``nnx.State`` for a flax
+    task): ``task.to_model(res.params_of(...), res.model_state_of(...))`` rebuilds the model."""
+    seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
+    return self._take(self.params, "params_of", config, seed)
+
+  def opt_state_of(self, config: int | Mapping[str, Any], seed: int | None = None) -> Any:
+    """The final optimizer state of one run (the optax state of ``optimizer(hparams)``), to
+    continue it with the same transformation (``nnx.Optimizer`` or an optax loop)."""
+    seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
+    return self._take(self.opt_state, "opt_state_of", config, seed)
+
+  def model_state_of(self, config: int | Mapping[str, Any], seed: int | None = None) -> Any:
+    """The final model state of one run (BatchNorm statistics; ``()`` for a stateless task)."""
+    seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
+    return self._take(self.model_state, "model_state_of", config, seed)
+
+  def fold_summary(self, metric: str, *, at: str = "final", mode: str = "min") -> dict[str, Any]:
+    """Mean and spread over the folds of a k-fold sweep (``search.folds(k)``).
+
+    Each run's value (final, or best with ``at="best"``) is averaged over seeds, then its mean
+    and standard deviation (``ddof=0``) taken over the folds of each config of the other axes.
+
+    Returns:
+      ``{"hparams": {name: (C',)}, "mean": (C',), "std": (C',), "per_fold": (C', k)}`` over the
+      ``C'`` configs without the fold axis, in the order of first appearance.
+    """
+    hp = self.hparams
+    if "fold" not in hp:
+      raise ValueError("SweepResult.fold_summary: the sweep has no 'fold' axis (search.folds(k))")
+    vals = self.summary(metric, at=at, mode=mode).mean(axis=0)  # (C,)
+    others = [k for k in hp if k != "fold"]
+    keys = [tuple(hp[k][i].item() for k in others) for i in range(self.num_configs)]
+    order = list(dict.fromkeys(keys))
+    folds = sorted(set(hp["fold"].tolist()))
+    per = np.full((len(order), len(folds)), np.nan)
+    for i, key in enumerate(keys):
+      per[order.index(key), folds.index(int(hp["fold"][i]))] = vals[i]
+    return {
+        "hparams": {k: np.asarray([key[j] for key in order]) for j, k in enumerate(others)},
+        "mean": per.mean(axis=1), "std": per.std(axis=1), "per_fold": per,
+    }
 
   def _metric(self, metric: str) -> np.ndarray:
     if metric == "batch_loss":
@@ -182,11 +275,19 @@ class SweepResult:
   # -- persistence -------------------------------------------------------------------------
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes the result to ``path`` (a ``.npz`` file with a JSON header); see :func:`load`."""
+    """Writes the result to ``path`` (a ``.npz`` file with a JSON header); see :func:`load`.
+
+    A result that kept its runs' state (``keep_params=True``) also writes the parameters,
+    optimizer states and model states with orbax-checkpoint to the folder ``<path>.state``
+    (written to a temporary folder and renamed into place); :func:`load` with the task and the
+    optimizer reads them back."""
     path = pathlib.Path(path)
     if path.suffix != ".npz":
       path = path.with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
+    state_info = None
+    if self.params is not None:
+      state_info = _save_state(path, (self.params, self.opt_state, self.model_state))
     header = {
         "format": "optaxlr.SweepResult/1",
         "axes": [
@@ -195,6 +296,7 @@ class SweepResult:
         "fixed": self.space.fixed,
         "metrics": list(self.metrics),
         "info": self.info,
+        **({"state": state_info} if state_info else {}),
     }
     arrays = {
         "seeds": self.seeds,
@@ -309,8 +411,66 @@ def _read_header(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict[str,
   return header
 
 
-def load(path: str | os.PathLike) -> SweepResult:
+def _save_state(path: pathlib.Path, trees) -> dict:
+  import shutil
+
+  import jax
+  import orbax.checkpoint as ocp
+
+  leaves = [[np.asarray(x) for x in jax.tree.leaves(t)] for t in trees]
+  final = path.with_name(path.name + ".state")
+  tmp = path.with_name(path.name + ".state.tmp")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(tmp.absolute(), {"params": leaves[0], "opt_state": leaves[1], "model_state": leaves[2]})
+  ckpt.wait_until_finished()
+  if final.exists():
+    shutil.rmtree(final)
+  os.replace(tmp, final)
+  return {"dir": final.name, "leaves": [len(x) for x in leaves],
+          "shapes": [[list(a.shape) for a in x] for x in leaves]}
+
+
+def _load_state(path: pathlib.Path, header: dict, space, task, optimizer) -> tuple:
+  import jax
+  import orbax.checkpoint as ocp
+
+  from optaxlr import search
+
+  info = header["state"]
+  folder = path.with_name(info["dir"])
+  if not folder.is_dir():
+    raise _bad_file(path, f"is incomplete: its runs' state folder {folder.name!r} is missing")
+  try:
+    raw = ocp.StandardCheckpointer().restore(folder.absolute())
+  except Exception as e:  # noqa: BLE001 -- a damaged orbax folder
+    raise _bad_file(path, f"has a damaged state folder {folder.name!r} ({type(e).__name__})") from e
+  hp = search.encode({k: np.asarray(v)[:1] for k, v in space.columns.items()}, space.categories)
+  hp = {k: v[0] for k, v in hp.items()}
+  opt = search.with_categories(optimizer, space.categories)
+  params_like = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  shapes = (params_like, jax.eval_shape(lambda p: opt(hp).init(p), params_like),
+            jax.eval_shape(task.initial_state, jax.random.PRNGKey(0)))
+  out = []
+  for name, like, n_leaves in zip(("params", "opt_state", "model_state"), shapes, info["leaves"]):
+    leaves = list(raw[name]) if n_leaves else []
+    like_leaves = jax.tree.leaves(like)
+    if len(leaves) != len(like_leaves) or any(
+        tuple(a.shape[2:]) != tuple(b.shape) for a, b in zip(leaves, like_leaves)):
+      raise ValueError(f"load: {str(path)!r}: the saved {name} do not fit this task and optimizer "
+                       f"({len(leaves)} arrays vs {len(like_leaves)} expected, or other shapes)")
+    out.append(jax.tree.unflatten(jax.tree.structure(like), [np.asarray(a) for a in leaves]))
+  return tuple(out)
+
+
+def load(path: str | os.PathLike, *, task: Any = None, optimizer: Any = None) -> SweepResult:
   """Reads a :class:`SweepResult` written by :meth:`SweepResult.save`.
+
+  With ``task`` and ``optimizer`` (the sweep's), the runs' parameters, optimizer states and
+  model states saved next to it (``<path>.state``, orbax) are read back in their structure
+  (``res.params_of(...)``, :meth:`SweepResult.opt_state_of` work as after the sweep);
+  without them only the numbers are read and ``info["state_file"]`` names the folder.
 
   The whole file is read and checked: zip checksums, the header, and that every array has the
   shape its header implies (``seeds (S,)``, ``diverged_at (S, C)``, ``batch_loss (S, C, T)``,
@@ -369,6 +529,17 @@ def load(path: str | os.PathLike) -> SweepResult:
   stop_reason = None  # files written before stop reasons were saved: derived by SweepResult
   if "stop_reason" in arrays:
     stop_reason = shaped("stop_reason", need("stop_reason", 2, "U"), (n_s, n_c), sc)
+  params = opt_state = model_state = None
+  info = dict(header.get("info", {}))
+  if header.get("state"):
+    info["state_file"] = header["state"]["dir"]
+    if (task is None) != (optimizer is None):
+      raise ValueError("load: pass both task= and optimizer= to read the runs' state")
+    if task is not None:
+      params, opt_state, model_state = _load_state(path, header, space, task, optimizer)
+  elif task is not None or optimizer is not None:
+    raise ValueError(f"load: {str(path)!r} holds no runs' state (the sweep ran without "
+                     "keep_params=True); drop task= and optimizer=")
   return SweepResult(
       space=space,
       seeds=seeds,
@@ -380,6 +551,7 @@ def load(path: str | os.PathLike) -> SweepResult:
       eval_steps=eval_steps,
       diverged_at=shaped("diverged_at", need("diverged_at", 2, "iu"), (n_s, n_c), sc),
       stopped_at=shaped("stopped_at", need("stopped_at", 2, "iu"), (n_s, n_c), sc),
-      info=header.get("info", {}),
+      info=info,
       stop_reason=stop_reason,
+      params=params, opt_state=opt_state, model_state=model_state,
   )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -12,7 +15,7 @@ import numpy as np
 
 from optaxlr.tasks import _objectives
 
-__all__ = ["Task", "Batch"]
+__all__ = ["Task", "Batch", "reseed_nnx", "stream_key", "set_opt_state", "hparam", "Dropout"]
 
 PyTree = Any
 _LABELS = {"cross_entropy": "classes", "logistic": "binary"}  # built-in loss -> label kind
@@ -51,6 +54,21 @@ class Task:
     apply: ``(params, inputs) -> outputs``, the model, when the task was built from one
       (:meth:`from_functions` and the flax adapters set it), else ``None``; :meth:`validate`
       reads the number of classes from its output's shape.
+    init_state: ``key -> model_state`` for a model with state or randomness (BatchNorm
+      statistics, Dropout), else ``None``; set together with ``train_loss`` and
+      ``eval_metrics``. The adapters :meth:`from_flax_nnx` and :meth:`from_linen` set them.
+    train_loss: ``(params, model_state, batch, key, hparams) -> (loss, new_model_state)``: one
+      training step's loss in training mode; ``key`` is the step's model key
+      (:func:`optaxlr.engine.model_key`, the same for every config of a seed) and ``hparams``
+      the config's hyperparameters (traced scalars: a dropout rate, label smoothing).
+    eval_metrics: ``(params, model_state, batch, hparams) -> {name: scalar}`` in evaluation
+      mode.
+    to_model: ``(params, model_state) -> model`` (the adapters: an ``nnx.Module`` or linen
+      variables), to hand a sweep's run back to the framework.
+
+  A stateful task's :attr:`loss` and :attr:`metrics` evaluate in evaluation mode with the
+  initial model state (for quick checks); the engine uses :meth:`step_loss` and
+  :meth:`evaluate`.
 
   The arrays of ``train`` and ``eval`` are stored as ``jax.Array`` (so a traced index can
   take a minibatch). A ``Task`` compares and hashes by identity.
@@ -75,21 +93,90 @@ class Task:
   info: dict = dataclasses.field(default_factory=dict)
   apply: Callable[[PyTree, jax.Array], jax.Array] | None = dataclasses.field(default=None,
                                                                             repr=False)
+  init_state: Callable[[jax.Array], PyTree] | None = dataclasses.field(default=None, repr=False)
+  train_loss: Callable[..., tuple[jax.Array, PyTree]] | None = dataclasses.field(default=None,
+                                                                                repr=False)
+  eval_metrics: Callable[..., dict[str, jax.Array]] | None = dataclasses.field(default=None,
+                                                                              repr=False)
+  to_model: Callable[..., Any] | None = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
-    object.__setattr__(self, "train", _as_batch("Task", "train", self.train))
+    given = [n for n in ("init_state", "train_loss", "eval_metrics")
+             if getattr(self, n) is not None]
+    if given and len(given) != 3:
+      missing = sorted({"init_state", "train_loss", "eval_metrics"} - set(given))
+      raise ValueError(f"Task: a task with model state gives init_state, train_loss and "
+                       f"eval_metrics together; {given} given, {missing} missing")
+    if not (callable(self.train) and not isinstance(self.train, Mapping)):
+      object.__setattr__(self, "train", _as_batch("Task", "train", self.train))
     if not isinstance(self.eval, Mapping):
       raise TypeError(f"Task: eval must be a dict of splits, got {type(self.eval).__name__}")
     object.__setattr__(self, "eval", {s: _as_batch("Task", s, b) for s, b in self.eval.items()})
     object.__setattr__(self, "info", dict(self.info))
 
+  # ------------------------------------------------------------------ the engine's view
+  @property
+  def stateful(self) -> bool:
+    """Whether the model carries state (BatchNorm statistics) or randomness (Dropout) through
+    :attr:`train_loss` / :attr:`eval_metrics` (else :attr:`loss` / :attr:`metrics` are used)."""
+    return self.train_loss is not None
+
+  def initial_state(self, key: jax.Array) -> PyTree:
+    """The model state of a run initialised with ``key`` (``()`` for a stateless task)."""
+    return () if self.init_state is None else self.init_state(key)
+
+  def step_loss(self, params: PyTree, state: PyTree, batch: Batch, key: jax.Array,
+                hparams: Mapping[str, jax.Array]) -> tuple[jax.Array, PyTree]:
+    """``(loss, new_state)`` of one training step in training mode (Dropout on, BatchNorm
+    statistics of the batch, updated); ``key`` drives the model's random streams. A stateless
+    task returns ``(loss(params, batch), state)``."""
+    if self.train_loss is None:
+      return self.loss(params, batch), state
+    return self.train_loss(params, state, batch, key, hparams)
+
+  def evaluate(self, params: PyTree, state: PyTree, batch: Batch,
+               hparams: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Metrics in evaluation mode (no Dropout, BatchNorm's running statistics)."""
+    if self.eval_metrics is None:
+      return self.metrics(params, batch)
+    return self.eval_metrics(params, state, batch, hparams)
+
+  @property
+  def host_fed(self) -> bool:
+    """Whether ``train`` is a factory ``seed -> iterator of batches`` (data fed from the host:
+    grain, tf.data's ``as_numpy_iterator()``, a torch ``DataLoader``, a generator)."""
+    return callable(self.train) and not isinstance(self.train, Mapping)
+
   @property
   def n_train(self) -> int:
-    """Number of training examples."""
+    """Number of training examples (a ``ValueError`` for a host-fed task: a stream has none)."""
+    if self.host_fed:
+      raise ValueError(f"Task {self.name!r}: the training data is a stream (train(seed) -> "
+                       "iterator); it has no fixed number of examples")
     return int(next(iter(self.train.values())).shape[0])
 
+  def first_batch(self, seed: int = 0) -> Batch:
+    """A host-fed task's first batch of ``train(seed)`` (a fresh iterator, then dropped)."""
+    it = self.train(seed)
+    if it is not None and it is self.train(seed):
+      raise ValueError(f"Task {self.name!r}: train(seed) returned the same iterator object on two "
+                       "calls (for two seeds); return a fresh iterator per call: each seed "
+                       "has its own stream, and a sweep reads it from the start")
+    try:
+      batch = next(iter(it))
+    except StopIteration:
+      raise ValueError(f"Task {self.name!r}: train({seed}) yielded no batch") from None
+    except TypeError:
+      raise TypeError(f"Task {self.name!r}: train(seed) must return an iterator of batches, got "
+                      f"{type(it).__name__}") from None
+    finally:
+      close = getattr(it, "close", None)
+      if callable(close):
+        close()
+    return _as_batch(f"Task {self.name!r}", "train (first batch)", batch)
+
   # ------------------------------------------------------------------ validation
-  def validate(self) -> None:
+  def validate(self, hparams: Mapping[str, Any] | None = None) -> None:
     """Checks the task on the host before anything is compiled.
 
     Checks: every split's arrays share the leading length (and eval splits have the
@@ -103,13 +190,18 @@ class Task:
     params, and ``metrics`` returns a dict of scalars on every split (shapes only, with
     ``jax.eval_shape``).
 
+    A stateful task (:attr:`train_loss`) is checked through :meth:`step_loss` and
+    :meth:`evaluate` with ``hparams`` (one config's values; the sweep passes its first), and a
+    host-fed task through the first batch of ``train(0)``.
+
     Raises:
       ValueError: naming the task, split, key and problem.
     """
     where = f"Task.validate: task {self.name!r}"
-    splits = {"train": self.train, **self.eval}
-    classes = self._num_classes()
-    train_sig = {k: (v.shape[1:], v.dtype) for k, v in self.train.items()}
+    train = self.first_batch() if self.host_fed else self.train
+    splits = {"train": train, **self.eval}
+    classes = self._num_classes(train)
+    train_sig = {k: (v.shape[1:], v.dtype) for k, v in train.items()}
     for split, batch in splits.items():
       lengths = {k: (v.shape[0] if v.ndim else None) for k, v in batch.items()}
       for k, n in lengths.items():
@@ -123,9 +215,9 @@ class Task:
       if next(iter(lengths.values())) == 0:
         raise ValueError(f"{where}, split {split!r}: the split is empty")
       if split != "train":
-        if set(batch) != set(self.train):
+        if set(batch) != set(train):
           raise ValueError(f"{where}, split {split!r}: keys {sorted(batch)} differ from the "
-                           f"training split's keys {sorted(self.train)}")
+                           f"training split's keys {sorted(train)}")
         for k, v in batch.items():
           if v.shape[1:] != train_sig[k][0]:
             raise ValueError(f"{where}, split {split!r}, key {k!r}: per-example shape "
@@ -139,9 +231,9 @@ class Task:
             raise ValueError(f"{where}, split {split!r}, key {k!r}: {int(bad.sum())} non-finite "
                              f"value(s) ({kind}), first in example {row}")
       self._validate_labels(where, split, batch, classes)
-    self._validate_functions(where, splits)
+    self._validate_functions(where, splits, dict(hparams or {}))
 
-  def _num_classes(self) -> tuple[int | None, str]:
+  def _num_classes(self, train: Batch) -> tuple[int | None, str]:
     """``(K, where K comes from)``: ``info["num_classes"]``, else the last axis of ``apply``'s
     output for a cross-entropy task, else ``(None, "")``. A failing ``init`` or ``apply`` gives
     ``None`` here; :meth:`_validate_functions` reports it by name."""
@@ -149,7 +241,7 @@ class Task:
       return self.info["num_classes"], "num_classes"
     if self.apply is None or self.info.get("labels") != "classes":
       return None, ""
-    x = self.train.get(self.info.get("x_key", "x"))
+    x = train.get(self.info.get("x_key", "x"))
     if x is None or x.ndim == 0:
       return None, ""
     try:
@@ -189,15 +281,24 @@ class Task:
                          f"{y[bad].flat[0].item()!r} in example {row} ({int(bad.sum())} such "
                          "label(s))")
 
-  def _validate_functions(self, where: str, splits: dict[str, Batch]) -> None:
+  def _validate_functions(self, where: str, splits: dict[str, Batch], hparams: dict) -> None:
     key = jax.random.key(0)
     try:
       params = jax.eval_shape(self.init, key)
+      state = jax.eval_shape(self.initial_state, key)
     except Exception as e:  # noqa: BLE001  (re-raised with context)
       raise ValueError(f"{where}: init(key) failed: {type(e).__name__}: {e}") from e
-    probe = {k: v[:2] for k, v in self.train.items()}
+    hp = {k: np.asarray(v) for k, v in hparams.items()}
+
+    def loss(p, s, batch):
+      return self.step_loss(p, s, batch, key, hp)[0]
+
+    def metrics(p, s, batch):
+      return self.evaluate(p, s, batch, hp)
+
+    probe = {k: v[:2] for k, v in splits["train"].items()}
     try:
-      value = jax.eval_shape(self.loss, params, probe)
+      value = jax.eval_shape(loss, params, state, probe)
     except Exception as e:  # noqa: BLE001
       raise ValueError(f"{where}: loss(params, batch) failed on 2 training examples: "
                        f"{type(e).__name__}: {e}") from e
@@ -205,14 +306,14 @@ class Task:
             and jnp.issubdtype(value.dtype, jnp.floating)):
       raise ValueError(f"{where}: loss(params, batch) must return a float scalar, got {value}")
     try:
-      jax.eval_shape(jax.grad(self.loss), params, probe)
+      jax.eval_shape(jax.grad(loss), params, state, probe)
     except Exception as e:  # noqa: BLE001
       raise ValueError(f"{where}: loss(params, batch) is not differentiable in params: "
                        f"{type(e).__name__}: {e}") from e
     for split, batch in splits.items():
       probe = {k: v[:2] for k, v in batch.items()}
       try:
-        out = jax.eval_shape(self.metrics, params, probe)
+        out = jax.eval_shape(metrics, params, state, probe)
       except Exception as e:  # noqa: BLE001
         raise ValueError(f"{where}, split {split!r}: metrics(params, batch) failed: "
                          f"{type(e).__name__}: {e}") from e
@@ -290,43 +391,132 @@ class Task:
       eval: Mapping[str, Mapping[str, Any]] | None = None,  # noqa: A002
       info: Mapping[str, Any] | None = None,
       metrics: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None = None,
+      configure: Callable[[Any, Mapping[str, jax.Array]], None] | None = None,
       x_key: str = "x",
       y_key: str = "y",
   ) -> Task:
     """A task from a ``flax.nnx`` model factory ``model_fn(rngs) -> nnx.Module``.
 
-    ``init(key)`` builds ``model_fn(nnx.Rngs(key))`` and returns its ``nnx.Param`` state
-    (an ``nnx.State``, a pytree that optax and ``nnx.Optimizer`` accept); ``loss`` merges
-    the params back into the model (``nnx.merge``) and calls it on ``batch[x_key]``.
+    ``init(key)`` builds ``model_fn(nnx.Rngs(key))`` and returns its ``nnx.Param`` state (an
+    ``nnx.State``, a pytree that optax and ``nnx.Optimizer`` accept).
 
-    Only ``nnx.Param`` variables are allowed: the task's functions carry no mutable state and
-    take no PRNG key, so a model with ``BatchStat`` (BatchNorm), RNG streams (Dropout with
-    ``rngs``) or other variables is refused with a ``ValueError``.
+    A model with other variables is trained with them:
 
-    Args: as :meth:`from_functions`, with ``model_fn`` in place of ``init`` / ``apply``.
+    * ``BatchStat`` (BatchNorm) and any other non-parameter variable are the run's **model
+      state**, carried per config and per seed: updated in training mode (``model.train()``),
+      used in evaluation mode (``model.eval()``);
+    * RNG streams (Dropout's ``rngs``) are reseeded before every step with
+      :func:`reseed_nnx` ``(model, model_key(key, seed, step))``: every config of a seed sees
+      the same dropout masks (common random numbers), so a row equals a standalone loop that
+      reseeds the same way.
+
+    Args: as :meth:`from_functions`, with ``model_fn`` in place of ``init`` / ``apply``, and
+      configure: optional ``(model, hparams) -> None`` called on the merged model before each
+        forward pass (training and evaluation), to give the model traced hyperparameters,
+        e.g. ``lambda m, h: setattr(m.drop, "rate", h["dropout"])`` with a
+        :class:`optaxlr.tasks.Dropout` (``nnx.Dropout`` branches on its rate in Python and
+        so cannot take a traced one). Axes it reads count as read.
+      loss: as :meth:`from_functions`; a callable may also take ``(outputs, targets,
+        hparams)`` (label smoothing as a hyperparameter).
     """
     from flax import nnx  # local: keep `import optaxlr` light
 
     fn = f"Task.from_flax_nnx({name!r})"
+    if configure is not None and not callable(configure):
+      raise TypeError(f"{fn}: configure must be a function (model, hparams) -> None, got "
+                      f"{type(configure).__name__}")
+    objective, standard = _objectives.resolve(loss, fn)
+    takes_hp = _takes_hparams(loss)
     abstract = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
-    leaves = jax.tree_util.tree_leaves_with_path(
-        rest, is_leaf=lambda v: isinstance(v, nnx.Variable))
-    if leaves:
-      from optaxlr._paths import path_str
-      desc = ", ".join(f"{path_str(p)} ({type(v).__name__})" for p, v in leaves[:5])
-      raise ValueError(f"{fn}: the model may hold only nnx.Param variables (the task carries no "
-                       f"mutable state and no PRNG key), got {desc}")
+    graphdef, _, _, rest = nnx.split(abstract, nnx.Param, nnx.RngState, ...)
+    streams = sorted({v.tag for _, v in nnx.iter_graph(abstract)
+                      if isinstance(v, nnx.RngStream)})
+    stateful = bool(jax.tree.leaves(rest)) or bool(streams)
+
+    def parts(key):
+      return nnx.split(model_fn(nnx.Rngs(key)), nnx.Param, nnx.RngState, ...)
 
     def init(key):
-      return nnx.split(model_fn(nnx.Rngs(key)), nnx.Param, ...)[1]
+      return parts(key)[1]
 
-    def apply(params, x):
-      return nnx.merge(graphdef, params)(x)
+    base_info = {"framework": "flax.nnx", "x_key": x_key, "y_key": y_key,
+                 "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
+                 **({"labels": _LABELS[loss]} if isinstance(loss, str) and loss in _LABELS else {}),
+                 **({"rng_streams": streams} if streams else {}), **dict(info or {})}
 
-    return cls.from_functions(name, init, apply, loss, train=train, eval=eval,
-                              info={"framework": "flax.nnx", **dict(info or {})},
-                              metrics=metrics, x_key=x_key, y_key=y_key)
+    if not stateful and configure is None and not takes_hp:
+      def apply(params, x):
+        return nnx.merge(graphdef, params, nnx.State({}), nnx.State({}))(x)
+
+      task = cls.from_functions(name, init, apply, loss, train=train, eval=eval, info=base_info,
+                                metrics=metrics, x_key=x_key, y_key=y_key)
+      return dataclasses.replace(task, to_model=lambda params, state=(): nnx.merge(
+          graphdef, params, nnx.State({}), nnx.State({})))
+
+    # The RNG streams' variables are rebuilt from a template every step (their keys are
+    # replaced by reseeding), so they are not part of the carried model state.
+    rng_template = jax.jit(lambda: parts(jax.random.key(0))[2])()
+
+    def merged(params, state):
+      # fresh Variables of the current trace (the template's were made outside it)
+      rngs, state = jax.tree.map(lambda x: x, (rng_template, state))
+      return nnx.merge(graphdef, params, rngs, state)
+
+    def forward(model, x, hparams):
+      if configure is not None:
+        configure(model, hparams)
+      with _hparams_scope(hparams):
+        return model(x)
+
+    def objective_hp(out, y, hparams):
+      return objective(out, y, hparams) if takes_hp else objective(out, y)
+
+    def init_state(key):
+      return parts(key)[3]
+
+    def train_loss(params, state, batch, key, hparams):
+      model = merged(params, state)
+      model.train()
+      reseed_nnx(model, key)
+      out = forward(model, batch[x_key], hparams)
+      new_state = nnx.split(model, nnx.Param, nnx.RngState, ...)[3]
+      return objective_hp(out, batch[y_key], hparams), new_state
+
+    def eval_metrics(params, state, batch, hparams):
+      model = merged(params, state)
+      model.eval()
+      out = forward(model, batch[x_key], hparams)
+      y = batch[y_key]
+      values = dict(standard(out, y))
+      if takes_hp:
+        values["loss"] = objective(out, y, hparams)
+      if metrics is not None:
+        values = {**values, **metrics(out, y)}
+      return values
+
+    def to_model(params, state=None):
+      """The ``nnx.Module`` with these parameters and model state (training mode)."""
+      model = merged(params, init_state(jax.random.key(0)) if state is None else state)
+      return model
+
+    def eval_apply(params, x):
+      model = merged(params, init_state(jax.random.key(0)))
+      model.eval()
+      return model(x)
+
+    def loss_fn(params, batch):
+      return eval_metrics(params, init_state(jax.random.key(0)), batch, {})["loss"] if not (
+          configure or takes_hp) else _needs_hparams(fn)
+
+    def metrics_fn(params, batch):
+      if configure is not None or takes_hp:
+        return _needs_hparams(fn)
+      return eval_metrics(params, init_state(jax.random.key(0)), batch, {})
+
+    return cls(name=name, init=jax.jit(init), loss=jax.jit(loss_fn), metrics=jax.jit(metrics_fn),
+               train=dict(train), eval=dict(eval or {}), info=base_info, apply=eval_apply,
+               init_state=jax.jit(init_state), train_loss=train_loss, eval_metrics=eval_metrics,
+               to_model=to_model)
 
   @classmethod
   def from_linen(
@@ -339,31 +529,248 @@ class Task:
       eval: Mapping[str, Mapping[str, Any]] | None = None,  # noqa: A002
       info: Mapping[str, Any] | None = None,
       metrics: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None = None,
+      rng_streams: Sequence[str] = (),
+      train_kwargs: Mapping[str, Any] | None = None,
+      eval_kwargs: Mapping[str, Any] | None = None,
       x_key: str = "x",
       y_key: str = "y",
   ) -> Task:
     """A task from a ``flax.linen`` module: ``params = module.init(key, x[:1])["params"]``.
 
-    The loss calls ``module.apply({"params": params}, batch[x_key])``. A module with other
-    variable collections (``batch_stats``, ...) is refused with a ``ValueError``; so is one that
-    needs RNGs in ``apply`` (it fails when called without them).
+    Collections other than ``"params"`` (``batch_stats``...) are the run's model state: in
+    training the loss calls ``module.apply({"params": p, **state}, x, mutable=[...],
+    rngs={s: stream_key(key, s)}, **train_kwargs)`` and carries the updated collections; the
+    evaluation calls ``module.apply({"params": p, **state}, x, **eval_kwargs)``.
 
-    Args: as :meth:`from_functions`, with ``module`` in place of ``init`` / ``apply``.
+    Args: as :meth:`from_functions`, with ``module`` in place of ``init`` / ``apply``, and
+      rng_streams: the RNG streams the module draws from in training (``("dropout",)``); each
+        step's keys are :func:`stream_key` ``(model_key(key, seed, step), name)``.
+      train_kwargs: keyword arguments of ``__call__`` in training (``{"train": True}``).
+      eval_kwargs: keyword arguments of ``__call__`` in evaluation (``{"train": False}``).
     """
     fn = f"Task.from_linen({name!r})"
+    if isinstance(rng_streams, str) or not all(isinstance(r, str) for r in rng_streams):
+      raise ValueError(f"{fn}: rng_streams must be a sequence of stream names, got "
+                       f"rng_streams={rng_streams!r}")
+    streams = tuple(rng_streams)
+    tkw, ekw = dict(train_kwargs or {}), dict(eval_kwargs or {})
     x0 = jnp.asarray(train[x_key])[:1]
-    shapes = jax.eval_shape(module.init, jax.random.key(0), x0)
+
+    def rngs_for(key):  # "params" draws from the init key itself, as module.init(key, x)
+      return {"params": key, **{s: stream_key(key, s) for s in streams}}
+
+    def variables(key):
+      return module.init(rngs_for(key), x0, **ekw)
+
+    shapes = jax.eval_shape(variables, jax.random.key(0))
     extra = sorted(k for k in shapes if k != "params")
-    if extra:
-      raise ValueError(f"{fn}: the module may hold only 'params', got collections {extra} "
-                       "(the task carries no mutable state)")
+    if not extra and not streams and not tkw and not ekw:
+      def init(key):
+        return module.init(key, x0)["params"]
 
-    def init(key):
-      return module.init(key, x0)["params"]
+      def apply(params, x):
+        return module.apply({"params": params}, x)
 
-    def apply(params, x):
-      return module.apply({"params": params}, x)
+      task = cls.from_functions(name, init, apply, loss, train=train, eval=eval,
+                                info={"framework": "flax.linen", **dict(info or {})},
+                                metrics=metrics, x_key=x_key, y_key=y_key)
+      return dataclasses.replace(task, to_model=lambda params, state=(): {"params": params})
+    objective, standard = _objectives.resolve(loss, fn)
+    takes_hp = _takes_hparams(loss)
 
-    return cls.from_functions(name, init, apply, loss, train=train, eval=eval,
-                              info={"framework": "flax.linen", **dict(info or {})},
-                              metrics=metrics, x_key=x_key, y_key=y_key)
+    def init_p(key):
+      return variables(key)["params"]
+
+    def init_state(key):
+      v = variables(key)
+      return {k: v[k] for k in extra}
+
+    def train_loss(params, state, batch, key, hparams):
+      with _hparams_scope(hparams):
+        out, new = module.apply({"params": params, **state}, batch[x_key], mutable=extra,
+                                rngs={s: stream_key(key, s) for s in streams}, **tkw)
+      y = batch[y_key]
+      value = objective(out, y, hparams) if takes_hp else objective(out, y)
+      return value, {k: new[k] for k in extra}
+
+    def eval_metrics(params, state, batch, hparams):
+      with _hparams_scope(hparams):
+        out = module.apply({"params": params, **state}, batch[x_key], **ekw)
+      y = batch[y_key]
+      values = dict(standard(out, y))
+      if takes_hp:
+        values["loss"] = objective(out, y, hparams)
+      if metrics is not None:
+        values = {**values, **metrics(out, y)}
+      return values
+
+    def eval_apply(params, x):
+      return module.apply({"params": params, **init_state(jax.random.key(0))}, x, **ekw)
+
+    def loss_fn(params, batch):
+      if takes_hp:
+        return _needs_hparams(fn)
+      return eval_metrics(params, init_state(jax.random.key(0)), batch, {})["loss"]
+
+    def metrics_fn(params, batch):
+      if takes_hp:
+        return _needs_hparams(fn)
+      return eval_metrics(params, init_state(jax.random.key(0)), batch, {})
+
+    info = {"framework": "flax.linen", "x_key": x_key, "y_key": y_key,
+            "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
+            **({"labels": _LABELS[loss]} if isinstance(loss, str) and loss in _LABELS else {}),
+            **({"rng_streams": list(streams)} if streams else {}), **dict(info or {})}
+    return cls(name=name, init=jax.jit(init_p), loss=jax.jit(loss_fn), metrics=jax.jit(metrics_fn),
+               train=dict(train), eval=dict(eval or {}), info=info, apply=eval_apply,
+               init_state=jax.jit(init_state), train_loss=train_loss, eval_metrics=eval_metrics,
+               to_model=lambda params, state=None: {"params": params, **(
+                   init_state(jax.random.key(0)) if state is None else state)})
+
+
+_HPARAMS: contextvars.ContextVar = contextvars.ContextVar("optaxlr_hparams", default=None)
+
+
+@contextlib.contextmanager
+def _hparams_scope(hparams: Mapping[str, Any]):
+  token = _HPARAMS.set(hparams)
+  try:
+    yield
+  finally:
+    _HPARAMS.reset(token)
+
+
+def hparam(name: str, default: Any = None) -> Any:
+  """The current config's hyperparameter ``name`` (a traced scalar) inside a sweep's forward
+  pass of a flax task; outside one, ``default``.
+
+  A model reads a swept hyperparameter with it (a dropout rate, label smoothing, a
+  stochastic-depth rate): ``x = nnx.Dropout``-like code with ``rate = hparam("dropout", 0.1)``.
+  Inside a sweep a name the space does not hold is a ``KeyError`` naming the available ones
+  (never a silent default); the axis counts as read.
+  """
+  hp = _HPARAMS.get()
+  if hp is None:
+    if default is None:
+      raise ValueError(f"hparam: {name!r} read outside a sweep's step and no default given")
+    return default
+  try:
+    return hp[name]
+  except KeyError:
+    raise KeyError(f"hparam: the model reads hyperparameter {name!r}, which the space does not "
+                   f"hold; available: {sorted(hp)}") from None
+
+
+def _takes_hparams(loss: Any) -> bool:
+  """Whether a callable loss takes ``(outputs, targets, hparams)``."""
+  if not callable(loss):
+    return False
+  import inspect
+
+  try:
+    params = [p for p in inspect.signature(loss).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  except (TypeError, ValueError):
+    return False
+  return len(params) >= 3
+
+
+def _needs_hparams(fn: str):
+  raise ValueError(f"{fn}: this task's model reads hyperparameters (configure= or a loss taking "
+                   "hparams); call task.step_loss / task.evaluate with hparams, or sweep it")
+
+
+def stream_key(key: jax.Array, stream: str) -> jax.Array:
+  """The key of RNG stream ``stream`` (``"dropout"``...) at one step:
+  ``fold_in(key, crc32(stream))``, ``key`` being the step's :func:`optaxlr.engine.model_key`."""
+  return jax.random.fold_in(key, zlib.crc32(stream.encode()) & 0x7FFFFFFF)
+
+
+def reseed_nnx(model: Any, key: jax.Array) -> None:
+  """Reseeds every RNG stream of an ``nnx`` model for one step: stream ``s`` gets
+  :func:`stream_key` ``(key, s)`` (``nnx.reseed``). The sweep calls it before every training
+  step with ``key = optaxlr.engine.model_key(sweep_key, seed, step)``; a standalone loop that
+  does the same sees the same dropout masks."""
+  from flax import nnx
+
+  tags = sorted({v.tag for _, v in nnx.iter_graph(model) if isinstance(v, nnx.RngStream)})
+  if tags:
+    nnx.reseed(model, **{t: stream_key(key, t) for t in tags})
+
+
+def _dropout_class():
+  from flax import nnx
+
+  class Dropout(nnx.Module):
+    """Inverted dropout whose rate may be a swept hyperparameter (a traced scalar).
+
+    ``nnx.Dropout`` decides in Python whether its rate is 0 or 1 and so cannot take a traced
+    rate; this layer computes ``where(bernoulli(key, 1 - rate), x / (1 - rate), 0)`` for any
+    rate in ``[0, 1)`` (``nnx.Dropout``'s formula, same key use: one ``bernoulli`` draw from
+    the ``rng_collection`` stream). ``model.train()`` / ``model.eval()`` switch it like
+    ``nnx.Dropout``. With ``hparam="dropout"`` a sweep's config sets the rate
+    (:func:`hparam`); outside a sweep the layer uses ``rate``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> drop = Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+      >>> drop.eval(); bool((drop(jnp.ones(4)) == 1).all())
+      True
+    """
+
+    def __init__(self, rate: float = 0.5, *, hparam: str | None = None,
+                 deterministic: bool = False, rng_collection: str = "dropout", rngs: Any = None):
+      self.rate = rate
+      self.hparam = hparam
+      self.deterministic = deterministic
+      self.rng_collection = rng_collection
+      if isinstance(rngs, nnx.Rngs):
+        self.rngs = rngs[rng_collection].fork()
+      elif isinstance(rngs, nnx.RngStream):
+        self.rngs = rngs.fork()
+      else:
+        self.rngs = nnx.data(None)
+
+    def __call__(self, x: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
+      det = self.deterministic if deterministic is None else deterministic
+      if det:
+        return x
+      if self.rngs is None:
+        raise ValueError("Dropout: deterministic is False but the layer has no rngs")
+      rate = self.rate if self.hparam is None else hparam(self.hparam, self.rate)
+      keep = 1.0 - jnp.asarray(rate, x.dtype)
+      mask = jax.random.bernoulli(self.rngs(), p=keep, shape=x.shape)
+      return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+  return Dropout
+
+
+def __getattr__(name: str):
+  if name == "Dropout":  # built on first use: keeps `import optaxlr` free of flax
+    cls = _dropout_class()
+    cls.__module__ = __name__
+    globals()["Dropout"] = cls
+    return cls
+  raise AttributeError(name)
+
+
+def set_opt_state(optimizer: Any, opt_state: Any) -> None:
+  """Puts an optax state (``SweepResult.opt_state_of(...)``) into an ``nnx.Optimizer`` built
+  with the same transformation, so that training continues exactly where the sweep's run
+  stopped (``nnx.Optimizer(model, optimizer(hparams), wrt=nnx.Param)``).
+
+  Raises:
+    ValueError: the state's structure or shapes differ from the optimizer's.
+  """
+  from flax import nnx
+  from flax.nnx.training.optimizer import to_opt_state
+
+  current = nnx.as_pure(optimizer.opt_state)
+  new = nnx.as_pure(jax.tree.map(jnp.asarray, opt_state))
+  if jax.tree.structure(current) != jax.tree.structure(new) or any(
+      np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(new))):
+    raise ValueError("set_opt_state: the state does not fit this optimizer (another "
+                     "transformation or model?): structure "
+                     f"{jax.tree.structure(new)} vs {jax.tree.structure(current)}")
+  optimizer.opt_state = nnx.data(to_opt_state(new))
