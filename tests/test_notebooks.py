@@ -19,6 +19,8 @@ NAMES = [
     "06_sgdr",
     "07_reduce_on_plateau",
     "08_update_ratio",
+    "09_linear_scaling",
+    "10_grow_the_batch",
 ]
 # notebooks that measure a claim and commit the numbers of a full-size run to results/<name>.json
 CLAIMS = [
@@ -28,6 +30,8 @@ CLAIMS = [
     "06_sgdr",
     "07_reduce_on_plateau",
     "08_update_ratio",
+    "09_linear_scaling",
+    "10_grow_the_batch",
 ]
 
 
