@@ -72,6 +72,7 @@ from flax import nnx  # noqa: E402
 
 import handwritten_cnn as hw  # noqa: E402
 from _common import versions  # noqa: E402
+import sweep_bench  # noqa: E402
 from sweep_bench import interleaved, load_average, machine, max_diff  # noqa: E402
 import optaxlr  # noqa: E402
 from optaxlr import search  # noqa: E402
@@ -99,16 +100,7 @@ _ALLOWED_IMPORTS = {"__future__", "time", "zlib", "jax", "numpy", "optax", "flax
 def check_independent(path: pathlib.Path = HERE / "handwritten_cnn.py") -> None:
   """Raises unless the loop baseline imports only JAX, optax, flax, NumPy and the stdlib's
   time / zlib: it shares no code with optaxlr."""
-  for node in ast.walk(ast.parse(path.read_text())):
-    names = []
-    if isinstance(node, ast.Import):
-      names = [a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom):
-      names = [node.module or ""]
-    bad = [m for m in names if m.split(".")[0] not in _ALLOWED_IMPORTS]
-    if bad:
-      raise RuntimeError(f"{path.name} must not import {bad}: the loop baseline shares no code "
-                         f"with optaxlr (allowed: {sorted(_ALLOWED_IMPORTS)})")
+  sweep_bench.check_independent(path, _ALLOWED_IMPORTS)
 
 
 # ----------------------------------------------------------------------------------------

@@ -619,15 +619,11 @@ def sweep(
                          f"got {sorted(set(np.unique(folds).tolist()))}")
       fold_splits = {i: fold_split(n_train, k, i) for i in range(k)}
     keys_ = sorted(set(zip(bsz.astype(np.int64).tolist(), folds.astype(np.int64).tolist())))
-    for b, f in keys_:
-      n_avail = len(fold_splits[f][0]) if f >= 0 else n_train
-      b = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
-      check_int(fn, "batch_size", b, 1, n_avail)
     defs = []
     for b, f in keys_:
       n_avail = len(fold_splits[f][0]) if f >= 0 else n_train
-      bb = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
-      defs.append((int(bb), int(f), k if f >= 0 else 0))
+      b = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
+      defs.append((check_int(fn, "batch_size", b, 1, n_avail), int(f), k if f >= 0 else 0))
     index = {kk: i for i, kk in enumerate(keys_)}
     segment_of = np.array([index[(int(b), int(f))] for b, f in zip(bsz, folds)], np.int64)
     segment_defs = tuple(defs)

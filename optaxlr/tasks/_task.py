@@ -486,13 +486,7 @@ class Task:
       model = merged(params, state)
       model.eval()
       out = forward(model, batch[x_key], hparams)
-      y = batch[y_key]
-      values = dict(standard(out, y))
-      if takes_hp:
-        values["loss"] = objective(out, y, hparams)
-      if metrics is not None:
-        values = {**values, **metrics(out, y)}
-      return values
+      return _eval_values(standard, objective, takes_hp, metrics, out, batch[y_key], hparams)
 
     def to_model(params, state=None):
       """The ``nnx.Module`` with these parameters and model state (training mode)."""
@@ -596,13 +590,7 @@ class Task:
     def eval_metrics(params, state, batch, hparams):
       with _hparams_scope(hparams):
         out = module.apply({"params": params, **state}, batch[x_key], **ekw)
-      y = batch[y_key]
-      values = dict(standard(out, y))
-      if takes_hp:
-        values["loss"] = objective(out, y, hparams)
-      if metrics is not None:
-        values = {**values, **metrics(out, y)}
-      return values
+      return _eval_values(standard, objective, takes_hp, metrics, out, batch[y_key], hparams)
 
     def eval_apply(params, x):
       return module.apply({"params": params, **init_state(jax.random.key(0))}, x, **ekw)
@@ -659,6 +647,17 @@ def hparam(name: str, default: Any = None) -> Any:
   except KeyError:
     raise KeyError(f"hparam: the model reads hyperparameter {name!r}, which the space does not "
                    f"hold; available: {sorted(hp)}") from None
+
+
+def _eval_values(standard, objective, takes_hp, metrics, out, y, hparams) -> dict:
+  """The evaluation metrics of the adapters: the standard ones (the loss with ``hparams`` when
+  the loss takes them) and the user's extra ``metrics``."""
+  values = dict(standard(out, y))
+  if takes_hp:
+    values["loss"] = objective(out, y, hparams)
+  if metrics is not None:
+    values = {**values, **metrics(out, y)}
+  return values
 
 
 def _takes_hparams(loss: Any) -> bool:
