@@ -46,7 +46,7 @@ def successive_halving(task, steps: int, seeds: int) -> dict:
     return optaxlr.adamw(h["lr"], weight_decay=h["wd"])
 
   r0 = steps // 27
-  kw = dict(steps=steps, batch_size=64, seeds=seeds, eval_every=r0, progress=False)
+  kw = dict(steps=steps, batch_size=64, seeds=seeds, eval_every=r0, execution=optaxlr.Execution(progress=False))
   out = {}
   for name, strat in (("full", None), ("successive_halving", adapt.successive_halving(
       "val/error", eta=3, min_steps=r0))):
@@ -79,7 +79,7 @@ def population_based_training(task, steps: int, seeds: int) -> dict:
   def opt(h):
     return optax.sgd(h["lr"], momentum=0.9)
 
-  kw = dict(steps=steps, batch_size=64, seeds=seeds, eval_every=steps // 8, progress=False)
+  kw = dict(steps=steps, batch_size=64, seeds=seeds, eval_every=steps // 8, execution=optaxlr.Execution(progress=False))
   fixed = optaxlr.sweep(task, opt, space, **kw)
   p = adapt.pbt("val/loss", interval=steps // 8, quantile=0.25, perturb={"lr": (0.5, 2.0)}, seed=0)
   res = optaxlr.sweep(task, opt, space, **kw, adapt=p)
@@ -178,7 +178,7 @@ def pbt_where_a_schedule_matters(task_name: str, steps: int, seeds: int, batch_s
   space = search.grid(lr=lrs)
   seed_list = list(range(seeds))
   eval_every = steps // 20
-  kw = dict(steps=steps, batch_size=batch_size, eval_every=eval_every, progress=False)
+  kw = dict(steps=steps, batch_size=batch_size, eval_every=eval_every, execution=optaxlr.Execution(progress=False))
   mode_metric = val
 
   def constant(h):

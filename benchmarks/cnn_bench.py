@@ -161,8 +161,8 @@ def make_space(c: int, dropout: float):
 def sweep_method(task, space, kw, last, name, **extra):
   def run():
     t0 = time.perf_counter()
-    res = optaxlr.sweep(task, optimizer, space, progress=False, update_ratio=False, key=0,
-                        **kw, **extra)
+    res = optaxlr.sweep(task, optimizer, space, key=0, **kw,
+                        execution=optaxlr.Execution(progress=False, update_ratio=False, **extra))
     wall = time.perf_counter() - t0
     last[name] = res
     return {"compile_s": res.info["compile_s"], "run_s": res.info["run_s"], "wall_s": wall}

@@ -81,7 +81,7 @@ def measure(name: str, task, *, range_keys: int, range_seeds: int, seeds: int, s
   t0 = time.perf_counter()
   out = optaxlr.sweep(
       task, lambda h: make(schedules.one_cycle(h["peak"], steps)), space, steps=steps,
-      batch_size=64, eval_every=steps, key=1000, progress=False)
+      batch_size=64, eval_every=steps, key=1000, execution=optaxlr.Execution(progress=False))
   train_s = time.perf_counter() - t0
   val = out.final("val/error")  # (seed, config)
   test = out.final("test/error")

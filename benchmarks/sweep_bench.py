@@ -192,7 +192,7 @@ def engine_method(task, space, cfg, update_ratio: bool):
     t0 = time.perf_counter()
     res = optaxlr.sweep(task, optimizer, space, steps=cfg["steps"], batch_size=cfg["batch"],
                         eval_every=cfg["eval_every"], sync_every=cfg["steps"],
-                        update_ratio=update_ratio, key=0, progress=False)
+                        key=0, execution=optaxlr.Execution(update_ratio=update_ratio, progress=False))
     wall = time.perf_counter() - t0
     last["result"] = res
     return {"compile_s": res.info["compile_s"], "run_s": res.info["run_s"], "wall_s": wall}

@@ -13,6 +13,8 @@ from optaxlr import transforms
 from optaxlr.engine import ChunkEvent
 from optaxlr.engine import Control
 from optaxlr.engine import EarlyStop
+from optaxlr.engine import Execution
+from optaxlr.engine import RunSettings
 from optaxlr.engine import SweepResult
 from optaxlr.engine import batch_indices
 from optaxlr.engine import load
@@ -22,15 +24,42 @@ from optaxlr.tasks import Task
 from optaxlr.doctor import Diagnosis
 from optaxlr.doctor import DoctorThresholds
 from optaxlr.doctor import diagnose
-from optaxlr.lr_find import LRFindResult
-from optaxlr.lr_find import LRGridResult
-from optaxlr.lr_find import lr_find
-from optaxlr.lr_find import lr_find_grid
+from optaxlr._lr_find import LRFindResult
+from optaxlr._lr_find import LRGridResult
+from optaxlr._lr_find import lr_find
+from optaxlr._lr_find import lr_find_grid
+from optaxlr._lr_find import range_test_lrs
 from optaxlr import losses as _losses
-from optaxlr import monitor as _monitor  # before the star import: `monitor` is also a function
-from optaxlr.losses import *  # noqa: F403
-from optaxlr.monitor import *  # noqa: F403
-from optaxlr.transforms import *  # noqa: F403
+from optaxlr import _monitor
+from optaxlr.losses import flood
+from optaxlr.losses import flooded
+from optaxlr._monitor import MonitorState
+from optaxlr._monitor import monitor
+from optaxlr._monitor import update_ratio_report
+from optaxlr._monitor import dead_relu_fraction
+from optaxlr._monitor import BatchCheck
+from optaxlr._monitor import check_batch
+from optaxlr._monitor import assert_clean_data
+from optaxlr.transforms import SkipNonfiniteState
+from optaxlr.transforms import skip_nonfinite
+from optaxlr.transforms import nonfinite_leaf_name
+from optaxlr.transforms import param_group_lr
+from optaxlr.transforms import param_group_multipliers
+from optaxlr.transforms import layerwise_lr
+from optaxlr.transforms import layerwise_multipliers
+from optaxlr.transforms import ReduceOnPlateauState
+from optaxlr.transforms import reduce_on_plateau
+from optaxlr.transforms import EarlyStoppingState
+from optaxlr.transforms import EarlyStopping
+from optaxlr.transforms import early_stopping
+from optaxlr.transforms import keep_best
+from optaxlr.transforms import DecoupledWeightDecayState
+from optaxlr.transforms import adamw
+from optaxlr.transforms import decoupled_weight_decay
+from optaxlr.transforms import l1_regularization
+from optaxlr.transforms import l2_regularization
+from optaxlr.transforms import no_bias_norm_mask
+from optaxlr.transforms import sgd
 
 __version__ = "0.1.0"
 
@@ -52,6 +81,9 @@ __all__ = [
     "ChunkEvent",
     "Control",
     "EarlyStop",
+    "Execution",
+    "RunSettings",
+    "range_test_lrs",
     "SweepResult",
     "batch_indices",
     "load",

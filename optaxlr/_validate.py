@@ -119,3 +119,66 @@ def one_of(fn: str, name: str, value: Any, allowed: Sequence[Any]) -> None:
   if value not in allowed:
     choices = ", ".join(repr(a) for a in allowed)
     raise ValueError(f"{fn}: {name} must be one of {choices}, got {name}={value!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Structural arguments shared by every entry point (one home for each rule).
+
+
+def check_int(fn: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+  """An int (Python or NumPy, not bool) in ``[low, high]``, else a ValueError naming it."""
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  if not ok or value < low or (high is not None and value > high):
+    rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+    extra = " (the training set size)" if name == "batch_size" else ""
+    raise ValueError(f"{fn}: {name} must be an int {rng}{extra}, got {name}={value!r}")
+  return int(value)
+
+
+def check_flag(fn: str, name: str, value: Any) -> bool:
+  """``True`` or ``False`` (Python or NumPy), else a ValueError naming it."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{fn}: {name} must be True or False, got {name}={value!r}")
+  return bool(value)
+
+
+def seed_list(fn: str, seeds: Any) -> list[int]:
+  """``seeds`` as a list of distinct ints: an int ``n`` means ``0..n-1``."""
+  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
+    if seeds < 1:
+      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of distinct ints, got seeds={seeds!r}")
+    return list(range(int(seeds)))
+  try:
+    out = list(seeds)
+  except TypeError:
+    raise ValueError(f"{fn}: seeds must be an int >= 1 or a non-empty list of distinct ints, "
+                     f"got seeds={seeds!r}") from None
+  bad = [s for s in out if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))]
+  if bad or not out or len(set(int(s) for s in out)) != len(out):
+    raise ValueError(f"{fn}: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
+  return [int(s) for s in out]
+
+
+def natural_mode(metric: str) -> str | None:
+  """``"max"`` for a metric named like an accuracy, ``"min"`` for a loss or an error, else
+  ``None`` (no natural direction)."""
+  last = metric.split("/")[-1].lower()
+  if "acc" in last:
+    return "max"
+  if "loss" in last or "error" in last or last in ("mse", "mae", "rmse", "nll", "perplexity"):
+    return "min"
+  return None
+
+
+def metric_mode(fn: str, metric: str, mode: str | None = None) -> str:
+  """The direction in which ``metric`` improves: ``mode`` when given (``"min"`` or ``"max"``),
+  else ``"max"`` for accuracies and ``"min"`` otherwise. A ``mode`` against the metric's
+  natural direction (``mode="min"`` on an accuracy) is an error: it would keep the worst runs."""
+  natural = natural_mode(metric)
+  if mode is None:
+    return natural or "min"
+  one_of(fn, "mode", mode, ("min", "max"))
+  if natural is not None and mode != natural:
+    raise ValueError(f"{fn}: mode={mode!r} contradicts metric={metric!r}, which improves "
+                     f"toward its {natural}imum; pass mode={natural!r} or leave mode unset")
+  return mode

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from optaxlr.engine._driver import ChunkEvent, Control
+from optaxlr.engine import ChunkEvent, Control
 
 __all__ = ["Adapt", "successive_halving", "hyperband", "pbt", "SuccessiveHalving", "PBT"]
 

@@ -621,8 +621,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     res = optaxlr.sweep(
         task, make_optimizer(name, args.schedule, args.steps), space,
         steps=args.steps, batch_size=args.batch_size, seeds=args.seeds,
-        eval_every=args.eval_every, progress=not args.no_progress, devices=devices,
-        key=args.key,
+        eval_every=args.eval_every, key=args.key,
+        execution=optaxlr.Execution(progress=not args.no_progress, devices=devices),
     )
     path = res.save(out / f"sweep_{name}.npz")
     results[name] = res

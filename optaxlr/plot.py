@@ -233,7 +233,7 @@ def heatmap(
     >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
     >>> res = optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], weight_decay=h["wd"]),
     ...                     search.grid(lr=[1e-3, 1e-2], wd=[0.0, 0.1]), steps=4,
-    ...                     batch_size=8, progress=False)
+    ...                     batch_size=8, execution=optaxlr.Execution(progress=False))
     >>> fig = plot.heatmap(res, "lr", "wd", "val/loss")
     >>> fig.axes[0].get_title()
     'val/loss (final), mean over 1 seed'
@@ -347,7 +347,8 @@ def curves(
     >>> from optaxlr import search, plot
     >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
     >>> res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.grid(lr=[1e-3, 1e-2]),
-    ...                     steps=8, batch_size=8, seeds=2, eval_every=4, progress=False)
+    ...                     steps=8, batch_size=8, seeds=2, eval_every=4,
+    ...                     execution=optaxlr.Execution(progress=False))
     >>> fig = plot.curves(res, "val/loss")
     >>> fig.axes[0].get_title()
     'val/loss: best 2 of 2 configs by final value (mean over 2 seeds, band: min-max)'
@@ -448,7 +449,8 @@ def rungs(
     >>> from optaxlr import adapt, plot, search
     >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
     >>> res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.zip(lr=[1e-3, 1e-2, 0.1]),
-    ...                     steps=8, batch_size=8, eval_every=4, progress=False,
+    ...                     steps=8, batch_size=8, eval_every=4,
+    ...                     execution=optaxlr.Execution(progress=False),
     ...                     adapt=adapt.successive_halving("val/loss", eta=3, min_steps=4))
     >>> fig = plot.rungs(res)
     >>> len([l for l in fig.axes[0].lines if l.get_gid() == "config"])
@@ -581,7 +583,7 @@ def lineage(
     >>> task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
     >>> res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]),
     ...                     search.zip(lr=[1e-3, 1e-2, 3e-2, 1e-1]), steps=8, batch_size=8,
-    ...                     eval_every=2, progress=False,
+    ...                     eval_every=2, execution=optaxlr.Execution(progress=False),
     ...                     adapt=adapt.pbt("val/loss", 4, perturb={"lr": (0.5, 2.0)}))
     >>> fig = plot.lineage(res, "lr")
     >>> len([l for l in fig.axes[0].lines if l.get_gid() == "slot"])

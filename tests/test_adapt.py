@@ -130,7 +130,7 @@ def test_pbt_replaces_a_diverged_member():
     (lambda: adapt.successive_halving("val/loss", eta=3, min_steps=3), dict(eval_every=4),
      r"successive_halving: the rung at step 3 is not a host sync point"),
     (lambda: adapt.successive_halving("val/nope", min_steps=4), {}, r"adapt metric 'val/nope'"),
-    (lambda: adapt.successive_halving("val/loss", min_steps=4), dict(max_group_size=2),
+    (lambda: adapt.successive_halving("val/loss", min_steps=4), dict(execution=optaxlr.Execution(max_group_size=2)),
      r"adaptive search compares every config at once"),
     (lambda: adapt.pbt("val/loss", 8, perturb={"wd": (0.8, 1.2)}), {},
      r"pbt: perturb/resample name \['wd'\] not in the space"),

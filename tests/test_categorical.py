@@ -53,8 +53,8 @@ def fixed(schedule, opt):
 
 
 def run(task, optimizer, space, **kw):
-  kw = {"steps": STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY, "progress": False,
-        "seeds": 2, **kw}
+  kw = {"steps": STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY,
+        "execution": optaxlr.Execution(progress=False), "seeds": 2, **kw}
   return optaxlr.sweep(task, optimizer, space, **kw)
 
 
@@ -317,4 +317,4 @@ def test_unused_categorical_axis_is_an_error_and_lr_find_refuses_strings():
   with pytest.raises(ValueError, match=r"lr_find: hyperparameter 'opt' holds strings \(a "
                                        r"categorical axis\), which lr_find does not take yet"):
     optaxlr.lr_find(task, lambda h: optax.sgd(h["lr"]), space=search.grid(opt=["a", "b"]),
-                    steps=4, progress=False)
+                    steps=4, execution=optaxlr.Execution(progress=False))

@@ -27,7 +27,7 @@ from test_sweep import adamw, make_task, run
 
 TESTS = pathlib.Path(__file__).parent
 SPACE = dict(lr=[1e-3, 3e-2, 0.1], wd=[0.0, 1e-2, 1e-3])
-KW = dict(seeds=2, max_group_size=2, steps=40, eval_every=4)
+KW = dict(seeds=2, steps=40, eval_every=4, max_group_size=2)
 
 SCRIPT = textwrap.dedent(
     """
@@ -121,7 +121,7 @@ def test_sigkill_at_random_instants_then_resume_is_bitwise_equal(tmp_path, dtype
       manifest = json.loads((folder / "manifest.json").read_text())
       positions.append((tuple(manifest["position"]), manifest["finished"]))
     assert len(set(positions)) >= 3, f"the kills landed at too few places: {positions}"
-    resumed = run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+    resumed = run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   _assert_same(reference, resumed)
 
 
@@ -137,7 +137,7 @@ def test_sigkill_inside_each_write_then_resume_is_bitwise_equal(tmp_path, n, fra
                        env=_env(), capture_output=True, text=True, timeout=300)
   assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
   reference = run(make_task(), adamw, search.zip(**SPACE), **KW)
-  resumed = run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **KW)
+  resumed = run(make_task(), adamw, search.zip(**SPACE), **KW, execution=optaxlr.Execution(checkpoint_dir=folder))
   _assert_same(reference, resumed)
   assert not list(folder.glob("*.tmp")), "leftovers of the killed write were not removed"
 
@@ -145,40 +145,40 @@ def test_sigkill_inside_each_write_then_resume_is_bitwise_equal(tmp_path, n, fra
 @pytest.fixture
 def finished(tmp_path):
   folder = tmp_path / "ckpt"
-  kw = dict(seeds=1, max_group_size=2, steps=16, eval_every=4)
-  res = run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+  kw = dict(seeds=1, steps=16, eval_every=4, max_group_size=2)
+  res = run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   return folder, kw, res
 
 
 def test_damaged_folders_are_clear_errors(finished):
   folder, kw, res = finished
-  again = run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+  again = run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   _assert_same(res, again)
   chunk = sorted(folder.glob("chunk-*.npz"))[0]
   data = bytearray(chunk.read_bytes())
   data[len(data) // 2] ^= 0xFF
   chunk.write_bytes(bytes(data))
   with pytest.raises(ValueError, match=rf"checkpoint_dir='{folder}'.*{chunk.name} is damaged"):
-    run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+    run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   chunk.unlink()
   with pytest.raises(ValueError, match=rf"{chunk.name} is missing or unreadable"):
-    run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+    run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   manifest = folder / "manifest.json"
   manifest.write_text(manifest.read_text()[:50])
   with pytest.raises(ValueError, match=r"manifest.json is damaged \(JSONDecodeError"):
-    run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+    run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   manifest.write_text("[]")
   with pytest.raises(ValueError, match=r"manifest.json has an unknown format"):
-    run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, **kw)
+    run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
 
 
 def test_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
   (tmp_path / "notes.txt").write_text("my results")
   with pytest.raises(ValueError, match=r"is not an optaxlr checkpoint \(no manifest.json\) and is not empty"):
-    run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=tmp_path, steps=8, eval_every=4)
+    run(make_task(), adamw, search.zip(**SPACE), steps=8, eval_every=4, execution=optaxlr.Execution(checkpoint_dir=tmp_path))
   (tmp_path / "file").write_text("x")
   with pytest.raises(ValueError, match=r"exists and is not a folder"):
-    run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=tmp_path / "file", steps=8, eval_every=4)
+    run(make_task(), adamw, search.zip(**SPACE), steps=8, eval_every=4, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "file"))
 
 
 def _wide_task(width):
@@ -224,7 +224,7 @@ def test_a_folder_of_another_sweep_is_a_clear_error_naming_what_differs(finished
   x64 = c.pop("x64", False)
   with jax.enable_x64(x64):
     with pytest.raises(ValueError, match=rf"checkpoint_dir='{folder}': holds a different sweep \(.*{differs}"):
-      run(task, opt, space, checkpoint_dir=folder, **kw, **c)
+      run(task, opt, space, **kw, **c, execution=optaxlr.Execution(checkpoint_dir=folder))
 
 
 def test_two_processes_on_one_folder(tmp_path):
@@ -242,11 +242,11 @@ def test_two_processes_on_one_folder(tmp_path):
   try:
     assert proc.stdout.readline().strip() == "LOCKED"
     with pytest.raises(ValueError, match=r"is in use by another running sweep"):
-      run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, steps=8, eval_every=4)
+      run(make_task(), adamw, search.zip(**SPACE), steps=8, eval_every=4, execution=optaxlr.Execution(checkpoint_dir=folder))
   finally:
     proc.kill()
     proc.wait()
     proc.stdout.close()
   del script
-  res = run(make_task(), adamw, search.zip(**SPACE), checkpoint_dir=folder, steps=8, eval_every=4)
+  res = run(make_task(), adamw, search.zip(**SPACE), steps=8, eval_every=4, execution=optaxlr.Execution(checkpoint_dir=folder))
   assert np.isfinite(res.batch_loss).all()

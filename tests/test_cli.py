@@ -637,7 +637,7 @@ def test_sweep_of_a_user_task_equals_the_same_sweep_from_python(user_dir, capsys
                          decay="decoupled")
 
   want = optaxlr.sweep(_user_task(), adamw, search.grid(lr=[1e-3, 1e-2], wd=[0.0, 1e-2]),
-                       steps=10, batch_size=16, seeds=2, eval_every=4, key=0, progress=False)
+                       steps=10, batch_size=16, seeds=2, eval_every=4, key=0, execution=optaxlr.Execution(progress=False))
   assert got.eval_steps.tolist() == want.eval_steps.tolist() == [4, 8, 10]
   _same(got, want)  # the same program on the same data and keys: equal to the bit
   assert not got.diverged.any()

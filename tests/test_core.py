@@ -127,13 +127,13 @@ def test_lr_find_equals_the_general_program_driven_the_same_way(x64):
   pytorch-lr-finder's smoothing of them."""
   task = make_task()
   steps = 30
-  lrs = optaxlr.lr_find.__globals__["range_test_lrs"](1e-3, 3.0, steps)
+  lrs = optaxlr.range_test_lrs(1e-3, 3.0, steps)
   finder = optaxlr.lr_find(task, lambda h: optax.sgd(h["lr"], momentum=h["m"]),
                            search.grid(m=[0.0, 0.9]), steps=steps, batch_size=BATCH,
                            min_lr=1e-3, max_lr=3.0, diverge=1e300, smooth=0.1)
   table = jnp.asarray(lrs)
   swept = run(task, lambda h: optax.sgd(lambda count: table[count], momentum=h["m"]),
-              search.grid(m=[0.0, 0.9]), steps=steps, eval_every=steps, update_ratio=False)
+              search.grid(m=[0.0, 0.9]), steps=steps, eval_every=steps, execution=optaxlr.Execution(update_ratio=False))
   live = np.isfinite(finder.batch_loss)
   np.testing.assert_allclose(finder.batch_loss[live], swept.batch_loss[live], rtol=1e-13)
   for c in range(2):
@@ -155,30 +155,47 @@ def test_typed_keys_and_numpy_integers_are_accepted(x64):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(devices=[]), "sweep: devices must be a non-empty list of jax devices"),
     (dict(steps=True), r"sweep: steps must be an int >= 1, got steps=True"),
     (dict(steps=2.0), r"sweep: steps must be an int >= 1, got steps=2.0"),
-    (dict(max_group_size=0), r"sweep: max_group_size must be an int >= 1, got max_group_size=0"),
     (dict(sync_every=12), r"sweep: sync_every must be a multiple of eval_every=8"),
     (dict(log_every=3), r"sweep: log_every must divide eval_every=8"),
     (dict(eval_every=100), r"sweep: eval_every must be <= steps=24"),
-    (dict(monitor="val/loss"), r"sweep: monitor='val/loss' is read only with plateau=True"),
+    (dict(metric="val/loss"), r"sweep: metric='val/loss' is the metric fed to reduce_on_plateau and is read only with plateau=True"),
     (dict(key="seven"), r"sweep: key must be an int, a typed key"),
     (dict(key=True), r"sweep: key must be an int or a PRNG key"),
     (dict(seeds=[1, 1]), r"sweep: seeds must be a non-empty list of distinct ints"),
     (dict(plateau=True), r"sweep: plateau=True feeds a reduce_on_plateau, but the optimizer holds"),
-    (dict(progress="yes"), r"sweep: progress must be True or False"),
 ])
 def test_bad_arguments_are_clear_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     run(make_task(), sgd, search.zip(lr=[0.1]), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(devices=[]), "Execution: devices must be a non-empty list of jax devices"),
+    (dict(max_group_size=0), r"Execution: max_group_size must be an int >= 1, got max_group_size=0"),
+    (dict(progress="yes"), r"Execution: progress must be True or False"),
+    (dict(keep_params=1), r"Execution: keep_params must be True or False"),
+    (dict(vectorize=0), r"Execution: vectorize must be 'auto', None or an int >= 1"),
+    (dict(compute_dtype="float16"), r"Execution: compute_dtype must be None or 'bfloat16'"),
+    (dict(eval_batch_size=0), r"Execution: eval_batch_size must be an int >= 1"),
+    (dict(checkpoint_dir=3), r"Execution: checkpoint_dir must be a path"),
+])
+def test_bad_execution_settings_are_clear_errors_when_built(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    optaxlr.Execution(**kwargs)
+
+
+def test_execution_must_be_an_execution():
+  with pytest.raises(TypeError, match="sweep: execution must be an optaxlr.Execution"):
+    optaxlr.sweep(make_task(), sgd, search.zip(lr=[0.1]), steps=4, execution={"progress": False})
+
+
 def test_keep_params_from_a_finished_checkpoint(tmp_path):
   task = make_task()
   space = search.zip(lr=[0.1, 0.01])
-  first = run(task, sgd, space, keep_params=True, checkpoint_dir=tmp_path / "c")
-  again = run(task, sgd, space, keep_params=True, checkpoint_dir=tmp_path / "c")
+  first = run(task, sgd, space, execution=optaxlr.Execution(keep_params=True, checkpoint_dir=tmp_path / "c"))
+  again = run(task, sgd, space, execution=optaxlr.Execution(keep_params=True, checkpoint_dir=tmp_path / "c"))
   assert again.info["steps_run"] == 0  # nothing trained again
   for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(again.params)):
     np.testing.assert_array_equal(a, b)
@@ -270,6 +287,6 @@ def test_plateau_done_stops_a_config_as_pytorch_loops_do(x64):
   # The loss of step 12 (of the final parameters) was computed and is kept, as the point that
   # stops a range test is; no step after it ran.
   assert np.isnan(res.batch_loss[0, :, 13:]).all() and np.isfinite(res.batch_loss[0, :, :13]).all()
-  on = run(task, opt, space, steps=32, eval_every=4, plateau=True, plateau_stop=False)
+  on = run(task, opt, space, steps=32, eval_every=4, plateau="feed")
   assert (on.stop_reason == "completed").all()
   np.testing.assert_array_equal(on.batch_loss[..., :12], res.batch_loss[..., :12])

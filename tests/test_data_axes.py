@@ -21,7 +21,7 @@ def sgd(h):
   return optax.sgd(h["lr"], momentum=0.9)
 
 
-KW = dict(steps=10, seeds=2, eval_every=5, progress=False)
+KW = dict(steps=10, seeds=2, eval_every=5, execution=optaxlr.Execution(progress=False))
 
 
 def test_fold_split_equals_sklearn_kfold():
@@ -188,12 +188,12 @@ def test_host_fed_resumes_from_a_checkpoint(tmp_path):
     if event.chunk == 1:  # chunk 0 is committed; chunk 1 is not
       raise RuntimeError("killed")
   with pytest.raises(RuntimeError, match="killed"):
-    optaxlr.sweep(task, sgd, space, sync_every=5, checkpoint_dir=tmp_path / "c", callback=boom,
-                  **KW)
-  resumed = optaxlr.sweep(task, sgd, space, sync_every=5, checkpoint_dir=tmp_path / "c", **KW)
+    optaxlr.sweep(task, sgd, space, sync_every=5, callback=boom,
+                  **KW, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "c"))
+  resumed = optaxlr.sweep(task, sgd, space, sync_every=5, **KW, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "c"))
   np.testing.assert_array_equal(resumed.batch_loss, full.batch_loss)
   np.testing.assert_array_equal(resumed.metrics["val/loss"], full.metrics["val/loss"])
   # another stream (other first batch) is refused
   other = _stream_task(_task(), 16, 10, key=7)
   with pytest.raises(ValueError, match="data"):
-    optaxlr.sweep(other, sgd, space, sync_every=5, checkpoint_dir=tmp_path / "c", **KW)
+    optaxlr.sweep(other, sgd, space, sync_every=5, **KW, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "c"))

@@ -55,7 +55,7 @@ def digits_sweep():
   task = tasks.digits(n=300, hidden=(32,))
   return optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]),
                        search.grid(lr=[1e-7, 1e-3, 0.1, 1.0, 1e3]), steps=200, batch_size=8,
-                       eval_every=20, progress=False)
+                       eval_every=20, execution=optaxlr.Execution(progress=False))
 
 
 def test_real_runs_on_digits(digits_sweep):
@@ -92,8 +92,7 @@ def test_real_one_cycle_spike_that_recovers_is_not_exploding():
   # its earlier minimum as the rate anneals, ending at a few percent error.
   task = tasks.digits(hidden=(64,))
   res = optaxlr.sweep(task, lambda h: optax.sgd(schedules.one_cycle(h["lr"], 300), momentum=0.9),
-                      search.grid(lr=[0.62]), steps=300, batch_size=64, eval_every=30,
-                      progress=False)
+                      search.grid(lr=[0.62]), steps=300, batch_size=64, eval_every=30, execution=optaxlr.Execution(progress=False))
   d = diagnose(res)
   ev = {k: v[0, 0] for k, v in d.evidence.items()}
   assert ev["peak_ratio"] > d.thresholds.explode_ratio  # the old rule called it exploding
@@ -120,7 +119,7 @@ def test_out_of_range_labels_are_a_data_error_not_the_learning_rate():
   task = tasks.Task.from_functions("bad labels", init, lambda p, x: x @ p["w"] + p["b"][None],
                                    ce, train={"x": x, "y": y}, eval={"val": {"x": x, "y": y}})
   res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[1e-4, 1e-2, 1.0]),
-                      steps=4, batch_size=32, eval_every=2, progress=False)
+                      steps=4, batch_size=32, eval_every=2, execution=optaxlr.Execution(progress=False))
   assert (res.diverged_at == 0).all() and np.isnan(res.batch_loss[..., 0]).all()
   d = diagnose(res)
   assert d.labels.tolist() == [["data_error"] * 3]
@@ -145,7 +144,7 @@ def test_real_overfitting_and_overconfidence_on_noisy_sinusoid():
   # (overconfident), at lr=1e-2 it falls (overfitting).
   task = tasks.sinusoid(n_train=30, n_val=200, label_noise=0.2, hidden=(32, 32))
   res = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), search.grid(lr=[1e-3, 1e-2]),
-                      steps=300, batch_size=30, eval_every=20, progress=False)
+                      steps=300, batch_size=30, eval_every=20, execution=optaxlr.Execution(progress=False))
   d = diagnose(res)
   assert d.labels[0].tolist() == ["overconfident", "overfitting"]
   ev = {k: v[0] for k, v in d.evidence.items()}

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import optaxlr
-from optaxlr.lr_find import LRFindResult, lr_find, lr_find_grid, range_test_lrs
+from optaxlr import LRFindResult, lr_find, lr_find_grid, range_test_lrs
 from optaxlr.tasks import Task
 
 N, D = 64, 4
@@ -189,7 +189,7 @@ def test_train_mode_equals_numpy_restatement_of_pytorch_lr_finder(x64, mode, smo
 def test_val_mode_and_val_every_equal_numpy_restatement(x64):
   task = linreg_task()
   lrs = range_test_lrs(1e-5, 10.0, 100)
-  res = lr_find(task, SGD, min_lr=1e-5, max_lr=10.0, steps=100, monitor="val/loss", batch_size=N)
+  res = lr_find(task, SGD, min_lr=1e-5, max_lr=10.0, steps=100, metric="val/loss", batch_size=N)
   ref = range_test_reference(numpy_linreg_step(w_init(task, 0), val=True), lrs, 0.05, 4.0)
   k = len(ref["loss"])
   # Stopped by the evaluation after the k-th step: k updates received (see _rules).
@@ -198,7 +198,7 @@ def test_val_mode_and_val_every_equal_numpy_restatement(x64):
   np.testing.assert_allclose(res.smoothed[0, 0, :k], ref["loss"], rtol=1e-6)
 
   # Every 5 steps: one point after each 5 training steps, at the rate of the 5th.
-  res5 = lr_find(task, SGD, min_lr=1e-5, max_lr=10.0, steps=100, monitor="val/loss",
+  res5 = lr_find(task, SGD, min_lr=1e-5, max_lr=10.0, steps=100, metric="val/loss",
                  eval_every=5, batch_size=N)
   assert res5.loss.shape == (1, 1, 20)
   np.testing.assert_array_equal(res5.steps, np.arange(4, 100, 5))
@@ -341,7 +341,7 @@ def adamw_find():
 @pytest.fixture(scope="module")
 def adamw_grid():
   return lr_find_grid(linreg_task(), ADAMW, [1e-3, 1e-1, 30.0], steps=20, batch_size=16,
-                      space={"weight_decay": [0.0, 0.1]}, monitor="val/loss")
+                      space={"weight_decay": [0.0, 0.1]}, metric="val/loss")
 
 
 def test_an_optax_factory_is_refused_with_a_hint():
@@ -483,11 +483,10 @@ def test_plots_render_to_png(tmp_path, adamw_find, adamw_grid):
     (dict(smooth=1.0), r"lr_find: smooth must be in \[0.0, 1.0\), got smooth=1.0"),
     (dict(diverge=1.0), r"lr_find: diverge must be > 1, got diverge=1.0"),
     (dict(steps=1), r"lr_find: steps must be an int >= 2, got steps=1"),
-    (dict(eval_every=3), r"lr_find: eval_every=3 is read only when monitor is an evaluated"),
-    (dict(monitor="test/loss"), r"lr_find: monitor='test/loss' names split 'test'"),
-    (dict(monitor="loss"), r"lr_find: monitor must be 'train/loss' or an evaluated metric"),
+    (dict(eval_every=3), r"lr_find: eval_every=3 is read only when metric is an evaluated"),
+    (dict(metric="test/loss"), r"lr_find: metric='test/loss' names split 'test'"),
+    (dict(metric="loss"), r"lr_find: metric must be 'train/loss' or an evaluated metric"),
     (dict(steps=True), r"lr_find: steps must be an int >= 2, got steps=True"),
-    (dict(key=jax.random.key(0), devices=[]), r"lr_find: devices must be a non-empty list"),
     (dict(space={"lr": [0.1]}), r"lr_find: space must not hold 'lr'"),
     (dict(batch_size=1000), r"lr_find: batch_size must be an int in \[1, 64\]"),
     (dict(seeds=0), r"lr_find: seeds must be >= 1"),
@@ -525,7 +524,7 @@ def test_lr_find_grid_bad_arguments():
     lr_find_grid(task, SGD, [0.1, 0.1])
   with pytest.raises(ValueError, match=r"lr_find_grid: fall_threshold must be in \[0.0, 1.0\)"):
     lr_find_grid(task, SGD, [0.1], fall_threshold=1.0)
-  with pytest.raises(ValueError, match=r"lr_find_grid: monitor must be one of 'train/loss', 'val/loss'"):
-    lr_find_grid(task, SGD, [0.1], monitor="test/loss")
-  with pytest.raises(ValueError, match=r"lr_find_grid: window=2 is read only with monitor='train/loss'"):
-    lr_find_grid(task, SGD, [0.1], monitor="val/loss", window=2)
+  with pytest.raises(ValueError, match=r"lr_find_grid: metric must be one of 'train/loss', 'val/loss'"):
+    lr_find_grid(task, SGD, [0.1], metric="test/loss")
+  with pytest.raises(ValueError, match=r"lr_find_grid: window=2 is read only with metric='train/loss'"):
+    lr_find_grid(task, SGD, [0.1], metric="val/loss", window=2)

@@ -86,7 +86,7 @@ def test_batchnorm_dropout_rows_equal_standalone_nnx_loops():
   task = _task()
   space = search.grid(lr=[3e-3, 1e-2], wd=[1e-2], dropout=[0.0, 0.3])
   res = optaxlr.sweep(task, opt, space, steps=12, batch_size=16, seeds=2, eval_every=6,
-                      progress=False, keep_params=True)
+                      execution=optaxlr.Execution(progress=False, keep_params=True))
   assert res.info["vectorize"] == 1  # a conv model on the CPU: configs one block at a time
   tr, va = _digits()
   for s, i in ((0, 0), (0, 3), (1, 1)):
@@ -107,29 +107,28 @@ def test_model_hyperparameters_are_checked():
   task = _task()
   # the model reads 'dropout': a space without it is a clear error naming the name
   with pytest.raises(ValueError, match="reads hyperparameter 'dropout'"):
-    optaxlr.sweep(task, opt, search.grid(lr=[1e-2], wd=[0.0]), steps=2, batch_size=8,
-                  progress=False)
+    optaxlr.sweep(task, opt, search.grid(lr=[1e-2], wd=[0.0]), steps=2, batch_size=8, execution=optaxlr.Execution(progress=False))
   # an axis read by nothing (the optimizer, the objective nor the model) is an error
   with pytest.raises(ValueError, match="'mom' is read by neither"):
     optaxlr.sweep(task, opt, search.grid(lr=[1e-2], wd=[0.0], dropout=[0.1], mom=[0.0, 0.5]),
-                  steps=2, batch_size=8, progress=False)
+                  steps=2, batch_size=8, execution=optaxlr.Execution(progress=False))
 
 
 def test_vectorized_blocks_equal_fully_vmapped():
   """Configs in blocks one after another (lax.map) give the fully vmapped numbers."""
   task = optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
   space = search.grid(lr=[3e-3, 1e-2], wd=[0.0, 1e-2])
-  kw = dict(steps=6, batch_size=16, seeds=2, eval_every=3, progress=False)
-  full = optaxlr.sweep(task, opt, space, vectorize=None, **kw)
+  kw = dict(steps=6, batch_size=16, seeds=2, eval_every=3, execution=optaxlr.Execution(progress=False))
+  full = optaxlr.sweep(task, opt, space, **kw, execution=optaxlr.Execution(vectorize=None))
   assert full.info["vectorize"] is None
   auto = optaxlr.sweep(task, opt, space, **kw)
   assert auto.info["vectorize"] is None  # no convolution: fully vectorised
   for v in (1, 2):
-    r = optaxlr.sweep(task, opt, space, vectorize=v, **kw)
+    r = optaxlr.sweep(task, opt, space, **kw, execution=optaxlr.Execution(vectorize=v))
     np.testing.assert_allclose(r.batch_loss, full.batch_loss, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(r.metrics["val/loss"], full.metrics["val/loss"], rtol=2e-5)
-  three = optaxlr.sweep(task, opt, search.grid(lr=[3e-3, 1e-2, 2e-2], wd=[0.0]), vectorize=2,
-                        **kw)  # padded to a multiple of 2
+  three = optaxlr.sweep(task, opt, search.grid(lr=[3e-3, 1e-2, 2e-2], wd=[0.0]), 
+                        **kw, execution=optaxlr.Execution(vectorize=2))  # padded to a multiple of 2
   np.testing.assert_allclose(three.batch_loss[:, :2], full.batch_loss[:, [0, 2]], rtol=2e-5,
                              atol=1e-6)
 
@@ -137,11 +136,11 @@ def test_vectorized_blocks_equal_fully_vmapped():
 def test_eval_in_pieces_equals_one_piece():
   task = optaxlr.tasks.digits(n=300)
   space = search.grid(lr=[1e-2, 3e-2])
-  kw = dict(steps=8, batch_size=32, seeds=2, eval_every=4, progress=False)
+  kw = dict(steps=8, batch_size=32, seeds=2, eval_every=4, execution=optaxlr.Execution(progress=False))
   whole = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), space, **kw)
   n_val = len(task.eval["val"]["y"])
   assert n_val % 7
-  pieces = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), space, eval_batch_size=7, **kw)
+  pieces = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), space, **kw, execution=optaxlr.Execution(eval_batch_size=7))
   for k, v in whole.metrics.items():
     np.testing.assert_allclose(pieces.metrics[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
@@ -149,9 +148,9 @@ def test_eval_in_pieces_equals_one_piece():
 def test_mixed_precision_bfloat16():
   task = optaxlr.tasks.digits(n=300)
   space = search.grid(lr=[3e-3, 1e-2])
-  kw = dict(steps=30, batch_size=32, eval_every=10, progress=False, keep_params=True)
+  kw = dict(steps=30, batch_size=32, eval_every=10, execution=optaxlr.Execution(progress=False, keep_params=True))
   f32 = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw)
-  bf16 = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, compute_dtype="bfloat16", **kw)
+  bf16 = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw, execution=optaxlr.Execution(compute_dtype="bfloat16"))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16.params))  # master weights
   assert bf16.batch_loss.dtype == np.float32
   # not the same numbers (bfloat16 has an 8-bit mantissa), but the same training
@@ -159,7 +158,7 @@ def test_mixed_precision_bfloat16():
   np.testing.assert_allclose(bf16.metrics["val/loss"][..., -1], f32.metrics["val/loss"][..., -1],
                              rtol=0.1)
   with pytest.raises(ValueError, match="compute_dtype must be"):
-    optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, compute_dtype="float16", **kw)
+    optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw, execution=optaxlr.Execution(compute_dtype="float16"))
 
 
 def test_continued_run_equals_the_sweep_carried_on():
@@ -167,7 +166,7 @@ def test_continued_run_equals_the_sweep_carried_on():
   nnx.Optimizer equals the sweep's own run for 2T steps."""
   task = _task()
   space = search.grid(lr=[1e-2], wd=[1e-2], dropout=[0.2])
-  kw = dict(batch_size=16, seeds=1, progress=False, keep_params=True)
+  kw = dict(batch_size=16, seeds=1, execution=optaxlr.Execution(progress=False, keep_params=True))
   long = optaxlr.sweep(task, opt, space, steps=12, eval_every=12, **kw)
   short = optaxlr.sweep(task, opt, space, steps=6, eval_every=6, **kw)
   hp = short.config(0)
@@ -183,14 +182,14 @@ def test_continued_run_equals_the_sweep_carried_on():
   # by hyperparameter values as well as by index
   assert short.index_of({"lr": 1e-2, "wd": 1e-2, "dropout": 0.2}) == 0
   with pytest.raises(ValueError, match="keep_params=True"):
-    optaxlr.sweep(task, opt, space, steps=2, batch_size=16, progress=False).params_of(0)
+    optaxlr.sweep(task, opt, space, steps=2, batch_size=16, execution=optaxlr.Execution(progress=False)).params_of(0)
 
 
 def test_save_and_load_keep_the_runs_state(tmp_path):
   task = _task()
   space = search.grid(lr=[1e-2, 3e-3], wd=[1e-2], dropout=[0.2])
   res = optaxlr.sweep(task, opt, space, steps=3, eval_every=3, batch_size=16, seeds=2,
-                      progress=False, keep_params=True)
+                      execution=optaxlr.Execution(progress=False, keep_params=True))
   path = res.save(tmp_path / "r.npz")
   assert (tmp_path / "r.npz.state").is_dir()
   numbers_only = optaxlr.load(path)
@@ -219,7 +218,7 @@ def test_start_from_continues_every_run_exactly():
 
   def sched_opt(h):
     return optax.adamw(optax.cosine_decay_schedule(h["lr"], 12), weight_decay=h["wd"])
-  kw = dict(batch_size=16, seeds=2, progress=False, keep_params=True, eval_every=3)
+  kw = dict(batch_size=16, seeds=2, eval_every=3, execution=optaxlr.Execution(progress=False, keep_params=True))
   whole = optaxlr.sweep(task, sched_opt, space, steps=12, **kw)
   first = optaxlr.sweep(task, sched_opt, space, steps=6, **kw)
   second = optaxlr.sweep(task, sched_opt, space, steps=6, start_from=first, **kw)

@@ -5,6 +5,7 @@ study's direction, diverged trials, categorical choices and bad arguments."""
 from __future__ import annotations
 
 import functools
+import optaxlr
 
 import jax
 import numpy as np
@@ -177,7 +178,7 @@ def test_optaxlr_search_distributions_convert():
     (dict(batch_size=10_000), ValueError, r"optimize: batch_size must be an int in \[1, 96\]"),
     (dict(bacth_size=16), TypeError, r"optimize: unknown sweep argument 'bacth_size'"),
     (dict(space={}), TypeError, r"optimize: space is set by optimize itself"),
-    (dict(checkpoint_dir="ckpt"), ValueError, r"optimize: checkpoint_dir is not supported"),
+    (dict(execution=optaxlr.Execution(checkpoint_dir="ckpt")), ValueError, r"optimize: checkpoint_dir is not supported"),
     (dict(distributions={}), ValueError, r"distributions must be a non-empty dict"),
     (dict(distributions={"seed": FloatD(0, 1)}), ValueError, r"'seed' is a reserved axis name"),
     (dict(distributions={"lr": [0.1, 0.2]}), TypeError,

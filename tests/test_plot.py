@@ -37,7 +37,7 @@ def result(task):
   # lr x wd x momentum: the lr x wd figures average over the momentum axis and the seeds.
   space = search.grid(lr=[1e-3, 1e-2, 1e-1, 1e4], wd=[0.0, 1e-2], m=[0.0, 0.9])
   return optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"], momentum=h["m"], weight_decay=h["wd"]),
-                       space, steps=40, batch_size=16, seeds=2, eval_every=10, progress=False)
+                       space, steps=40, batch_size=16, seeds=2, eval_every=10, execution=optaxlr.Execution(progress=False))
 
 
 def _texts(ax):
@@ -302,8 +302,8 @@ def _gid(ax, gid):
 def test_rungs_draw_every_config_up_to_its_rung(task, tmp_path):
   lrs = [3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.6, 1.0, 2.0, 1e-3]
   res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.zip(lr=lrs), steps=36,
-                      batch_size=16, seeds=2, eval_every=4, progress=False,
-                      adapt=optaxlr.adapt.successive_halving("val/loss", eta=3, min_steps=4))
+                      batch_size=16, seeds=2, eval_every=4, 
+                      adapt=optaxlr.adapt.successive_halving("val/loss", eta=3, min_steps=4), execution=optaxlr.Execution(progress=False))
   fig = plot.rungs(res)
   fig.savefig(tmp_path / "rungs.png", dpi=110)
   ax = fig.axes[0]
@@ -350,7 +350,7 @@ def test_lineage_draws_each_slots_values_and_the_copies(task, tmp_path):
   space = search.zip(lr=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1e-4, 3e-3, 0.05])
   p = optaxlr.adapt.pbt("val/loss", interval=8, quantile=0.25, perturb={"lr": (0.5, 2.0)}, seed=3)
   res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), space, steps=40, batch_size=16,
-                      eval_every=8, progress=False, adapt=p)
+                      eval_every=8, adapt=p, execution=optaxlr.Execution(progress=False))
   fig = plot.lineage(res, "lr")
   fig.savefig(tmp_path / "lineage.png", dpi=110)
   ax = fig.axes[0]
@@ -407,7 +407,7 @@ def test_categorical_axes_are_labelled_by_their_strings(task, tmp_path):
   momentum = {"sgd": 0.0, "momentum": 0.9}
   res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"], weight_decay=h["wd"],
                                                   momentum=search.switch(h["opt"], momentum)),
-                      space, steps=20, batch_size=16, eval_every=10, progress=False)
+                      space, steps=20, batch_size=16, eval_every=10, execution=optaxlr.Execution(progress=False))
   fig = plot.heatmap(res, "lr", "opt", "val/loss")
   fig.savefig(tmp_path / "heatmap_categorical.png")
   ax = fig.axes[0]

@@ -8,7 +8,7 @@ import inspect
 
 import optaxlr
 
-SUBMODULES = ["optaxlr.transforms", "optaxlr.losses", "optaxlr.monitor", "optaxlr.engine"]
+SUBMODULES = ["optaxlr.transforms", "optaxlr.losses", "optaxlr._monitor", "optaxlr.engine"]
 TOP_FROM_ENGINE = ["sweep", "SweepResult", "load", "run_keys", "batch_indices", "EarlyStop",
                    "ChunkEvent", "Control"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -83,8 +84,15 @@ def _standalone_step(task, optimizer, objective):
   return step
 
 
+EXECUTION_FIELDS = {f.name for f in dataclasses.fields(optaxlr.Execution)}
+
+
 def run(task, optimizer, space, **kw):
-  kw = {"steps": STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY, "progress": False, **kw}
+  """``optaxlr.sweep`` with this file's defaults and no progress bar; ``Execution`` settings may
+  be given as keywords too (merged into ``execution=``)."""
+  ex = {"progress": False, **{k: kw.pop(k) for k in list(kw) if k in EXECUTION_FIELDS}}
+  kw["execution"] = dataclasses.replace(kw.get("execution") or optaxlr.Execution(), **ex)
+  kw = {"steps": STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY, **kw}
   return optaxlr.sweep(task, optimizer, space, **kw)
 
 
@@ -141,7 +149,7 @@ def test_groups_equal_one_program(x64):
   task = make_task()
   space = search.grid(lr=[1e-3, 1e-2, 3e-2], wd=[0.0, 1e-3])
   whole = run(task, adamw, space)
-  split = run(task, adamw, space, max_group_size=4)  # 6 configs -> groups of 4 and 2 (+2 pad)
+  split = run(task, adamw, space, execution=optaxlr.Execution(max_group_size=4))  # 6 configs -> groups of 4 and 2 (+2 pad)
   assert split.info["groups"] == 2 and whole.info["groups"] == 1
   np.testing.assert_array_equal(whole.batch_loss, split.batch_loss)
   for m in whole.metrics:
@@ -160,7 +168,7 @@ def test_one_compilation_whatever_the_number_of_chunks_and_groups():
   run(task, counting, space, steps=8, eval_every=8)
   few = sum(traces)
   traces.clear()
-  run(task, counting, space, steps=32, eval_every=4, max_group_size=2)  # 8 chunks x 3 groups
+  run(task, counting, space, steps=32, eval_every=4, execution=optaxlr.Execution(max_group_size=2))  # 8 chunks x 3 groups
   many = sum(traces)
   assert few == many, (few, many)  # traced calls: init + eval_shape + the chunk, once each
 
@@ -168,7 +176,7 @@ def test_one_compilation_whatever_the_number_of_chunks_and_groups():
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, x64):
   task = make_task()
   space = search.grid(lr=[1e-3, 3e-2], wd=[0.0, 1e-2])
-  full = run(task, adamw, space, seeds=2, max_group_size=2)
+  full = run(task, adamw, space, seeds=2, execution=optaxlr.Execution(max_group_size=2))
 
   class Killed(Exception):
     pass
@@ -183,13 +191,13 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, x64):
   ckpt = tmp_path / "ckpt"
   for where in [(0, 1), (1, 0)]:  # mid-group, and right after a group boundary
     with pytest.raises(Killed):
-      run(task, adamw, space, seeds=2, max_group_size=2, checkpoint_dir=ckpt, callback=kill_at(*where))
-  resumed = run(task, adamw, space, seeds=2, max_group_size=2, checkpoint_dir=ckpt)
+      run(task, adamw, space, seeds=2, callback=kill_at(*where), execution=optaxlr.Execution(max_group_size=2, checkpoint_dir=ckpt))
+  resumed = run(task, adamw, space, seeds=2, execution=optaxlr.Execution(max_group_size=2, checkpoint_dir=ckpt))
   np.testing.assert_array_equal(full.batch_loss, resumed.batch_loss)
   for m in full.metrics:
     np.testing.assert_array_equal(full.metrics[m], resumed.metrics[m])
   with pytest.raises(ValueError, match="holds a different sweep"):
-    run(task, adamw, search.grid(lr=[1e-3], wd=[0.0]), checkpoint_dir=ckpt)
+    run(task, adamw, search.grid(lr=[1e-3], wd=[0.0]), execution=optaxlr.Execution(checkpoint_dir=ckpt))
 
 
 def test_seed_axis_in_space_and_labels(tmp_path):

@@ -369,7 +369,7 @@ def test_linen_batchnorm_and_dropout_rows_equal_a_linen_loop():
                          eval_kwargs={"train": False})
   res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"], momentum=0.9),
                       optaxlr.search.grid(lr=[0.05, 0.2]), steps=6, batch_size=16, seeds=2,
-                      eval_every=6, progress=False)
+                      eval_every=6, execution=optaxlr.Execution(progress=False))
   module = Net()
   for s, i in ((0, 1), (1, 0)):
     init_key, data_key = run_keys(0, s)
@@ -484,8 +484,7 @@ def test_validate_labels_against_the_models_outputs_without_num_classes():
     with pytest.raises(ValueError, match=re.escape(msg)):
       task.validate()
     with pytest.raises(ValueError, match=re.escape(msg)):  # before anything compiles
-      optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), {"lr": [0.1]}, steps=2, batch_size=2,
-                    progress=False)
+      optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), {"lr": [0.1]}, steps=2, batch_size=2, execution=optaxlr.Execution(progress=False))
   with pytest.raises(ValueError, match=r"key 'y': labels must be integers for 3 classes: the "
                                        r"last axis of apply's output, got dtype float32"):
     three({"x": _X, "y": y.astype(np.float32)}).validate()

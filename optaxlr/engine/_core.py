@@ -154,14 +154,55 @@ def _weighted_eval(metric_fn, arrays: dict, piece: int | None) -> dict:
   return {k: v / n for k, v in out.items()}
 
 
-def build_program(task, optimizer, objective, spec: Spec) -> Program:
-  """The jitted functions of one spec (see the module docstring)."""
-  dtype = jnp.result_type(float)
-  rules = spec.step_rules + spec.eval_rules
-  n_step_rules = len(spec.step_rules)
-  cdtype = None if spec.compute_dtype is None else jnp.dtype(spec.compute_dtype)
+class RunState(NamedTuple):
+  """One run's carried state inside a step (the per-run leaves of :class:`Carry`)."""
 
-  def apply_rules(rule_list, offset, rstates, ctx, rule_args, run, code):
+  params: PyTree
+  opt_state: PyTree
+  model_state: PyTree
+  alive: jax.Array
+  stopped_at: jax.Array
+  reason: jax.Array
+  rule_states: tuple
+  ratio: jax.Array
+
+
+class StepShared(NamedTuple):
+  """What every run of a step shares: the ramp's values, the step, whether it runs, the
+  plateau's fresh flag, the rules' numbers and whether an evaluation follows."""
+
+  ramp_t: dict
+  t: jax.Array
+  go: jax.Array
+  fresh: jax.Array
+  rule_args: tuple
+  last: jax.Array
+
+
+def _run_state(c: Carry) -> RunState:
+  return RunState(c.params, c.opt_state, c.model_state, c.alive, c.stopped_at, c.reason,
+                  c.rule_states, c.ratio)
+
+
+class _Builder:
+  """The pure functions of one spec; :func:`build_program` returns them as a :class:`Program`."""
+
+  def __init__(self, task, optimizer, objective, spec: Spec):
+    self.task, self.optimizer, self.objective, self.spec = task, optimizer, objective, spec
+    self.dtype = jnp.result_type(float)
+    self.rules = spec.step_rules + spec.eval_rules
+    self.n_step_rules = len(spec.step_rules)
+    self.cdtype = None if spec.compute_dtype is None else jnp.dtype(spec.compute_dtype)
+    # runs vmapped over configs (hyperparameters per config), then over seeds (batches and
+    # model keys per seed)
+    self.seeds_step = jax.vmap(jax.vmap(self.config_step, in_axes=(0, 0, 0, None, None)),
+                               in_axes=(0, None, 0, 0, None))
+    self.seeds_eval = jax.vmap(jax.vmap(self.config_eval, in_axes=(0,) * 7 + (None, None, None)),
+                               in_axes=(0,) * 7 + (None, None, None))
+
+  # -- one config ---------------------------------------------------------------------------
+
+  def apply_rules(self, rule_list, offset, rstates, ctx, rule_args, run, code):
     """Updates rules ``offset..`` of one run (states kept where it does not run); the first
     non-zero stop code wins (``code`` may already hold the non-finite check's)."""
     new_rs, records = list(rstates), {}
@@ -171,42 +212,46 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
       new_rs[i] = _where(run, st, rstates[i])
       code = jnp.where(code == 0, c, code)
       for k, v in rec.items():
-        records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(dtype)
+        records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(self.dtype)
     return tuple(new_rs), code, records
 
-  def loss_fn(params, mstate, batch, key, hp):
-    if cdtype is not None:
+  def loss_fn(self, params, mstate, batch, key, hp):
+    if self.cdtype is not None:
       # Mixed precision: the forward and backward pass in ``cdtype``; the gradient arrives
       # in the master weights' dtype through the cast.
       # The model state (BatchNorm's running statistics) stays in its dtype: rounding it to
       # bfloat16 every step would lose the slow running averages.
-      params, batch = _cast(params, cdtype), _cast(batch, cdtype)
-    if spec.stateful:
-      loss, new_state = task.step_loss(params, mstate, batch, key, hp)
+      params, batch = _cast(params, self.cdtype), _cast(batch, self.cdtype)
+    if self.spec.stateful:
+      loss, new_state = self.task.step_loss(params, mstate, batch, key, hp)
     else:
-      loss, new_state = task.loss(params, batch), mstate
-    loss = loss.astype(dtype)
-    loss = loss if objective is None else objective(loss, hp)
+      loss, new_state = self.task.loss(params, batch), mstate
+    loss = loss.astype(self.dtype)
+    loss = loss if self.objective is None else self.objective(loss, hp)
     return loss, new_state
 
-  def config_step(params, opt_state, mstate, alive, stopped_at, reason, rstates, ratio,
-                  hp, ramp_t, batch, key, t, go, value, fresh, rule_args, last):
-    hp = {**hp, **ramp_t}
-    (loss, new_mstate), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  def config_step(self, r: RunState, hp, value, seed_in, sh: StepShared):
+    """One step of one run: ``seed_in`` is its seed's ``(batch, model key)``."""
+    spec = self.spec
+    batch, key = seed_in
+    hp = {**hp, **sh.ramp_t}
+    params, mstate = r.params, r.model_state
+    (loss, new_mstate), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
         params, mstate, batch, key, hp)
-    if cdtype is not None:
+    if self.cdtype is not None:
       new_mstate = jax.tree.map(lambda new, old: new.astype(old.dtype), new_mstate, mstate)
-    tx = optax.with_extra_args_support(optimizer(hp))
-    extra = {"value": value, "evaluate": fresh} if spec.plateau else {}
-    updates, new_opt = tx.update(grads, opt_state, params, **extra)
+    tx = optax.with_extra_args_support(self.optimizer(hp))
+    extra = {"value": value, "evaluate": sh.fresh} if spec.plateau else {}
+    updates, new_opt = tx.update(grads, r.opt_state, params, **extra)
     new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
     ok = jnp.isfinite(loss) & all_finite(new_params)
     if spec.stateful:
       ok = ok & all_finite(new_mstate)
-    run = alive & go
+    run = r.alive & sh.go
     code = jnp.where(ok, 0, _rules.reason_code("diverged"))
-    ctx = _rules.StepContext(step=t, loss=loss, params=new_params, opt_state=new_opt)
-    new_rs, code, records = apply_rules(spec.step_rules, 0, rstates, ctx, rule_args, run, code)
+    ctx = _rules.StepContext(step=sh.t, loss=loss, params=new_params, opt_state=new_opt)
+    new_rs, code, records = self.apply_rules(spec.step_rules, 0, r.rule_states, ctx,
+                                             sh.rule_args, run, code)
     stop = run & (code != 0)
     keep = run & ~stop
     # A stopped run's parameters (and model state) are frozen (selected, fused into the add);
@@ -214,188 +259,54 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     # configs of an MLP on the CPU) and may move on, which changes none of its numbers.
     params = _where(keep, new_params, params)
     mstate = _where(keep, new_mstate, mstate) if spec.stateful else mstate
-    opt_state = new_opt
+    ratio = r.ratio
     if spec.update_ratio:
       # Only the last step before an evaluation is recorded: compute the two norms there only
       # (``last`` is the same for every run, so the conditional stays one under vmap).
       ratio = jax.lax.cond(
-          last, lambda: jnp.where(keep, jnp.sqrt(_sq_norm(updates) / _sq_norm(params)), ratio),
+          sh.last, lambda: jnp.where(keep, jnp.sqrt(_sq_norm(updates) / _sq_norm(params)), ratio),
           lambda: ratio)
-    out = (
-        params, opt_state, mstate, alive & ~stop, jnp.where(stop, t, stopped_at),
-        jnp.where(stop, code, reason), tuple(new_rs), ratio,
-    )
-    return out, (jnp.where(run, loss, 0).astype(dtype), run, records)
+    out = RunState(params, new_opt, mstate, r.alive & ~stop, jnp.where(stop, sh.t, r.stopped_at),
+                   jnp.where(stop, code, r.reason), tuple(new_rs), ratio)
+    return out, (jnp.where(run, loss, 0).astype(self.dtype), run, records)
 
-  n_run = 8  # per-run carried arguments of config_step
-  c_ax = (0,) * n_run + (0, None, None, None, None, None, 0, None, None, None)
-  s_ax = (0,) * n_run + (None, None, 0, 0, None, None, 0, None, None, None)
-  seeds_step = jax.vmap(jax.vmap(config_step, in_axes=c_ax), in_axes=s_ax)
-
-  def evaluate(params, mstate, hparams, evals):
-    out = {}
+  def evaluate(self, params, mstate, hparams, evals):
+    spec, task, out = self.spec, self.task, {}
     for split, data in evals.items():
       def one(p, m, h, data=data):
         def metric_fn(piece):
           return task.evaluate(p, m, piece, h) if spec.stateful else task.metrics(p, piece)
         return _weighted_eval(metric_fn, data, spec.eval_batch)
       per = jax.vmap(jax.vmap(one, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(params, mstate, hparams)
-      out.update({f"{split}/{k}": v.astype(dtype) for k, v in per.items()})
+      out.update({f"{split}/{k}": v.astype(self.dtype) for k, v in per.items()})
     return out
 
-  def config_eval(rstates, alive, stopped_at, reason, params, opt_state, metrics, end, go,
+  def config_eval(self, rstates, alive, stopped_at, reason, params, opt_state, metrics, end, go,
                   rule_args):
     ctx = _rules.EvalContext(step=end, metrics=metrics, params=params, opt_state=opt_state)
     run = alive & go
-    new_rs, code, records = apply_rules(spec.eval_rules, n_step_rules, rstates, ctx, rule_args, run,
-                                        jnp.zeros((), jnp.int32))
+    new_rs, code, records = self.apply_rules(self.spec.eval_rules, self.n_step_rules, rstates,
+                                             ctx, rule_args, run, jnp.zeros((), jnp.int32))
     stop = run & (code != 0)
     return (new_rs, alive & ~stop, jnp.where(stop, end, stopped_at),
             jnp.where(stop, code, reason), records)
 
-  seeds_eval = jax.vmap(jax.vmap(config_eval, in_axes=(0,) * 7 + (None, None, None)),
-                        in_axes=(0,) * 7 + (None, None, None))
+  def segments_of(self, n_cfg: int) -> tuple[Segment, ...]:
+    if self.spec.segments is None:
+      return (Segment(n_cfg, self.spec.batch_size),)
+    assert sum(s.size for s in self.spec.segments) == n_cfg, (self.spec.segments, n_cfg)
+    return self.spec.segments
 
-  def segments_of(n_cfg: int) -> tuple[Segment, ...]:
-    if spec.segments is None:
-      return (Segment(n_cfg, spec.batch_size),)
-    assert sum(s.size for s in spec.segments) == n_cfg, (spec.segments, n_cfg)
-    return spec.segments
+  # -- the program's functions -----------------------------------------------------------------
 
-  def chunk_vmapped(carry: Carry, hparams, ramp, keys, start, total, data, rule_args):
+  def chunk_vmapped(self, carry: Carry, hparams, ramp, keys, start, total, data, rule_args):
     """One chunk of every config in ``carry`` at once (the config axis vmapped)."""
-    data_keys = _wrap(keys["data"], spec.key_impl)
-    model_keys = _wrap(keys["model"], spec.key_impl)
-    train = data["train"]
-    n_cfg = int(carry.alive.shape[1])
-    segs = segments_of(n_cfg)
-    offs = np.concatenate([[0], np.cumsum([s.size for s in segs])]).tolist()
-    multi = len(segs) > 1
+    return _ChunkRun(self, carry, hparams, ramp, keys, total, data, rule_args).run(carry, start)
 
-    def seg_slice(tree, k):
-      if not multi:
-        return tree
-      return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, offs[k], offs[k + 1], axis=1), tree)
-
-    def seg_hp(k):
-      if not multi:
-        return hparams
-      return jax.tree.map(lambda x: x[offs[k]:offs[k + 1]], hparams)
-
-    def n_examples(k):
-      seg = segs[k]
-      return (int(data["fold_train"][k].shape[0]) if seg.fold >= 0
-              else int(jax.tree.leaves(train)[0].shape[0]))
-
-    def perms(k, t):
-      per_epoch = n_examples(k) // segs[k].batch_size
-      return jax.vmap(lambda key: epoch_permutation(key, t // per_epoch, n_examples(k)))(data_keys)
-
-    def step_body(state, xs):
-      c, perm = state
-      t, last = xs["t"], xs["last"]
-      ramp_t = {k: v[jnp.minimum(t, v.shape[0] - 1)] for k, v in ramp.items()}
-      value = jnp.where(c.fresh, c.last_value, jnp.nan)
-      # per-step model keys (Dropout...), only for a model that takes them
-      mkeys = (jax.vmap(lambda key: jax.random.fold_in(key, t))(model_keys) if spec.stateful
-               else model_keys)
-      new_perm, outs = [], []
-      for k, seg in enumerate(segs):
-        if spec.host_fed:
-          batch = xs["batch"]
-          new_perm.append(perm[k])
-        else:
-          b = seg.batch_size
-          per_epoch = n_examples(k) // b
-          pos = t % per_epoch
-          pk = jax.lax.cond(pos == 0, lambda k=k: perms(k, t), lambda k=k: perm[k])
-          new_perm.append(pk)
-          idx = jax.lax.dynamic_slice_in_dim(pk, pos * b, b, axis=1)  # (S, B)
-          if seg.fold >= 0:
-            idx = jnp.take(data["fold_train"][k], idx, axis=0)
-          batch = jax.tree.map(lambda a, idx=idx: jnp.take(a, idx, axis=0), train)
-        sc = seg_slice(c._replace(fresh=None), k)
-        outs.append(seeds_step(
-            sc.params, sc.opt_state, sc.model_state, sc.alive, sc.stopped_at, sc.reason,
-            sc.rule_states, sc.ratio, seg_hp(k), ramp_t, batch, mkeys, t, t < total, value[:, offs[k]:offs[k + 1]] if multi else value,
-            c.fresh, rule_args, last))
-      if multi:
-        (new, (loss, ran, recs)) = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *outs)
-      else:
-        (new, (loss, ran, recs)) = outs[0]
-      params, opt_state, mstate, alive, stopped_at, reason, rstates, ratio = new
-      c = c._replace(params=params, opt_state=opt_state, model_state=mstate, alive=alive,
-                     stopped_at=stopped_at, reason=reason, rule_states=rstates, ratio=ratio,
-                     fresh=jnp.array(False))
-      return (c, tuple(new_perm)), (loss, ran, recs)
-
-    def evaluate_all(c):
-      if not multi and (not segs or segs[0].fold < 0):
-        return evaluate(c.params, c.model_state, hparams, data["evals"])
-      parts = []
-      for k, seg in enumerate(segs):
-        sc = seg_slice(c._replace(fresh=None), k)
-        splits = dict(data["evals"])
-        if seg.fold >= 0:
-          splits["fold"] = data["fold_eval"][k]
-        parts.append(evaluate(sc.params, sc.model_state, seg_hp(k), splits))
-      return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
-
-    def block_body(state, xs):
-      b0 = xs["b0"]
-      steps = b0 + jnp.arange(spec.eval_every, dtype=jnp.int32)
-      # the last step before the block's evaluation (blocks start at ``start``, any step)
-      inner = {"t": steps, "last": (steps == b0 + spec.eval_every - 1) | (steps + 1 == total)}
-      if spec.host_fed:
-        inner["batch"] = xs["batch"]  # leaves (eval_every, S, B, ...)
-      (c, perm), (loss, ran, recs) = jax.lax.scan(step_body, state, inner)
-      end = jnp.minimum(b0 + spec.eval_every, total)
-      go = b0 < total
-      metrics = evaluate_all(c)
-      erecs = {}
-      if spec.eval_rules:
-        rstates, alive, stopped_at, reason, erecs = seeds_eval(
-            c.rule_states, c.alive, c.stopped_at, c.reason, c.params, c.opt_state,
-            metrics, end, go, rule_args)
-        c = c._replace(rule_states=rstates, alive=alive, stopped_at=stopped_at, reason=reason)
-      if spec.monitor is not None:
-        c = c._replace(last_value=metrics[spec.monitor], fresh=jnp.array(True))
-      k = spec.log_every
-      loss = loss.reshape(spec.eval_every // k, k, *loss.shape[1:])
-      ran = ran.reshape(loss.shape)
-      cnt = ran.sum(1)
-      # The mean over the steps a run ran in the window (NaN for none; a non-finite loss of
-      # the step that stopped a diverged run makes its window's mean non-finite).
-      mean = jnp.where(cnt > 0, jnp.where(ran, loss, 0).sum(1) / jnp.maximum(cnt, 1), jnp.nan)
-      return (c, perm), (mean, metrics, recs, erecs, c.ratio)
-
-    if spec.host_fed:
-      perm0 = tuple(jnp.zeros((1,), jnp.int32) for _ in segs)
-    else:
-      perm0 = tuple(perms(k, start) for k in range(len(segs)))
-    b0s = start + spec.eval_every * jnp.arange(spec.blocks, dtype=jnp.int32)
-    xs = {"b0": b0s}
-    if spec.host_fed:
-      # (S, chunk_steps, B, ...) -> (blocks, eval_every, S, B, ...)
-      xs["batch"] = jax.tree.map(
-          lambda a: jnp.moveaxis(a, 0, 1).reshape(spec.blocks, spec.eval_every, *a.shape[:1],
-                                                  *a.shape[2:]), data["batches"])
-    (carry, _), (loss, metrics, recs, erecs, ratio) = jax.lax.scan(block_body, (carry, perm0), xs)
-    # (blocks, W, S, C) -> (S, C, blocks * W); (blocks, S, C) -> (S, C, blocks)
-    last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731
-    flat = lambda x: jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, -1)  # noqa: E731
-    out = Out(
-        loss=flat(loss),
-        metrics={k: last(v) for k, v in metrics.items()},
-        step_records={k: flat(v) for k, v in recs.items()},
-        eval_records={k: last(v) for k, v in erecs.items()},
-        ratio=last(ratio),
-    )
-    return carry, out
-
-  def chunk(carry: Carry, hparams, ramp, keys, start, total, data, rule_args):
+  def chunk(self, carry: Carry, hparams, ramp, keys, start, total, data, rule_args):
+    spec = self.spec
     if spec.serial == 1:
-      return chunk_vmapped(carry, hparams, ramp, keys, start, total, data, rule_args)
+      return self.chunk_vmapped(carry, hparams, ramp, keys, start, total, data, rule_args)
     # Config blocks one after another (lax.map), each block's configs vmapped: leaves
     # (S, D * serial * v, ...) -> (serial, S, D * v, ...), blocks within each device.
     d, m = spec.devices, spec.serial
@@ -420,14 +331,15 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
     def one(args):
       c, h = args
       c = c._replace(fresh=carry.fresh)
-      c, out = chunk_vmapped(c, h, ramp, keys, start, total, data, rule_args)
+      c, out = self.chunk_vmapped(c, h, ramp, keys, start, total, data, rule_args)
       return c._replace(fresh=None), (out, c.fresh)
 
     new, (out, fresh) = jax.lax.map(one, (runs, hps))
     new = jax.tree.map(join_run, new)._replace(fresh=fresh[0])
     return new, jax.tree.map(join_run, out)
 
-  def init(hparams, ramp, init_keys, n_configs_like, rule_args):
+  def init(self, hparams, ramp, init_keys, n_configs_like, rule_args):
+    spec, task, dtype = self.spec, self.task, self.dtype
     init_keys = _wrap(init_keys, spec.key_impl)
     ramp0 = {k: v[0] for k, v in ramp.items()}
 
@@ -435,7 +347,7 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
       del i  # sizes the config axis when there are no hyperparameters
       params = task.init(k)
       mstate = task.initial_state(k) if spec.stateful else ()
-      return params, optimizer({**h, **ramp0}).init(params), mstate
+      return params, self.optimizer({**h, **ramp0}).init(params), mstate
 
     params, opt_state, mstate = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, None))(
         init_keys, hparams, n_configs_like)
@@ -450,12 +362,13 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
         alive=jnp.ones(shape, bool),
         stopped_at=jnp.full(shape, -1, jnp.int32),
         reason=jnp.zeros(shape, jnp.int32),
-        rule_states=tuple(rule_state(r, a) for r, a in zip(rules, rule_args)),
+        rule_states=tuple(rule_state(r, a) for r, a in zip(self.rules, rule_args)),
         last_value=jnp.full(shape, jnp.nan, dtype),
         ratio=jnp.full(shape, jnp.nan, dtype),
         fresh=jnp.array(False),
     )
 
+  @staticmethod
   def steer(carry: Carry, src: jax.Array, stop: jax.Array, step: jax.Array) -> Carry:
     """Copies run ``src[j]`` into slot ``j`` (every seed), then stops the live runs in
     ``stop`` (``(C,)`` bool) with reason "host" after ``step`` updates."""
@@ -467,7 +380,156 @@ def build_program(task, optimizer, objective, spec: Spec) -> Program:
         reason=jnp.where(now, _rules.reason_code("host"), rows.reason),
     )
 
-  return Program(init=init, chunk=chunk, steer=steer)
+
+class _ChunkRun:
+  """One chunk of every config at once: blocks of ``eval_every`` steps (a scan), each followed
+  by an evaluation; per batch-size/fold segment its own minibatches."""
+
+  def __init__(self, b: _Builder, carry: Carry, hparams, ramp, keys, total, data, rule_args):
+    self.b, self.spec = b, b.spec
+    self.hparams, self.ramp, self.total, self.data, self.rule_args = hparams, ramp, total, data, rule_args
+    self.data_keys = _wrap(keys["data"], self.spec.key_impl)
+    self.model_keys = _wrap(keys["model"], self.spec.key_impl)
+    self.train = data["train"]
+    self.segs = b.segments_of(int(carry.alive.shape[1]))
+    self.offs = np.concatenate([[0], np.cumsum([s.size for s in self.segs])]).tolist()
+    self.multi = len(self.segs) > 1
+
+  def seg_slice(self, tree, k):
+    if not self.multi:
+      return tree
+    offs = self.offs
+    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, offs[k], offs[k + 1], axis=1), tree)
+
+  def seg_hp(self, k):
+    if not self.multi:
+      return self.hparams
+    return jax.tree.map(lambda x: x[self.offs[k]:self.offs[k + 1]], self.hparams)
+
+  def n_examples(self, k):
+    return (int(self.data["fold_train"][k].shape[0]) if self.segs[k].fold >= 0
+            else int(jax.tree.leaves(self.train)[0].shape[0]))
+
+  def perms(self, k, t):
+    n = self.n_examples(k)
+    per_epoch = n // self.segs[k].batch_size
+    return jax.vmap(lambda key: epoch_permutation(key, t // per_epoch, n))(self.data_keys)
+
+  def batch(self, k, t, perm_k):
+    """Segment ``k``'s minibatch of step ``t`` and its epoch's permutation."""
+    b = self.segs[k].batch_size
+    per_epoch = self.n_examples(k) // b
+    pos = t % per_epoch
+    pk = jax.lax.cond(pos == 0, lambda: self.perms(k, t), lambda: perm_k)
+    idx = jax.lax.dynamic_slice_in_dim(pk, pos * b, b, axis=1)  # (S, B)
+    if self.segs[k].fold >= 0:
+      idx = jnp.take(self.data["fold_train"][k], idx, axis=0)
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), self.train), pk
+
+  def step_body(self, state, xs):
+    c, perm = state
+    t, last = xs["t"], xs["last"]
+    spec, offs = self.spec, self.offs
+    ramp_t = {k: v[jnp.minimum(t, v.shape[0] - 1)] for k, v in self.ramp.items()}
+    value = jnp.where(c.fresh, c.last_value, jnp.nan)
+    # per-step model keys (Dropout...), only for a model that takes them
+    mkeys = (jax.vmap(lambda key: jax.random.fold_in(key, t))(self.model_keys) if spec.stateful
+             else self.model_keys)
+    shared = StepShared(ramp_t, t, t < self.total, c.fresh, self.rule_args, last)
+    new_perm, outs = [], []
+    for k in range(len(self.segs)):
+      if spec.host_fed:
+        batch = xs["batch"]
+        new_perm.append(perm[k])
+      else:
+        batch, pk = self.batch(k, t, perm[k])
+        new_perm.append(pk)
+      sc = self.seg_slice(_run_state(c), k)
+      outs.append(self.b.seeds_step(sc, self.seg_hp(k),
+                                    value[:, offs[k]:offs[k + 1]] if self.multi else value,
+                                    (batch, mkeys), shared))
+    if self.multi:
+      (new, (loss, ran, recs)) = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *outs)
+    else:
+      (new, (loss, ran, recs)) = outs[0]
+    c = c._replace(params=new.params, opt_state=new.opt_state, model_state=new.model_state,
+                   alive=new.alive, stopped_at=new.stopped_at, reason=new.reason,
+                   rule_states=new.rule_states, ratio=new.ratio, fresh=jnp.array(False))
+    return (c, tuple(new_perm)), (loss, ran, recs)
+
+  def evaluate_all(self, c):
+    segs, data = self.segs, self.data
+    if not self.multi and (not segs or segs[0].fold < 0):
+      return self.b.evaluate(c.params, c.model_state, self.hparams, data["evals"])
+    parts = []
+    for k, seg in enumerate(segs):
+      sc = self.seg_slice(c._replace(fresh=None), k)
+      splits = dict(data["evals"])
+      if seg.fold >= 0:
+        splits["fold"] = data["fold_eval"][k]
+      parts.append(self.b.evaluate(sc.params, sc.model_state, self.seg_hp(k), splits))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
+
+  def block_body(self, state, xs):
+    spec, total = self.spec, self.total
+    b0 = xs["b0"]
+    steps = b0 + jnp.arange(spec.eval_every, dtype=jnp.int32)
+    # the last step before the block's evaluation (blocks start at ``start``, any step)
+    inner = {"t": steps, "last": (steps == b0 + spec.eval_every - 1) | (steps + 1 == total)}
+    if spec.host_fed:
+      inner["batch"] = xs["batch"]  # leaves (eval_every, S, B, ...)
+    (c, perm), (loss, ran, recs) = jax.lax.scan(self.step_body, state, inner)
+    end = jnp.minimum(b0 + spec.eval_every, total)
+    go = b0 < total
+    metrics = self.evaluate_all(c)
+    erecs = {}
+    if spec.eval_rules:
+      rstates, alive, stopped_at, reason, erecs = self.b.seeds_eval(
+          c.rule_states, c.alive, c.stopped_at, c.reason, c.params, c.opt_state,
+          metrics, end, go, self.rule_args)
+      c = c._replace(rule_states=rstates, alive=alive, stopped_at=stopped_at, reason=reason)
+    if spec.monitor is not None:
+      c = c._replace(last_value=metrics[spec.monitor], fresh=jnp.array(True))
+    k = spec.log_every
+    loss = loss.reshape(spec.eval_every // k, k, *loss.shape[1:])
+    ran = ran.reshape(loss.shape)
+    cnt = ran.sum(1)
+    # The mean over the steps a run ran in the window (NaN for none; a non-finite loss of
+    # the step that stopped a diverged run makes its window's mean non-finite).
+    mean = jnp.where(cnt > 0, jnp.where(ran, loss, 0).sum(1) / jnp.maximum(cnt, 1), jnp.nan)
+    return (c, perm), (mean, metrics, recs, erecs, c.ratio)
+
+  def run(self, carry: Carry, start):
+    spec = self.spec
+    if spec.host_fed:
+      perm0 = tuple(jnp.zeros((1,), jnp.int32) for _ in self.segs)
+    else:
+      perm0 = tuple(self.perms(k, start) for k in range(len(self.segs)))
+    b0s = start + spec.eval_every * jnp.arange(spec.blocks, dtype=jnp.int32)
+    xs = {"b0": b0s}
+    if spec.host_fed:
+      # (S, chunk_steps, B, ...) -> (blocks, eval_every, S, B, ...)
+      xs["batch"] = jax.tree.map(
+          lambda a: jnp.moveaxis(a, 0, 1).reshape(spec.blocks, spec.eval_every, *a.shape[:1],
+                                                  *a.shape[2:]), self.data["batches"])
+    (carry, _), (loss, metrics, recs, erecs, ratio) = jax.lax.scan(self.block_body, (carry, perm0), xs)
+    # (blocks, W, S, C) -> (S, C, blocks * W); (blocks, S, C) -> (S, C, blocks)
+    last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731
+    flat = lambda x: jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, -1)  # noqa: E731
+    out = Out(
+        loss=flat(loss),
+        metrics={k: last(v) for k, v in metrics.items()},
+        step_records={k: flat(v) for k, v in recs.items()},
+        eval_records={k: last(v) for k, v in erecs.items()},
+        ratio=last(ratio),
+    )
+    return carry, out
+
+
+def build_program(task, optimizer, objective, spec: Spec) -> Program:
+  """The pure functions of one spec (see the module docstring), to be jitted."""
+  b = _Builder(task, optimizer, objective, spec)
+  return Program(init=b.init, chunk=b.chunk, steer=b.steer)
 
 
 # ----------------------------------------------------------------------------------------
@@ -496,27 +558,38 @@ class _Compiled:
     self.chunk = jax.jit(program.chunk, donate_argnums=(0,) if donate else ())
     self.steer = jax.jit(program.steer)
     self.executables: dict = {}
+    self.init_executables: dict = {}
+
+  def compiled_init(self, *args) -> tuple[Any, float]:
+    """The initialisation's executable for these arguments and the seconds spent compiling it
+    now (0.0 when it was compiled before): compilation never counts as run time."""
+    return self._compiled(self.init, self.init_executables, args, with_sharding=True)
 
   def compiled_chunk(self, *args) -> tuple[Any, float]:
     """The executable for these arguments' shapes and shardings, and the seconds spent
     compiling it now (0.0 when it was compiled before)."""
+    return self._compiled(self.chunk, self.executables, args)
+
+  @staticmethod
+  def _compiled(fun, store: dict, args, with_sharding: bool = False) -> tuple[Any, float]:
     leaves, treedef = jax.tree.flatten(args)
     sig = (treedef, tuple(
-        (jnp.shape(x), str(jnp.result_type(x))) for x in leaves
+        (jnp.shape(x), str(jnp.result_type(x))) + ((getattr(x, "sharding", None),) if with_sharding else ())
+        for x in leaves
     ))
     try:
       hash(sig)
     except TypeError:  # pragma: no cover -- an unhashable sharding
       sig = None
-    if sig is not None and sig in self.executables:
-      return self.executables[sig], 0.0
+    if sig is not None and sig in store:
+      return store[sig], 0.0
     t0 = time.perf_counter()
-    exe = self.chunk.lower(*args).compile()
+    exe = fun.lower(*args).compile()
     dt = time.perf_counter() - t0
     if sig is not None:
-      self.executables[sig] = exe
-      while len(self.executables) > 4:
-        self.executables.pop(next(iter(self.executables)))
+      store[sig] = exe
+      while len(store) > 4:
+        store.pop(next(iter(store)))
     return exe, dt
 
 

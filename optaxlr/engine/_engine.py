@@ -10,6 +10,7 @@ program.
 from __future__ import annotations
 
 import math
+import warnings
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,12 +19,14 @@ import jax
 import numpy as np
 import optax
 
+from optaxlr import _validate
 from optaxlr.engine import _core
 from optaxlr.engine import _driver
 from optaxlr.engine import _fingerprint
 from optaxlr.engine import _rules
 from optaxlr.engine._data import as_key, batch_indices, fold_split, key_data, model_key, run_keys
 from optaxlr.engine._driver import ChunkEvent, Control
+from optaxlr.engine._execution import Execution, as_execution
 from optaxlr.engine._result import SweepResult
 from optaxlr.engine._rules import EarlyStop
 
@@ -45,45 +48,16 @@ CORE_AXES = ("batch_size", "fold")
 # Host-side validation shared by every driver (sweep, lr_find, lr_find_grid).
 
 
-def check_int(fn: str, name: str, value: Any, low: int, high: int | None = None) -> int:
-  """An int (Python or NumPy, not bool) in ``[low, high]``, else a ValueError naming it."""
-  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-  if not ok or value < low or (high is not None and value > high):
-    rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-    extra = " (the training set size)" if name == "batch_size" else ""
-    raise ValueError(f"{fn}: {name} must be an int {rng}{extra}, got {name}={value!r}")
-  return int(value)
-
-
-def seed_list(fn: str, seeds: Any) -> list[int]:
-  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
-    if seeds < 1:
-      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of distinct ints, got seeds={seeds!r}")
-    return list(range(int(seeds)))
-  try:
-    out = list(seeds)
-  except TypeError:
-    raise ValueError(f"{fn}: seeds must be an int >= 1 or a non-empty list of distinct ints, "
-                     f"got seeds={seeds!r}") from None
-  bad = [s for s in out if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))]
-  if bad or not out or len(set(int(s) for s in out)) != len(out):
-    raise ValueError(f"{fn}: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
-  return [int(s) for s in out]
+check_int = _validate.check_int
+seed_list = _validate.seed_list
 
 
 def check_devices(fn: str, devices: Any) -> list:
-  if devices is None:
-    return list(jax.devices())
+  """``devices`` checked (``None``: every device); the rule lives in :class:`Execution`."""
   try:
-    devs = list(devices)
-  except TypeError:
-    raise ValueError(f"{fn}: devices must be a non-empty list of jax devices, got {devices!r}") from None
-  if not devs or not all(isinstance(d, jax.Device) for d in devs):
-    raise ValueError(f"{fn}: devices must be a non-empty list of jax devices (jax.devices()), "
-                     f"got devices={devices!r}")
-  if len(set(devs)) != len(devs):
-    raise ValueError(f"{fn}: devices must be distinct, got devices={devs!r}")
-  return devs
+    return Execution(devices=devices).device_list()
+  except ValueError as e:
+    raise ValueError(str(e).replace("Execution:", f"{fn}:", 1)) from None
 
 
 def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> None:
@@ -364,6 +338,175 @@ def _has_conv(task, batch_shape, hp) -> bool:
   return walk(jaxpr.jaxpr)
 
 
+# ----------------------------------------------------------------------------------------
+# The one driver.
+
+
+def _check_ramp(fn: str, ramp: Any, steps: int, axes: Sequence[str]) -> dict[str, np.ndarray]:
+  """``ramp``: name -> ``(steps,)`` finite values, shared by every config."""
+  if ramp is None:
+    return {}
+  if not isinstance(ramp, Mapping):
+    raise TypeError(f"{fn}: ramp must be a dict name -> (steps,) values, got {type(ramp).__name__}")
+  out = {}
+  for name, values in ramp.items():
+    if not isinstance(name, str):
+      raise ValueError(f"{fn}: ramp names must be strings, got {name!r}")
+    if name in axes:
+      raise ValueError(f"{fn}: {name!r} is both an axis of the space and a ramp; keep one")
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iuf" or arr.shape != (steps,):
+      raise ValueError(f"{fn}: ramp[{name!r}] must hold {steps} numbers (one per step), got "
+                       f"shape {arr.shape} and dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"{fn}: ramp[{name!r}] is not finite at step {int(np.flatnonzero(~np.isfinite(arr))[0])}")
+    out[name] = arr.astype(np.float64)
+  return out
+
+
+def _check_rules(fn: str, rules: Any, early_stopping: Any, plateau: Any, names: Sequence[str],
+                 opt_shape: Any) -> tuple[tuple, tuple]:
+  """The step rules and the evaluation rules of a sweep, checked against its metrics."""
+  if isinstance(rules, _rules.Rule):
+    rules = (rules,)
+  try:
+    rules = tuple(rules)
+  except TypeError:
+    raise TypeError(f"{fn}: rules must be a sequence of optaxlr.engine.Rule, got {rules!r}") from None
+  if early_stopping is not None:
+    if not isinstance(early_stopping, EarlyStop):
+      raise TypeError(f"{fn}: early_stopping must be an optaxlr.EarlyStop, got "
+                      f"{type(early_stopping).__name__}")
+    rules = (early_stopping, *rules)
+  for r in rules:
+    if not isinstance(r, _rules.Rule):
+      raise TypeError(f"{fn}: rules must hold optaxlr.engine.Rule objects, got {type(r).__name__}")
+    r.validate(tuple(names))
+  if plateau and not _rules.has_plateau(opt_shape):
+    raise ValueError(f"{fn}: plateau={plateau!r} feeds a reduce_on_plateau, but the optimizer holds "
+                     "none (chain optaxlr.reduce_on_plateau(...) into it)")
+  if plateau is True:
+    rules = (*rules, _rules.PlateauDone())
+  return (tuple(r for r in rules if r.level == "step"), tuple(r for r in rules if r.level == "eval"))
+
+
+def _layout(fn: str, task, space, hp_np, batch_size, seeds_l, n_cfg) -> dict:
+  """Batch size, host-fed batch spec and the segments (batch-size / fold axes) of a sweep."""
+  bs_axis = "batch_size" in hp_np
+  fold_axis = "fold" in hp_np
+  if bs_axis and batch_size is not None:
+    raise ValueError(f"{fn}: the space has a 'batch_size' axis; do not also pass batch_size="
+                     f"{batch_size!r}")
+  out = {"batch_spec": None, "train_like": None, "segment_of": None, "segment_defs": (),
+         "fold_splits": {}}
+  if task.host_fed:
+    if bs_axis or fold_axis:
+      raise ValueError(f"{fn}: a host-fed task (train is a batch factory) cannot take a "
+                       f"{'batch_size' if bs_axis else 'fold'!r} axis: the stream fixes its batches")
+    first = task.first_batch(seeds_l[0])
+    b0 = int(next(iter(first.values())).shape[0])
+    if batch_size is not None and check_int(fn, "batch_size", batch_size, 1) != b0:
+      raise ValueError(f"{fn}: batch_size={batch_size} differs from the batches of the task's "
+                       f"stream ({b0} examples)")
+    out.update(batch_size=b0, train_like=first,
+               batch_spec={k: (tuple(v.shape[1:]), np.dtype(v.dtype)) for k, v in first.items()})
+    return out
+  if not (bs_axis or fold_axis):
+    out["batch_size"] = check_task(fn, task, batch_size)
+    return out
+  n_train = task.n_train
+  bsz = np.asarray(hp_np["batch_size"]) if bs_axis else np.full(n_cfg, -1)
+  folds = np.asarray(hp_np["fold"]) if fold_axis else np.full(n_cfg, -1)
+  if bs_axis and ((bsz.dtype.kind not in "iu" and not np.all(bsz == np.round(bsz))) or np.any(bsz < 1)):
+    raise ValueError(f"{fn}: the 'batch_size' axis must hold ints >= 1, got {bsz[:5].tolist()}")
+  k = 0
+  if fold_axis:
+    k = int(len(np.unique(folds)))
+    if set(np.unique(folds).tolist()) != set(range(k)) or k < 2:
+      raise ValueError(f"{fn}: the 'fold' axis must hold the folds 0..k-1 (search.folds(k)), "
+                       f"got {sorted(set(np.unique(folds).tolist()))}")
+    out["fold_splits"] = {i: fold_split(n_train, k, i) for i in range(k)}
+  keys_ = sorted(set(zip(bsz.astype(np.int64).tolist(), folds.astype(np.int64).tolist())))
+  defs = []
+  for b, f in keys_:
+    n_avail = len(out["fold_splits"][f][0]) if f >= 0 else n_train
+    b = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
+    defs.append((check_int(fn, "batch_size", b, 1, n_avail), int(f), k if f >= 0 else 0))
+  index = {kk: i for i, kk in enumerate(keys_)}
+  out["segment_of"] = np.array([index[(int(b), int(f))] for b, f in zip(bsz, folds)], np.int64)
+  out["segment_defs"] = tuple(defs)
+  out["batch_size"] = max(d[0] for d in defs) if batch_size is None else batch_size
+  return out
+
+
+def _check_adapt(fn: str, adapt: Any, names, execution: Execution, layout: dict, start_from) -> None:
+  """A strategy of :mod:`optaxlr.adapt` (by its protocol: ``metric``, ``start``, a call per
+  chunk returning a Control, ``report``), and the settings it does not combine with."""
+  if not (callable(adapt) and callable(getattr(adapt, "start", None))
+          and callable(getattr(adapt, "report", None)) and isinstance(getattr(adapt, "metric", None), str)):
+    raise TypeError(f"{fn}: adapt must be a strategy of optaxlr.adapt (successive_halving, "
+                    f"hyperband, pbt), got {type(adapt).__name__}")
+  if execution.checkpoint_dir is not None:
+    raise ValueError(f"{fn}: adapt= cannot be resumed from a checkpoint yet (its decisions live "
+                     "on the host); drop checkpoint_dir or adapt")
+  if layout["segment_of"] is not None:
+    raise ValueError(f"{fn}: adapt= does not take a 'batch_size' or 'fold' axis yet")
+  if start_from is not None:
+    raise ValueError(f"{fn}: start_from= does not combine with adapt=")
+  if adapt.metric not in names:
+    raise ValueError(f"{fn}: adapt metric {adapt.metric!r} is not an evaluated metric; "
+                     f"available: {sorted(names)}")
+
+
+def _with_adapt(fn: str, adapt: Any, callback: Callable | None) -> Callable:
+  """The strategy's decision after every chunk, then the user's observer."""
+  def steer(event):
+    ctrl = adapt(event)
+    if callback is not None:
+      extra = callback(event)
+      if isinstance(extra, Control):
+        raise ValueError(f"{fn}: a callback may not return a Control together with adapt=")
+      if extra is True:
+        ctrl = Control(stop=ctrl.stop if ctrl else (), copy=ctrl.copy if ctrl else {},
+                       set_hparams=ctrl.set_hparams if ctrl else {}, stop_sweep=True)
+    return ctrl
+  return steer
+
+
+def _vectorize(fn: str, vectorize, devices, task, train_shapes, hp0, layout) -> int | None:
+  """``Execution.vectorize`` resolved: ``"auto"`` is one config at a time for a conv model on the
+  CPU; configs in blocks do not combine with batch-size/fold segments, so "auto" falls back to
+  all at once there (with a warning) and an explicit int is an error."""
+  if vectorize == "auto":
+    vectorize = 1 if (devices[0].platform == "cpu" and _has_conv(task, train_shapes, hp0)) else None
+    if vectorize is not None and layout["segment_of"] is not None:
+      warnings.warn(f"{fn}: vectorize='auto' would run this conv model one config at a time on the "
+                    "CPU, which does not combine with a 'batch_size' or 'fold' axis yet; every config"
+                    " runs vmapped at once instead (slower convolutions on XLA:CPU)", stacklevel=3)
+      vectorize = None
+  if vectorize is not None and layout["segment_of"] is not None:
+    raise ValueError(f"{fn}: vectorize={vectorize} (configs in blocks) does not combine with a "
+                     "'batch_size' or 'fold' axis yet; pass Execution(vectorize=None)")
+  return vectorize
+
+
+def _metric_for(fn: str, metric, plateau, early_stopping, names) -> str | None:
+  """The metric fed to a reduce_on_plateau (``plateau``), checked."""
+  if plateau not in (False, True, "feed"):
+    raise ValueError(f"{fn}: plateau must be False, True (feed the plateau and stop a config once "
+                     f"it can reduce no further) or 'feed' (feed it only), got plateau={plateau!r}")
+  if metric is not None and not plateau:
+    raise ValueError(f"{fn}: metric={metric!r} is the metric fed to reduce_on_plateau and is read "
+                     "only with plateau=True or 'feed' (early stopping watches EarlyStop.metric)")
+  if not plateau:
+    return None
+  if metric is None:
+    metric = early_stopping.metric if early_stopping is not None else "val/loss"
+  if metric not in names:
+    raise ValueError(f"{fn}: metric={metric!r} is not an evaluated metric; available: {sorted(names)}")
+  return metric
+
+
 def sweep(
     task,
     optimizer: Callable[[Hyperparams], optax.GradientTransformation],
@@ -376,23 +519,16 @@ def sweep(
     sync_every: int | None = None,
     log_every: int = 1,
     objective: Callable[[jax.Array, Hyperparams], jax.Array] | None = None,
-    monitor: str | None = None,
-    plateau: bool = False,
-    plateau_stop: bool = True,
+    metric: str | None = None,
+    plateau: bool | str = False,
     early_stopping: EarlyStop | None = None,
-    update_ratio: bool = True,
+    rules: Sequence[_rules.Rule] = (),
+    ramp: Mapping[str, Any] | None = None,
     key: int | jax.Array = 0,
-    max_group_size: int | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    devices: Sequence[jax.Device] | None = None,
-    keep_params: bool = False,
     callback: Callable[[ChunkEvent], Control | bool | None] | None = None,
     adapt: Any = None,
-    vectorize: int | str | None = "auto",
-    eval_batch_size: int | None = None,
-    compute_dtype: str | None = None,
     start_from: SweepResult | None = None,
+    execution: Execution | None = None,
 ) -> SweepResult:
   """Trains every config of ``space`` (x ``seeds``) on ``task`` in one compiled program.
 
@@ -412,13 +548,16 @@ def sweep(
 
   The program runs ``sync_every`` steps per call (a chunk), evaluating every ``eval_every``
   steps inside it; between chunks the host records, checkpoints and calls ``callback``. The
-  same structure with other values (other hyperparameter values, seeds, key) reuses the
-  compiled program: ``info["compile_s"]`` is 0.0 on such a call.
+  same structure with other values (other hyperparameter values, seeds, key, a rule's numbers)
+  reuses the compiled program: ``info["compile_s"]`` is 0.0 on such a call. Compilation (of the
+  initialisation and of the chunks) is counted in ``info["compile_s"]``, never in
+  ``info["run_s"]``.
 
   Args:
     task: an :class:`optaxlr.Task` (init, loss, metrics, train and eval data).
     optimizer: ``hparams -> optax.GradientTransformation``.
-    space: an :mod:`optaxlr.search` space (or a dict of equal-length 1-D arrays). A string
+    space: an :mod:`optaxlr.search` space (or a dict of equal-length 1-D arrays; ``None``: one
+      config without hyperparameter axes, e.g. with a ``ramp``). A string
       axis (``search.grid(opt=["adamw", "sgd"])``) is categorical: ``optimizer`` and
       ``objective`` read ``hparams["opt"]`` as a :class:`optaxlr.search.Categorical` (a traced
       int32 index into ``space.categories["opt"]``, the values in order of first appearance;
@@ -436,30 +575,24 @@ def sweep(
     log_every: record the training loss as the mean over windows of this many steps (it must
       divide ``eval_every``); default 1 (every step). Long sweeps keep host memory bounded.
     objective: optional ``(loss, hparams) -> loss`` (flooding, penalties).
-    monitor: the metric (``"val/loss"``...) fed to ``value=`` of the optimizer when
+    metric: the evaluated metric (``"val/loss"``...) fed to ``value=`` of the optimizer when
       ``plateau``; default ``early_stopping.metric`` or ``"val/loss"``.
-    plateau: pass ``value=<monitor at the last evaluation>, evaluate=True`` to the optimizer on
-      the first step after each evaluation and ``evaluate=False`` (``value`` NaN) on the others:
-      the convention of :func:`optaxlr.reduce_on_plateau`, which then counts one "epoch" per
-      evaluation as PyTorch's ``ReduceLROnPlateau`` stepped after each validation.
-    plateau_stop: with ``plateau``, stop a config once its plateau is ``done`` (can reduce no
-      further), reason ``"plateau_done"``, as ``scheduler.step(val); if done: break``.
+    plateau: ``True``: pass ``value=<metric at the last evaluation>, evaluate=True`` to the
+      optimizer on the first step after each evaluation and ``evaluate=False`` (``value`` NaN)
+      on the others (the convention of :func:`optaxlr.reduce_on_plateau`, which then counts one
+      "epoch" per evaluation as PyTorch's ``ReduceLROnPlateau`` stepped after each validation),
+      and stop a config once its plateau is ``done`` (reason ``"plateau_done"``, as
+      ``scheduler.step(val); if done: break``); ``"feed"``: the same feed without the stop.
     early_stopping: per-config early stopping (an :class:`EarlyStop`, the rules of
       :func:`optaxlr.transforms.early_stopping`).
-    update_ratio: record ``||update|| / ||params||`` of the last step before each evaluation
-      as the metric ``"train/update_ratio"`` (the seeds' rule of thumb: about 1e-3).
+    rules: more stop rules (:class:`optaxlr.engine.Rule`: :class:`optaxlr.engine.RangeTest`, a
+      user's own), run per config inside the program; their numbers are data (changing them
+      does not compile again) and their per-point records are in ``result.records``.
+    ramp: per-step hyperparameters shared by every config, ``{name: (steps,) values}``: the
+      optimizer reads ``hparams[name]`` as the value of the current step (the range test's
+      growing learning rate). Not combined with ``start_from``.
     key: the base PRNG key: an int, a raw key (``jax.random.PRNGKey``) or a typed key
       (``jax.random.key``).
-    max_group_size: train at most this many configs at once; more are split into groups that
-      reuse the same compiled program. Default: as many as fit in half of the device memory,
-      measured on the compiled program (``memory_analysis``: parameters, optimizer state,
-      activations, evaluation).
-    checkpoint_dir: commit the state after every chunk there (atomically) and resume from it;
-      a folder of another sweep or a damaged one is a ``ValueError`` saying what differs.
-    progress: show a progress bar (tqdm) with the ETA.
-    devices: shard the config axis over these devices (default: all devices, of every
-      process under ``jax.distributed``).
-    keep_params: return the final parameters (leaves with leading (seed, config) axes).
     callback: called on the host after every chunk with a :class:`ChunkEvent` (dict access
       such as ``event["step"]`` works too); it may return a :class:`Control` to stop configs,
       set a slot's hyperparameters or copy one slot's state into another, without recompiling,
@@ -471,24 +604,16 @@ def sweep(
       applied after every chunk; what it did is in ``info["adapt"]``. Not combined with a
       ``checkpoint_dir`` (its decisions live on the host) nor with a ``callback`` that returns
       a Control.
-
-    vectorize: how many configs are computed at once per device (vmapped); the rest run one
-      block after another inside the same program (``lax.map``). ``None``: all at once;
-      ``"auto"`` (default): one at a time for a model with convolutions on the CPU (XLA:CPU
-      runs vmapped convolutions as slow grouped convolutions), else all at once; an int
-      ``v``: groups are padded to a multiple of ``v``.
-    eval_batch_size: evaluate each split in pieces of this many examples (the metrics must be
-      means over examples: loss, accuracy, error); default: the whole split at once.
-    compute_dtype: ``"bfloat16"``: mixed precision, the forward and backward pass in
-      bfloat16, parameters, gradients and optimizer state in float32; default ``None``.
-
-    start_from: a result of a sweep with ``keep_params=True`` and the same configs (count and
-      order) and seeds: every run continues from its kept parameters, optimizer state and
-      model state, its steps numbered on from the previous sweep's (schedules, the minibatch
+    start_from: a result of a sweep with ``Execution(keep_params=True)`` and the same configs
+      (count and order) and seeds: every run continues from its kept parameters, optimizer state
+      and model state, its steps numbered on from the previous sweep's (schedules, the minibatch
       order and the model keys continue; rules such as early stopping start afresh). The
       hyperparameters, the batch size (an axis or not) and the optimizer's settings may
       change; the optimizer state's structure may not. Growing the batch instead of decaying
       the rate (Smith et al. 2018) is one sweep per phase.
+    execution: how to run (an :class:`optaxlr.Execution`: devices, max_group_size, vectorize,
+      eval_batch_size, compute_dtype, checkpoint_dir, progress, keep_params, update_ratio);
+      default ``Execution()``.
 
   Axes the core reads itself: ``batch_size`` (each config trains with its own minibatch size,
   inside the same program; a row equals a sweep at that fixed size) and ``fold``
@@ -510,7 +635,8 @@ def sweep(
     >>> task = optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
     >>> space = search.grid(lr=[1e-3, 1e-2], wd=[0.0, 1e-3]) * search.seeds(2)
     >>> res = optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], weight_decay=h["wd"]),
-    ...                     space, steps=20, batch_size=16, eval_every=10, progress=False)
+    ...                     space, steps=20, batch_size=16, eval_every=10,
+    ...                     execution=optaxlr.Execution(progress=False))
     >>> res.metrics["val/loss"].shape  # (seeds, configs, evaluations)
     (2, 4, 2)
     >>> sorted(res.best("val/loss")["hparams"])
@@ -523,198 +649,103 @@ def sweep(
     ('seed', 'lr', 'wd', 'eval_step')
   """
   fn = "sweep"
-  space, seeds_l = split_seeds(fn, space, seeds, folds_ok=True)
+  if space is None:  # one config, no hyperparameter axes (e.g. a ramp only)
+    seeds_l = seed_list(fn, 1 if seeds is None else seeds)
+  else:
+    space, seeds_l = split_seeds(fn, space, seeds, folds_ok=True)
+  axes = () if space is None else space.names
   steps = check_int(fn, "steps", steps, 1)
   from optaxlr.tasks import Task
 
   if not isinstance(task, Task):
     raise TypeError(f"{fn}: task must be an optaxlr.Task, got {type(task).__name__}")
-  batch_spec = None
-  train_like = None
-  bs_axis = "batch_size" in space.names
-  fold_axis = "fold" in space.names
-  if bs_axis and batch_size is not None:
-    raise ValueError(f"{fn}: the space has a 'batch_size' axis; do not also pass batch_size="
-                     f"{batch_size!r}")
-  if task.host_fed:
-    if bs_axis or fold_axis:
-      raise ValueError(f"{fn}: a host-fed task (train is a batch factory) cannot take a "
-                       f"{'batch_size' if bs_axis else 'fold'!r} axis: the stream fixes its batches")
-    first = task.first_batch(seeds_l[0])
-    train_like = first
-    b0 = int(next(iter(first.values())).shape[0])
-    if batch_size is not None and check_int(fn, "batch_size", batch_size, 1) != b0:
-      raise ValueError(f"{fn}: batch_size={batch_size} differs from the batches of the task's "
-                       f"stream ({b0} examples)")
-    batch_size = b0
-    batch_spec = {k: (tuple(v.shape[1:]), np.dtype(v.dtype)) for k, v in first.items()}
-  elif bs_axis:
-    batch_size = None
-  else:
-    batch_size = check_task(fn, task, batch_size)
-  if isinstance(vectorize, str):
-    if vectorize != "auto":
-      raise ValueError(f"{fn}: vectorize must be 'auto', None or an int >= 1, got "
-                       f"vectorize={vectorize!r}")
-  elif vectorize is not None:
-    vectorize = check_int(fn, "vectorize", vectorize, 1)
-  if eval_batch_size is not None:
-    eval_batch_size = check_int(fn, "eval_batch_size", eval_batch_size, 1)
-  if compute_dtype not in (None, "bfloat16"):
-    raise ValueError(f"{fn}: compute_dtype must be None or 'bfloat16', got "
-                     f"compute_dtype={compute_dtype!r} (float16 needs loss scaling, which the "
-                     "core does not do)")
+  execution = as_execution(fn, execution)
+  devices = execution.device_list()
   eval_every, sync_every, log_every = intervals(fn, steps, eval_every, sync_every, log_every)
-  for name, flag in (("plateau", plateau), ("plateau_stop", plateau_stop), ("progress", progress),
-                     ("keep_params", keep_params), ("update_ratio", update_ratio)):
-    if not isinstance(flag, (bool, np.bool_)):
-      raise ValueError(f"{fn}: {name} must be True or False, got {name}={flag!r}")
-  if early_stopping is not None and not isinstance(early_stopping, EarlyStop):
-    raise TypeError(f"{fn}: early_stopping must be an optaxlr.EarlyStop, got {type(early_stopping).__name__}")
   if callback is not None and not callable(callback):
     raise TypeError(f"{fn}: callback must be callable, got {type(callback).__name__}")
   if not callable(optimizer):
     raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation")
   if objective is not None and not callable(objective):
     raise TypeError(f"{fn}: objective must be a function (loss, hparams) -> loss")
-  if max_group_size is not None:
-    max_group_size = check_int(fn, "max_group_size", max_group_size, 1)
   key = as_key(fn, key)
-  devices = check_devices(fn, devices)
-  if monitor is not None and not plateau and early_stopping is None:
-    raise ValueError(f"{fn}: monitor={monitor!r} is read only with plateau=True or early_stopping=")
-  if early_stopping is not None and monitor is not None and monitor != early_stopping.metric:
-    raise ValueError(f"{fn}: monitor={monitor!r} differs from early_stopping.metric="
-                     f"{early_stopping.metric!r}; set one")
-  if plateau and monitor is None:
-    monitor = early_stopping.metric if early_stopping is not None else "val/loss"
+  ramp_np = _check_ramp(fn, ramp, steps, axes)
+  if ramp_np and start_from is not None:
+    raise ValueError(f"{fn}: ramp= does not combine with start_from= (a ramp is indexed by the "
+                     "steps of this sweep)")
 
-  hp_np = {k: np.asarray(v) for k, v in space.columns.items()}
   from optaxlr import search as _search  # a sibling layer below the engine
   # A string (categorical) axis runs as an int32 index into space.categories[name]; the
   # optimizer and the objective read it as a search.Categorical (see search.switch).
-  categories = space.categories
-  hp_np = _search.encode(hp_np, categories)
+  categories = {} if space is None else space.categories
+  columns = {} if space is None else space.columns
+  hp_np = _search.encode({k: np.asarray(v) for k, v in columns.items()}, categories)
   optimizer = _search.with_categories(optimizer, categories)
   objective = _search.with_categories(objective, categories)
-  n_cfg = len(space)
+  n_cfg = 1 if space is None else len(space)
   check_hparams(fn, hp_np, n_cfg)
-  hp0 = {k: v[0] for k, v in hp_np.items()}
+  hp0 = {**{k: v[0] for k, v in hp_np.items()}, **{k: v[0] for k, v in ramp_np.items()}}
   task.validate(hparams=hp0)
-  segment_of, segment_defs, fold_splits = None, (), {}
-  if bs_axis or fold_axis:
-    n_train = task.n_train
-    if adapt is not None:
-      raise ValueError(f"{fn}: adapt= does not take a 'batch_size' or 'fold' axis yet")
-    bsz = np.asarray(hp_np["batch_size"]) if bs_axis else np.full(n_cfg, -1)
-    folds = np.asarray(hp_np["fold"]) if fold_axis else np.full(n_cfg, -1)
-    if bs_axis:
-      if bsz.dtype.kind not in "iu" and not np.all(bsz == np.round(bsz)):
-        raise ValueError(f"{fn}: the 'batch_size' axis must hold ints, got {bsz[:5].tolist()}")
-    k = 0
-    if fold_axis:
-      k = int(len(np.unique(folds)))
-      if set(np.unique(folds).tolist()) != set(range(k)) or k < 2:
-        raise ValueError(f"{fn}: the 'fold' axis must hold the folds 0..k-1 (search.folds(k)), "
-                         f"got {sorted(set(np.unique(folds).tolist()))}")
-      fold_splits = {i: fold_split(n_train, k, i) for i in range(k)}
-    keys_ = sorted(set(zip(bsz.astype(np.int64).tolist(), folds.astype(np.int64).tolist())))
-    defs = []
-    for b, f in keys_:
-      n_avail = len(fold_splits[f][0]) if f >= 0 else n_train
-      b = b if b >= 0 else (min(128, n_avail) if batch_size is None else batch_size)
-      defs.append((check_int(fn, "batch_size", b, 1, n_avail), int(f), k if f >= 0 else 0))
-    index = {kk: i for i, kk in enumerate(keys_)}
-    segment_of = np.array([index[(int(b), int(f))] for b, f in zip(bsz, folds)], np.int64)
-    segment_defs = tuple(defs)
-    if batch_size is None:
-      batch_size = max(d[0] for d in defs)
-  train_shapes = check_loss(fn, task, batch_size, hp0, train_like=train_like)
+  layout = _layout(fn, task, space, hp_np, batch_size, seeds_l, n_cfg)
+  batch_size = layout["batch_size"]
+  train_shapes = check_loss(fn, task, batch_size, hp0, train_like=layout["train_like"])
   splits = tuple(task.eval)
-  extra_splits = {}
-  if fold_axis:
-    extra_splits = {"fold": {k: v[:2] for k, v in task.train.items()}}
+  extra_splits = {"fold": {k: v[:2] for k, v in task.train.items()}} if layout["fold_splits"] else {}
   names = metric_names(fn, task, splits, hp0, extra_splits)
-  if monitor is not None and monitor not in names:
-    raise ValueError(f"{fn}: monitor={monitor!r} is not an evaluated metric; available: {sorted(names)}")
-  eval_rules = ()
-  if early_stopping is not None:
-    early_stopping.validate(names)
-    eval_rules = (early_stopping,)
-  shapes = read_axes(fn, task, optimizer, objective, list(space), space.names, batch=train_shapes)
-  if vectorize == "auto":
-    vectorize = 1 if (check_devices(fn, devices)[0].platform == "cpu"
-                      and _has_conv(task, train_shapes, hp0)) else None
-  if vectorize is not None and segment_of is not None:
-    raise ValueError(f"{fn}: vectorize={vectorize} (configs in blocks) does not combine with a "
-                     "'batch_size' or 'fold' axis yet; pass vectorize=None")
-  step_rules = ()
-  if plateau and plateau_stop:
-    if not _rules.has_plateau(shapes["opt_state"]):
-      raise ValueError(f"{fn}: plateau=True feeds a reduce_on_plateau, but the optimizer holds "
-                       "none (chain optaxlr.reduce_on_plateau(...) into it)")
-    step_rules = (_rules.PlateauDone(),)
-  elif plateau and not _rules.has_plateau(shapes["opt_state"]):
-    raise ValueError(f"{fn}: plateau=True feeds a reduce_on_plateau, but the optimizer holds none")
-
+  metric = _metric_for(fn, metric, plateau, early_stopping, names)
+  shapes = read_axes(fn, task, optimizer, objective, [{}] if space is None else list(space),
+                     (*axes, *ramp_np),
+                     extra={k: v[0] for k, v in ramp_np.items()}, batch=train_shapes)
+  step_rules, eval_rules = _check_rules(fn, rules, early_stopping, plateau, names, shapes["opt_state"])
+  vectorize = _vectorize(fn, execution.vectorize, devices, task, train_shapes, hp0, layout)
   if adapt is not None:
-    from optaxlr import adapt as adapt_mod
-
-    if not isinstance(adapt, adapt_mod.Adapt):
-      raise TypeError(f"{fn}: adapt must be a strategy of optaxlr.adapt (successive_halving, "
-                      f"hyperband, pbt), got {type(adapt).__name__}")
-    if checkpoint_dir is not None:
-      raise ValueError(f"{fn}: adapt= cannot be resumed from a checkpoint yet (its decisions live "
-                       "on the host); drop checkpoint_dir or adapt")
-    if adapt.metric not in names:
-      raise ValueError(f"{fn}: adapt metric {adapt.metric!r} is not an evaluated metric; "
-                       f"available: {sorted(names)}")
+    _check_adapt(fn, adapt, names, execution, layout, start_from)
     adapt.start(n_configs=n_cfg, steps=steps, eval_every=eval_every, sync_every=sync_every,
                 hparams=hp_np)
-    user_callback = callback
-
-    def callback(event):  # noqa: F811 -- the strategy, then the user's observer
-      ctrl = adapt(event)
-      if user_callback is not None:
-        extra = user_callback(event)
-        if isinstance(extra, Control):
-          raise ValueError(f"{fn}: a callback may not return a Control together with adapt=")
-        if extra is True:
-          ctrl = Control(stop=ctrl.stop if ctrl else (), copy=ctrl.copy if ctrl else {},
-                         set_hparams=ctrl.set_hparams if ctrl else {}, stop_sweep=True)
-      return ctrl
-
+    callback = _with_adapt(fn, adapt, callback)
   start_step, init_from = 0, None
   if start_from is not None:
     start_step, init_from = _check_start_from(fn, start_from, n_cfg, seeds_l, shapes, task)
-    if adapt is not None:
-      raise ValueError(f"{fn}: start_from= does not combine with adapt=")
   plan = _driver.Plan(
-      fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp={},
+      fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp=ramp_np,
       seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,
-      sync_every=sync_every, log_every=log_every, eval_splits=splits, monitor=monitor,
-      plateau=plateau, step_rules=step_rules, eval_rules=eval_rules, update_ratio=update_ratio,
-      devices=devices, max_group_size=max_group_size, checkpoint_dir=checkpoint_dir,
-      progress=progress, callback=callback, keep_params=keep_params,
-      compact=adapt is not None and not hasattr(adapt, "interval"),
-      one_group=adapt is not None,
-      vectorize=vectorize, eval_batch=eval_batch_size, compute_dtype=compute_dtype,
-      segment_of=segment_of, segment_defs=segment_defs, fold_splits=fold_splits,
-      batches=task.train if task.host_fed else None, batch_spec=batch_spec,
+      sync_every=sync_every, log_every=log_every, eval_splits=splits, monitor=metric,
+      plateau=bool(plateau), step_rules=step_rules, eval_rules=eval_rules,
+      update_ratio=execution.update_ratio, devices=devices,
+      max_group_size=execution.max_group_size, checkpoint_dir=execution.checkpoint_dir,
+      progress=execution.progress, callback=callback, keep_params=execution.keep_params,
+      compact=adapt is not None and not hasattr(adapt, "interval"), one_group=adapt is not None,
+      vectorize=vectorize, eval_batch=execution.eval_batch_size,
+      compute_dtype=execution.compute_dtype, segment_of=layout["segment_of"],
+      segment_defs=layout["segment_defs"], fold_splits=layout["fold_splits"],
+      batches=task.train if task.host_fed else None, batch_spec=layout["batch_spec"],
       start_step=start_step, init_from=init_from,
   )
-  if checkpoint_dir is not None:
+  if execution.checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(
         fn, task, optimizer, objective, shapes, hp=hp_np, seeds=seeds_l, key=key, steps=steps,
         batch_size=batch_size, eval_every=eval_every, sync_every=sync_every, log_every=log_every,
-        monitor=monitor, plateau=plateau, plateau_stop=plateau_stop, update_ratio=update_ratio,
-        early_stopping=repr(early_stopping), keep_params=keep_params, devices=len(devices),
-        processes=jax.process_count(), vectorize=vectorize, eval_batch_size=eval_batch_size,
-        compute_dtype=compute_dtype, start_step=start_step,
+        monitor=metric, plateau=bool(plateau), plateau_stop=plateau is True,
+        update_ratio=execution.update_ratio,
+        early_stopping=repr(early_stopping), keep_params=execution.keep_params,
+        devices=len(devices), processes=jax.process_count(), vectorize=vectorize,
+        eval_batch_size=execution.eval_batch_size, compute_dtype=execution.compute_dtype,
+        start_step=start_step,
         start_from=None if init_from is None else _fingerprint.data_id(
             {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(init_from))}),
+        **({"rules": repr(rules), "ramp": _fingerprint.data_id(ramp_np)} if (rules or ramp_np) else {}),
     )
   out = _driver.run(plan)
+  return _result(space, seeds_l, task, out, adapt, n_cfg, steps, {
+      "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
+      "start_step": start_step, "vectorize": vectorize,
+      "eval_batch_size": execution.eval_batch_size, "compute_dtype": execution.compute_dtype,
+      "host_fed": task.host_fed, "sync_every": sync_every, "log_every": log_every})
+
+
+def _result(space, seeds_l, task, out, adapt, n_cfg, steps, settings) -> SweepResult:
+  """The driver's output labelled as a :class:`SweepResult`."""
+  del task
   metrics = dict(out.metrics)
   if out.update_ratio is not None:
     metrics["train/update_ratio"] = out.update_ratio
@@ -725,6 +756,8 @@ def sweep(
     adapt_info = {"adapt": {**adapt.report(),
                             "config_steps": float(trained.mean(axis=0).sum()),
                             "full_config_steps": float(n_cfg * steps)}}
+  records = {**{f"step/{k}": v for k, v in out.step_records.items()},
+             **{f"eval/{k}": v for k, v in out.eval_records.items()}}
   return SweepResult(
       space=space,
       seeds=np.asarray(seeds_l),
@@ -733,16 +766,13 @@ def sweep(
       eval_steps=out.eval_steps,
       diverged_at=np.where(diverged, out.stopped_at, -1),
       stopped_at=out.stopped_at,
-      stop_reason=np.asarray(_rules.STOP_REASONS)[out.reason],
+      stop_reason=np.asarray(_rules.stop_reasons())[out.reason],
       params=out.params,
       opt_state=out.opt_state,
       model_state=out.model_state,
+      records=records or None,
       info={
-          "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
-          "start_step": start_step,
-          "vectorize": vectorize, "eval_batch_size": eval_batch_size,
-          "compute_dtype": compute_dtype, "host_fed": task.host_fed,
-          "sync_every": sync_every, "log_every": log_every,
+          **settings,
           **out.info,
           **adapt_info,
           **({"steering": out.steering, "hparams_final": {k: v.tolist() for k, v in out.hparams.items()}}

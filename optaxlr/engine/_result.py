@@ -14,6 +14,47 @@ import numpy as np
 __all__ = ["SweepResult", "load"]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """The settings a sweep ran with (what other modules read from ``info``), typed."""
+
+  task: str
+  steps: int
+  batch_size: int | None
+  eval_every: int | None
+  sync_every: int | None
+  log_every: int
+  start_step: int
+  vectorize: int | None
+  eval_batch_size: int | None
+  compute_dtype: str | None
+  host_fed: bool
+  devices: int | None
+  group_size: int | None
+
+  @classmethod
+  def from_info(cls, info: Mapping[str, Any]) -> "RunSettings":
+    def opt_int(name):
+      v = info.get(name)
+      return None if v is None else int(v)
+    return cls(task=str(info.get("task", "")), steps=int(info.get("steps", 0)),
+               batch_size=opt_int("batch_size"), eval_every=opt_int("eval_every"),
+               sync_every=opt_int("sync_every"), log_every=int(info.get("log_every", 1)),
+               start_step=int(info.get("start_step", 0)), vectorize=opt_int("vectorize"),
+               eval_batch_size=opt_int("eval_batch_size"), compute_dtype=info.get("compute_dtype"),
+               host_fed=bool(info.get("host_fed", False)), devices=opt_int("devices"),
+               group_size=opt_int("group_size"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+  """Seconds spent compiling (initialisation and chunks, 0.0 on a cache hit) and running."""
+
+  compile_s: float
+  run_s: float
+  total_s: float
+
+
 @dataclasses.dataclass
 class SweepResult:
   """The numbers of a sweep, with leading axes ``(seed, config)``.
@@ -34,7 +75,11 @@ class SweepResult:
     params: the final parameters (leaves ``(S, C, ...)``) when the sweep kept them
       (``keep_params=True``); ``opt_state`` and ``model_state`` (BatchNorm statistics) the
       same. :meth:`params_of` and :meth:`state_of` take one run out.
-    info: settings and timings (``compile_s``, ``run_s``...).
+    info: settings and timings (``compile_s``, ``run_s``...); :attr:`settings` and
+      :attr:`timings` are its typed views.
+    records: the per-point values of the sweep's rules (``sweep(rules=...)``), name ->
+      ``(S, C, points)``: ``"step/<rule index>/<name>"`` at every step,
+      ``"eval/<rule index>/<name>"`` at every evaluation; ``None`` without such rules.
     stop_reason: ``(S, C)`` why each run ended, one of
       :data:`optaxlr.engine.STOP_REASONS`: ``"completed"``, ``"diverged"``,
       ``"early_stopping"``, ``"range_test"``, ``"plateau_done"``, ``"host"``, ``"not_run"``.
@@ -55,6 +100,7 @@ class SweepResult:
   stop_reason: Any = None
   opt_state: Any = None
   model_state: Any = None
+  records: dict | None = None
 
   def __post_init__(self):
     if self.stop_reason is None:  # results of old files: what the two step arrays say
@@ -68,6 +114,8 @@ class SweepResult:
   @property
   def hparams(self) -> dict[str, np.ndarray]:
     """Hyperparameter name -> its value in each config, shape ``(C,)``."""
+    if self.space is None:  # a sweep of one config without axes (sweep(space=None))
+      return {}
     return {k: np.asarray(v) for k, v in self.space.columns.items()}
 
   @property
@@ -78,6 +126,19 @@ class SweepResult:
   def diverged(self) -> np.ndarray:
     """``(S, C)`` bool: the run diverged."""
     return self.diverged_at >= 0
+
+  @property
+  def settings(self) -> "RunSettings":
+    """How the sweep ran (a typed view of :attr:`info`)."""
+    return RunSettings.from_info(self.info)
+
+  @property
+  def timings(self) -> "Timings":
+    """Compile time apart from run time (a typed view of :attr:`info`)."""
+    i = self.info
+    return Timings(compile_s=float(i.get("compile_s", float("nan"))),
+                   run_s=float(i.get("run_s", float("nan"))),
+                   total_s=float(i.get("total_s", float("nan"))))
 
   def config(self, i: int) -> dict[str, Any]:
     """The hyperparameters of config ``i`` as Python values."""

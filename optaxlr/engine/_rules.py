@@ -31,6 +31,7 @@ from optaxlr.transforms import _plateau
 __all__ = [
     "STOP_REASONS",
     "reason_code",
+    "stop_reasons",
     "StepContext",
     "EvalContext",
     "Rule",
@@ -52,8 +53,21 @@ STOP_REASONS: tuple[str, ...] = (
 )
 
 
+_REASONS: list[str] = list(STOP_REASONS)
+
+
+def stop_reasons() -> tuple[str, ...]:
+  """Every stop reason known now: :data:`STOP_REASONS` and those of user rules (a
+  :class:`Rule` subclass with a new ``reason`` registers it when defined), by code."""
+  return tuple(_REASONS)
+
+
 def reason_code(name: str) -> int:
-  return STOP_REASONS.index(name)
+  """The code of stop reason ``name`` (what the program stores), see :func:`stop_reasons`."""
+  try:
+    return _REASONS.index(name)
+  except ValueError:
+    raise ValueError(f"reason_code: unknown stop reason {name!r}; known: {_REASONS}") from None
 
 
 class StepContext(NamedTuple):
@@ -75,16 +89,37 @@ class EvalContext(NamedTuple):
 
 
 class Rule:
-  """Base of the core's rules. Subclasses are frozen dataclasses (hashable: part of the
-  compiled program's identity) and override ``init``/``update``."""
+  """Base of the core's rules. Subclasses are frozen dataclasses declared with ``eq=False``
+  and override ``init``/``update``. The fields named in ``data`` are numbers read at run time:
+  :meth:`args` passes them to the program as data, and they are left out of the rule's
+  identity (``==`` and ``hash``, part of the compiled program's), so changing them reuses the
+  compiled program; every other field is structure."""
 
   level: ClassVar[str] = "step"
   reason: ClassVar[str] = "completed"
   records: ClassVar[tuple[str, ...]] = ()  # per-point values the rule reports
+  data: ClassVar[tuple[str, ...]] = ()  # fields passed as data (not compiled in)
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    reason = cls.__dict__.get("reason")
+    if isinstance(reason, str) and reason not in _REASONS:
+      _REASONS.append(reason)  # the stop reasons are an extensible enumeration
+
+  def _structure(self) -> tuple:
+    fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
+    return (type(self), tuple((f.name, getattr(self, f.name)) for f in fields
+                              if f.name not in self.data))
+
+  def __eq__(self, other):
+    return isinstance(other, Rule) and self._structure() == other._structure()
+
+  def __hash__(self):
+    return hash(self._structure())
 
   def args(self) -> PyTree:
-    """Numbers read at run time, passed to the program as data."""
-    return ()
+    """Numbers read at run time, passed to the program as data (the ``data`` fields)."""
+    return {name: getattr(self, name) for name in self.data}
 
   def validate(self, metrics: tuple[str, ...]) -> None:
     """Host-side checks against the evaluated metric names (before anything compiles)."""
@@ -98,7 +133,7 @@ class Rule:
     raise NotImplementedError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EarlyStop(Rule):
   """Per-config early stopping on an evaluated metric, Keras ``EarlyStopping`` rules.
 
@@ -115,6 +150,7 @@ class EarlyStop(Rule):
 
   level: ClassVar[str] = "eval"
   reason: ClassVar[str] = "early_stopping"
+  data: ClassVar[tuple[str, ...]] = ("patience", "min_delta", "start_from")
 
   metric: str = "val/loss"
   patience: int = 5
@@ -134,20 +170,19 @@ class EarlyStop(Rule):
       raise ValueError(
           f"EarlyStop: metric={self.metric!r} is not an evaluated metric; available: {sorted(metrics)}"
       )
-    self._machine()  # its own validation of min_delta
+    self._machine(self.args())  # its own validation of min_delta
 
-  def _machine(self):
-    return _plateau.early_stopping(
-        patience=self.patience, min_delta=self.min_delta, mode=self.mode, start_from=self.start_from
-    )
+  def _machine(self, args):
+    # patience, min_delta and start_from arrive as data (possibly traced): not compiled in.
+    return _plateau.early_stopping(patience=args["patience"], min_delta=args["min_delta"],
+                                   mode=self.mode, start_from=args["start_from"])
 
   def init(self, args, dtype):
-    del args, dtype
-    return self._machine().init()
+    del dtype
+    return self._machine(args).init()
 
   def update(self, state, ctx: EvalContext, args):
-    del args
-    state = self._machine().update(state, ctx.metrics[self.metric])
+    state = self._machine(args).update(state, ctx.metrics[self.metric])
     return state, jnp.where(state.stop, reason_code(self.reason), 0), {}
 
 
@@ -157,7 +192,7 @@ class _RangeState(NamedTuple):
   count: jax.Array  # points seen (int32)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RangeTest(Rule):
   """The LR range test's stop, pytorch-lr-finder's rule: smooth the tracked loss
   (``s_0 = l_0``, ``s_t = smooth * l_t + (1 - smooth) * s_{t-1}``), keep its minimum, stop when
@@ -168,6 +203,7 @@ class RangeTest(Rule):
 
   records: ClassVar[tuple[str, ...]] = ("raw", "smoothed")
   reason: ClassVar[str] = "range_test"
+  data: ClassVar[tuple[str, ...]] = ("smooth", "diverge")
 
   smooth: float = 0.05
   diverge: float = 4.0
@@ -177,20 +213,11 @@ class RangeTest(Rule):
   def level(self) -> str:  # type: ignore[override]
     return "step" if self.metric is None else "eval"
 
-  def __hash__(self):  # the numbers are data: only the structure identifies the program
-    return hash((RangeTest, self.metric))
-
-  def __eq__(self, other):
-    return isinstance(other, RangeTest) and other.metric == self.metric
-
   def validate(self, metrics: tuple[str, ...]) -> None:
     if self.metric is not None and self.metric not in metrics:
       raise ValueError(
           f"RangeTest: metric={self.metric!r} is not an evaluated metric; available: {sorted(metrics)}"
       )
-
-  def args(self):
-    return {"smooth": self.smooth, "diverge": self.diverge}
 
   def init(self, args, dtype):
     del args
@@ -224,7 +251,7 @@ def _plateau_states(tree: PyTree) -> list:
   return found
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PlateauDone(Rule):
   """Stops a config once every :func:`optaxlr.reduce_on_plateau` in its optimizer is ``done``
   (its scale can fall no further), at the step that fed it the evaluation that made it so:

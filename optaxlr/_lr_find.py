@@ -30,11 +30,13 @@ import numpy as np
 import optax
 
 from optaxlr import _validate
-from optaxlr.engine import _driver
-from optaxlr.engine import _engine
-from optaxlr.engine import _rules
-from optaxlr.engine import SweepResult, run_keys, sweep
-from optaxlr.engine._data import as_key, key_data
+from optaxlr.engine import Execution
+from optaxlr.engine import RangeTest
+from optaxlr.engine import SweepResult
+from optaxlr.engine import as_key
+from optaxlr.engine import key_data
+from optaxlr.engine import run_keys
+from optaxlr.engine import sweep
 
 __all__ = ["lr_find", "lr_find_grid", "LRFindResult", "LRGridResult", "range_test_lrs"]
 
@@ -70,7 +72,7 @@ def range_test_lrs(
 
 def _range_lrs(fn: str, min_lr, max_lr, steps, mode) -> np.ndarray:
   _validate.one_of(fn, "mode", mode, ("exp", "linear"))
-  _check_int(fn, "steps", steps, 2)
+  _validate.check_int(fn, "steps", steps, 2)
   if mode == "exp":
     _validate.positive(fn, "min_lr", min_lr)
   else:
@@ -84,19 +86,16 @@ def _range_lrs(fn: str, min_lr, max_lr, steps, mode) -> np.ndarray:
   return out
 
 
-def _check_int(fn: str, name: str, value: Any, low: int) -> None:
-  _engine.check_int(fn, name, value, low)
+def _check_space(fn: str, space: Any) -> Any:
+  """The space of the other hyperparameters (``None``: one config), without ``"lr"``."""
+  from optaxlr import search
 
-
-def _as_space(fn: str, space: Any, seeds: Any):
-  """The space of the other hyperparameters (``None``: one config) and the seed values."""
-  if space is None:
-    return None, _engine.seed_list(fn, 1 if seeds is None else seeds)
-  space, seed_values = _engine.split_seeds(fn, space, seeds)
-  if "lr" in space.names:
+  if isinstance(space, dict):
+    space = search.zip(**space)
+  if space is not None and "lr" in getattr(space, "names", ()):
     raise ValueError(f"{fn}: space must not hold 'lr' (the range test sets it), got "
                      f"space names {list(space.names)}")
-  return space, seed_values
+  return space
 
 
 def _holds_injected_lr(state: Any) -> bool:
@@ -115,23 +114,19 @@ def _holds_injected_lr(state: Any) -> bool:
   return bool(found)
 
 
-def _monitor(fn: str, task, monitor: Any) -> tuple[str | None, tuple[str, ...]]:
-  """``"train/loss"`` -> (None, ()): the minibatch loss of every step; ``"split/name"`` ->
-  (that metric, (split,)): evaluated every ``eval_every`` steps."""
-  if monitor == "train/loss":
-    return None, ()
-  if not isinstance(monitor, str) or "/" not in monitor:
-    raise ValueError(f"{fn}: monitor must be 'train/loss' or an evaluated metric 'split/name' "
-                     f"(e.g. 'val/loss'), got monitor={monitor!r}")
-  split = monitor.split("/", 1)[0]
+def _tracked(fn: str, task, metric: Any) -> str | None:
+  """``"train/loss"`` -> None: the minibatch loss of every step; ``"split/name"`` -> that
+  metric, evaluated every ``eval_every`` steps (the sweep checks that it exists)."""
+  if metric == "train/loss":
+    return None
+  if not isinstance(metric, str) or "/" not in metric:
+    raise ValueError(f"{fn}: metric must be 'train/loss' or an evaluated metric 'split/name' "
+                     f"(e.g. 'val/loss'), got metric={metric!r}")
+  split = metric.split("/", 1)[0]
   if split not in task.eval:
-    raise ValueError(f"{fn}: monitor={monitor!r} names split {split!r}; the task's evaluation "
+    raise ValueError(f"{fn}: metric={metric!r} names split {split!r}; the task's evaluation "
                      f"splits are {sorted(task.eval)} (or use 'train/loss')")
-  names = _engine.metric_names(fn, task, (split,))
-  if monitor not in names:
-    raise ValueError(f"{fn}: monitor={monitor!r} is not an evaluated metric; available: "
-                     f"{sorted(names)} or 'train/loss'")
-  return monitor, (split,)
+  return metric
 
 
 # ----------------------------------------------------------------------------------------
@@ -246,6 +241,8 @@ class LRFindResult:
     tracked: ``"train"`` or ``"val"``: which loss the points hold.
     settings: the arguments of the test (``min_lr``, ``max_lr``, ``mode``, ``smooth``...).
     info: ``steps_run``, ``compile_s``, ``run_s``.
+    sweep: the :func:`optaxlr.sweep` result the test is a view of (its evaluations, update
+      ratios, kept parameters...).
   """
 
   lrs: np.ndarray
@@ -262,6 +259,7 @@ class LRFindResult:
   settings: dict = dataclasses.field(default_factory=dict)
   info: dict = dataclasses.field(default_factory=dict)
   stop_reason: Any = None
+  sweep: SweepResult | None = None
 
   def __post_init__(self):
     if self.stop_reason is None:
@@ -308,8 +306,8 @@ class LRFindResult:
   def _curves(self, skip_start: int | None, skip_end: int) -> np.ndarray:
     if skip_start is None:
       skip_start = len(self.lrs) // 10
-    _check_int("LRFindResult", "skip_start", skip_start, 0)
-    _check_int("LRFindResult", "skip_end", skip_end, 0)
+    _validate.check_int("LRFindResult", "skip_start", skip_start, 0)
+    _validate.check_int("LRFindResult", "skip_end", skip_end, 0)
     return _trim(self.mean_curve(), skip_start, skip_end)
 
   def minimum(self, *, skip_start: int | None = None, skip_end: int = 5) -> np.ndarray:
@@ -526,25 +524,28 @@ def lr_find(
     steps: int = 100,
     batch_size: int | None = None,
     seeds: int | Sequence[int] | None = None,
-    eval_every: int = 1,
-    monitor: str = "train/loss",
+    eval_every: int | None = None,
+    sync_every: int | None = None,
+    metric: str = "train/loss",
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
     mode: Literal["exp", "linear"] = "exp",
     smooth: float = 0.05,
     diverge: float = 4.0,
     key: int | jax.Array = 0,
-    sync_every: int | None = None,
-    devices: Sequence[jax.Device] | None = None,
-    progress: bool = False,
+    callback: Callable | None = None,
+    execution: Execution | None = None,
 ) -> LRFindResult:
   """The learning-rate range test for every seed x config in one compiled program.
 
-  A thin driver of the training core that :func:`optaxlr.sweep` runs: the rate of step ``t``,
-  ``lr_t`` of :func:`range_test_lrs` (``min_lr`` at the first step, ``max_lr`` at the last), is
-  a per-step input of the program, and the range test's stop is one of its rules
-  (:class:`optaxlr.engine.RangeTest`). After each point the tracked loss ``l`` (the training
-  minibatch loss before the update with ``monitor="train/loss"``; an evaluated metric such as
+  A view of one :func:`optaxlr.sweep`: the rate of step ``t``, ``lr_t`` of
+  :func:`range_test_lrs` (``min_lr`` at the first step, ``max_lr`` at the last), is the sweep's
+  ``ramp={"lr": ...}``, and the range test's stop is one of its ``rules``
+  (:class:`optaxlr.engine.RangeTest`). So everything a sweep takes works here: a
+  ``batch_size`` axis (each config at its own size), categorical and fold axes, model
+  hyperparameters (a swept dropout), host-fed data, checkpoints (``Execution(checkpoint_dir=)``,
+  resumable after a kill), callbacks. After each point the tracked loss ``l`` (the training
+  minibatch loss before the update with ``metric="train/loss"``; an evaluated metric such as
   ``"val/loss"`` after every ``eval_every`` steps otherwise) is smoothed exactly as
   pytorch-lr-finder's ``range_test`` does::
 
@@ -562,7 +563,8 @@ def lr_find(
   keys of :func:`optaxlr.run_keys`, the order of :func:`optaxlr.batch_indices`), so one
   row equals a range test of that config and seed alone. The core keeps the compiled program:
   a second call that changes only numbers (``min_lr``, ``max_lr``, ``mode``, ``smooth``,
-  ``diverge``, ``key``, the values of the space) does not recompile.
+  ``diverge``, ``key``, the values of the space) does not recompile. The task's evaluation
+  splits are evaluated at every host sync (``res.sweep.metrics``).
 
   Departures: pytorch-lr-finder's default ``diverge_th`` is 5; this default is fastai's 4.
   The losses are assumed positive (the stopping rule compares with a multiple of the best).
@@ -581,9 +583,11 @@ def lr_find(
     batch_size: minibatch size; default ``min(128, number of training examples)``.
     seeds: number of seeds (0..n-1) or the list of seed values; default 1 (or the space's
       seed axis).
-    eval_every: steps between evaluations of a ``monitor`` other than ``"train/loss"`` (one
-      point each; the last point is after the last step).
-    monitor: ``"train/loss"`` (every step's minibatch loss, the default) or an evaluated
+    eval_every: steps between evaluations of a ``metric`` other than ``"train/loss"`` (one
+      point each; the last point is after the last step); default 1.
+    sync_every: steps between host syncs (early end when every run stopped; progress,
+      checkpoints, callbacks); a multiple of ``eval_every``; default about a tenth of ``steps``.
+    metric: ``"train/loss"`` (every step's minibatch loss, the default) or an evaluated
       metric (``"val/loss"``), as pytorch-lr-finder's ``val_loader``.
     min_lr: the first rate, ``> 0`` (``>= 0`` for ``mode="linear"``).
     max_lr: the last rate, ``> min_lr``.
@@ -592,10 +596,8 @@ def lr_find(
     diverge: stop when the smoothed loss exceeds ``diverge`` times its best, ``> 1``
       (``np.inf``: only non-finite values stop a run).
     key: the base PRNG key (an int, or a raw or typed key), as :func:`optaxlr.sweep`.
-    sync_every: steps between host syncs (early end when every run stopped); a multiple of
-      ``eval_every``; default about a tenth of ``steps``.
-    devices: shard the config axis over these devices (default: all devices).
-    progress: show a progress bar.
+    callback: called after every chunk, as :func:`optaxlr.sweep`'s.
+    execution: how to run (:class:`optaxlr.Execution`); default ``Execution(progress=False)``.
 
   Returns:
     An :class:`LRFindResult` with ``suggest()``, ``cyclic_bounds()`` and ``plot()``.
@@ -620,73 +622,68 @@ def lr_find(
     https://github.com/davidtvs/pytorch-lr-finder.
   """
   fn = "lr_find"
-  steps = _engine.check_int(fn, "steps", steps, 2)
+  steps = _validate.check_int(fn, "steps", steps, 2)
   lrs_np = _range_lrs(fn, min_lr, max_lr, steps, mode)
   _validate.in_range(fn, "smooth", smooth, 0.0, 1.0, closed="left")
   _validate.check(fn, "diverge", diverge, lambda v: v > 1, "> 1")
-  batch_size = _engine.check_task(fn, task, batch_size)
-  space, seed_values = _as_space(fn, space, seeds)
-  metric, splits = _monitor(fn, task, monitor)
-  if metric is None and eval_every != 1:
-    raise ValueError(f"{fn}: eval_every={eval_every!r} is read only when monitor is an "
+  space = _check_space(fn, space)
+  tracked = _tracked(fn, task, metric)
+  if tracked is None and eval_every is not None:
+    raise ValueError(f"{fn}: eval_every={eval_every!r} is read only when metric is an "
                      "evaluated metric (e.g. 'val/loss'); with 'train/loss' every step is a point")
-  eval_every = _engine.check_int(fn, "eval_every", eval_every, 1, steps)
+  if tracked is not None:
+    eval_every = 1 if eval_every is None else _validate.check_int(fn, "eval_every", eval_every, 1, steps)
   if sync_every is None:
-    sync_every = eval_every * max(1, math.ceil(steps / eval_every / 10))
-  sync_every = _engine.check_int(fn, "sync_every", sync_every, 1)
-  if sync_every % eval_every:
-    raise ValueError(f"{fn}: sync_every must be a multiple of eval_every={eval_every}, got "
-                     f"sync_every={sync_every}")
+    base = 1 if eval_every is None else eval_every
+    sync_every = base * max(1, math.ceil(steps / base / 10))
+  sync_every = _validate.check_int(fn, "sync_every", sync_every, 1)
+  if tracked is None:
+    eval_every = sync_every  # the task's splits are evaluated at every host sync
   if not callable(optimizer):
     raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation")
-  if not isinstance(progress, bool):
-    raise ValueError(f"{fn}: progress must be True or False, got progress={progress!r}")
-  key = as_key(fn, key)
-  devices = _engine.check_devices(fn, devices)
-  task.validate()
-  _engine.check_loss(fn, task, batch_size)
-  hp_np = {k: np.asarray(v) for k, v in space.columns.items()} if space is not None else {}
-  n_cfg = len(space) if space is not None else 1
-  _engine.check_hparams(fn, hp_np, n_cfg)
-  configs = list(space) if space is not None else [{}]
-  shapes = _engine.read_axes(fn, task, optimizer, None, configs,
-                             space.names if space is not None else (),
-                             extra={"lr": float(lrs_np[0])})
-  if _holds_injected_lr(shapes["opt_state"]):
+  _refuse_injected_lr(fn, task, optimizer, space, float(lrs_np[0]))
+  res = sweep(task, optimizer, space, steps=steps, batch_size=batch_size, seeds=seeds,
+              eval_every=eval_every, sync_every=sync_every, ramp={"lr": lrs_np},
+              rules=(RangeTest(smooth=float(smooth), diverge=float(diverge), metric=tracked),),
+              key=key, callback=callback,
+              execution=Execution(progress=False) if execution is None else execution)
+  where = "step" if tracked is None else "eval"
+  loss, smoothed = res.records[f"{where}/0/raw"], res.records[f"{where}/0/smoothed"]
+  point_steps = np.arange(steps) if tracked is None else res.eval_steps - 1
+  sizes = res.hparams.get("batch_size")
+  return LRFindResult(
+      lrs=lrs_np[point_steps], steps=point_steps, loss=loss, smoothed=smoothed,
+      schedule=lrs_np, batch_loss=res.batch_loss, stopped_at=res.stopped_at,
+      nonfinite=res.stop_reason == "diverged", seeds=np.asarray(res.seeds), space=space,
+      tracked="train" if tracked is None else tracked.split("/", 1)[0],
+      settings={"min_lr": float(lrs_np[0]), "max_lr": float(lrs_np[-1]), "steps": steps,
+                "mode": mode, "smooth": float(smooth), "diverge": float(diverge),
+                "batch_size": (int(res.info["batch_size"]) if sizes is None
+                               else [int(b) for b in sizes]),
+                "eval_every": eval_every, "metric": metric,
+                "key": key_data(as_key(fn, key))},
+      info=res.info,
+      stop_reason=res.stop_reason,
+      sweep=res,
+  )
+
+
+def _refuse_injected_lr(fn: str, task, optimizer, space, lr0: float) -> None:
+  """An optimizer that keeps its rate in an ``optax.inject_hyperparams`` state ignores the rate
+  passed at each step: refused."""
+  config = {} if space is None else {k: np.asarray(v)[0] for k, v in space.columns.items()
+                                     if np.asarray(v).dtype.kind in "iuf"}
+  try:
+    params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    state = jax.eval_shape(lambda p: optimizer({**config, "lr": lr0}).init(p), params)
+  except Exception:  # noqa: BLE001 -- the sweep's own checks report it with context
+    return
+  if _holds_injected_lr(state):
     raise ValueError(
         f"{fn}: the optimizer keeps its learning rate in an optax.inject_hyperparams state, "
         "which ignores the rate passed at each step; pass the plain transform instead, "
         "e.g. lambda h: optax.adam(h['lr'])"
     )
-  rule = _rules.RangeTest(smooth=float(smooth), diverge=float(diverge), metric=metric)
-  plan = _driver.Plan(
-      fn=fn, task=task, optimizer=optimizer, objective=None, hparams=hp_np,
-      ramp={"lr": lrs_np}, seeds=seed_values, key=key, steps=steps, batch_size=batch_size,
-      eval_every=eval_every if metric is not None else sync_every, sync_every=sync_every,
-      log_every=1, eval_splits=splits, monitor=None, plateau=False,
-      step_rules=(rule,) if metric is None else (), eval_rules=(rule,) if metric is not None else (),
-      update_ratio=False, devices=devices, max_group_size=None, progress=progress,
-  )
-  out = _driver.run(plan)
-  records = out.step_records if metric is None else out.eval_records
-  loss, smoothed = records["0/raw"], records["0/smoothed"]
-  if metric is None:
-    point_steps = np.arange(steps)
-  else:
-    point_steps = out.eval_steps - 1  # the last step before each evaluation
-  reason = np.asarray(_rules.STOP_REASONS)[out.reason]
-  return LRFindResult(
-      lrs=lrs_np[point_steps], steps=point_steps, loss=loss, smoothed=smoothed,
-      schedule=lrs_np, batch_loss=out.loss, stopped_at=out.stopped_at,
-      nonfinite=reason == "diverged", seeds=np.asarray(seed_values), space=space,
-      tracked="train" if metric is None else metric.split("/", 1)[0],
-      settings={"min_lr": float(lrs_np[0]), "max_lr": float(lrs_np[-1]), "steps": steps,
-                "mode": mode, "smooth": float(smooth), "diverge": float(diverge),
-                "batch_size": int(batch_size), "eval_every": eval_every, "monitor": monitor,
-                "key": key_data(key)},
-      info=out.info,
-      stop_reason=reason,
-  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -838,12 +835,13 @@ def lr_find_grid(
     batch_size: int | None = None,
     seeds: int | Sequence[int] | None = None,
     eval_every: int | None = None,
-    monitor: str = "train/loss",
+    sync_every: int | None = None,
+    metric: str = "train/loss",
     window: int | None = None,
     fall_threshold: float = 0.05,
     key: int | jax.Array = 0,
-    progress: bool = False,
-    **sweep_kwargs: Any,
+    callback: Callable | None = None,
+    execution: Execution | None = None,
 ) -> LRGridResult:
   """Short runs at constant learning rates, all in one :func:`optaxlr.sweep`.
 
@@ -867,13 +865,14 @@ def lr_find_grid(
     seeds: number of seeds or their values.
     space: other hyperparameters (crossed with every rate), without ``"lr"``.
     eval_every: steps between evaluations (as :func:`optaxlr.sweep`).
-    monitor: ``"train/loss"`` (the mean minibatch loss of the last ``window`` steps) or
+    sync_every: steps between host syncs, as :func:`optaxlr.sweep`.
+    metric: ``"train/loss"`` (the mean minibatch loss of the last ``window`` steps) or
       ``"val/loss"`` (the validation loss after the last step).
     window: steps averaged for the final training loss; default ``max(1, steps // 10)``.
     fall_threshold: the relative decrease that counts as falling, in ``[0, 1)``.
     key: the base PRNG key.
-    progress: show the sweep's progress bar.
-    **sweep_kwargs: passed to :func:`optaxlr.sweep` (``eval_every``, ``max_group_size``...).
+    callback: called after every chunk, as :func:`optaxlr.sweep`'s.
+    execution: how to run (:class:`optaxlr.Execution`); default ``Execution(progress=False)``.
 
   Returns:
     An :class:`LRGridResult` with ``largest_falling()``, ``best()``, ``suggest()``, ``plot()``.
@@ -900,29 +899,32 @@ def lr_find_grid(
   if len(np.unique(lrs_np)) != lrs_np.size:
     raise ValueError(f"{fn}: lrs must be distinct, got lrs={lrs_np.tolist()}")
   lrs_np = np.sort(lrs_np)
-  steps = _engine.check_int(fn, "steps", steps, 1)
-  _validate.one_of(fn, "monitor", monitor, ("train/loss", "val/loss"))
+  steps = _validate.check_int(fn, "steps", steps, 1)
+  _validate.one_of(fn, "metric", metric, ("train/loss", "val/loss"))
   _validate.in_range(fn, "fall_threshold", fall_threshold, 0.0, 1.0, closed="left")
-  if window is not None and monitor != "train/loss":
-    raise ValueError(f"{fn}: window={window!r} is read only with monitor='train/loss'")
+  if window is not None and metric != "train/loss":
+    raise ValueError(f"{fn}: window={window!r} is read only with metric='train/loss'")
   if window is None:
     window = max(1, steps // 10)
-  window = _engine.check_int(fn, "window", window, 1)
+  window = _validate.check_int(fn, "window", window, 1)
   if window > steps:
     raise ValueError(f"{fn}: window must be <= steps={steps}, got window={window}")
-  if monitor == "val/loss" and "val" not in task.eval:
-    raise ValueError(f"{fn}: monitor='val/loss' needs a 'val' split, the task has {sorted(task.eval)}")
-  batch_size = _engine.check_task(fn, task, batch_size)
-  extra, seed_values = _as_space(fn, space, seeds)
-  n_cfg = len(extra) if extra is not None else 1
+  if metric == "val/loss" and "val" not in task.eval:
+    raise ValueError(f"{fn}: metric='val/loss' needs a 'val' split, the task has {sorted(task.eval)}")
+  extra = _check_space(fn, space)
   grid = search.grid(lr=lrs_np)
   full = grid * extra if extra is not None else grid
-  res = sweep(task, optimizer, full, steps=steps, batch_size=batch_size, seeds=seed_values,
-              eval_every=eval_every, key=key, progress=progress, **sweep_kwargs)
+  res = sweep(task, optimizer, full, steps=steps, batch_size=batch_size, seeds=seeds,
+              eval_every=eval_every, sync_every=sync_every, key=key, callback=callback,
+              execution=Execution(progress=False) if execution is None else execution)
+  n_cfg = res.num_configs // len(lrs_np)
+  if extra is not None:  # without the seed axis the space may have held
+    rest = [a for a in extra.axes if a.dim != search.SEED]
+    extra = search.Space(rest, extra.fixed) if rest else None
   n_s, n_lr = len(res.seeds), len(lrs_np)
   diverged = res.diverged.reshape(n_s, n_lr, n_cfg)
-  if monitor == "train/loss":
-    per = int(res.info.get("log_every", 1))
+  if metric == "train/loss":
+    per = res.settings.log_every
     tail = res.batch_loss[..., -max(1, window // per):]
     ok = np.isfinite(tail)
     # The mean of the finite values (a diverged run's tail has none: inf below).
@@ -932,12 +934,12 @@ def lr_find_grid(
     final = res.metrics["val/loss"][..., -1]
   final = final.reshape(n_s, n_lr, n_cfg)
   final = np.where(diverged | ~np.isfinite(final), np.inf, final)
-  data = task.train if monitor == "train/loss" else task.eval["val"]
+  data = task.train if metric == "train/loss" else task.eval["val"]
   init_loss = jax.jit(jax.vmap(lambda k: task.loss(task.init(k), data)))
   initial = np.asarray(init_loss(jnp.stack([run_keys(key, int(s))[0] for s in res.seeds])))
   initial = np.broadcast_to(initial[:, None], (n_s, n_cfg)).astype(np.float64)
   mean_final = final.mean(axis=0)
   fell = ~diverged.any(axis=0) & (mean_final < (1 - fall_threshold) * initial.mean(axis=0))
   return LRGridResult(lrs=lrs_np, initial=initial, final=final, diverged=diverged, fell=fell,
-                      fall_threshold=float(fall_threshold), metric=monitor.split("/")[0],
+                      fall_threshold=float(fall_threshold), metric=metric.split("/")[0],
                       space=extra, sweep=res)
