@@ -642,11 +642,12 @@ def lr_find(
   if not callable(optimizer):
     raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation")
   _refuse_injected_lr(fn, task, optimizer, space, float(lrs_np[0]))
-  res = sweep(task, optimizer, space, steps=steps, batch_size=batch_size, seeds=seeds,
-              eval_every=eval_every, sync_every=sync_every, ramp={"lr": lrs_np},
-              rules=(RangeTest(smooth=float(smooth), diverge=float(diverge), metric=tracked),),
-              key=key, callback=callback,
-              execution=Execution(progress=False) if execution is None else execution)
+  with _validate.renamed("sweep", fn):
+    res = sweep(task, optimizer, space, steps=steps, batch_size=batch_size, seeds=seeds,
+                eval_every=eval_every, sync_every=sync_every, ramp={"lr": lrs_np},
+                rules=(RangeTest(smooth=float(smooth), diverge=float(diverge), metric=tracked),),
+                key=key, callback=callback,
+                execution=Execution(progress=False) if execution is None else execution)
   where = "step" if tracked is None else "eval"
   loss, smoothed = res.records[f"{where}/0/raw"], res.records[f"{where}/0/smoothed"]
   point_steps = np.arange(steps) if tracked is None else res.eval_steps - 1
@@ -658,7 +659,7 @@ def lr_find(
       tracked="train" if tracked is None else tracked.split("/", 1)[0],
       settings={"min_lr": float(lrs_np[0]), "max_lr": float(lrs_np[-1]), "steps": steps,
                 "mode": mode, "smooth": float(smooth), "diverge": float(diverge),
-                "batch_size": (int(res.info["batch_size"]) if sizes is None
+                "batch_size": (res.settings.batch_size if sizes is None
                                else [int(b) for b in sizes]),
                 "eval_every": eval_every, "metric": metric,
                 "key": key_data(as_key(fn, key))},
@@ -914,9 +915,10 @@ def lr_find_grid(
   extra = _check_space(fn, space)
   grid = search.grid(lr=lrs_np)
   full = grid * extra if extra is not None else grid
-  res = sweep(task, optimizer, full, steps=steps, batch_size=batch_size, seeds=seeds,
-              eval_every=eval_every, sync_every=sync_every, key=key, callback=callback,
-              execution=Execution(progress=False) if execution is None else execution)
+  with _validate.renamed("sweep", fn):
+    res = sweep(task, optimizer, full, steps=steps, batch_size=batch_size, seeds=seeds,
+                eval_every=eval_every, sync_every=sync_every, key=key, callback=callback,
+                execution=Execution(progress=False) if execution is None else execution)
   n_cfg = res.num_configs // len(lrs_np)
   if extra is not None:  # without the seed axis the space may have held
     rest = [a for a in extra.axes if a.dim != search.SEED]

@@ -182,3 +182,21 @@ def metric_mode(fn: str, metric: str, mode: str | None = None) -> str:
     raise ValueError(f"{fn}: mode={mode!r} contradicts metric={metric!r}, which improves "
                      f"toward its {natural}imum; pass mode={natural!r} or leave mode unset")
   return mode
+
+
+class renamed:
+  """A context in which a validation error raised by ``inner`` (its message starts with
+  ``"inner: "``) is re-raised naming ``outer``, the entry point the user called: the views of
+  :func:`optaxlr.sweep` (``lr_find``...) report their own name. The exception keeps its type."""
+
+  def __init__(self, inner: str, outer: str):
+    self.inner, self.outer = f"{inner}: ", f"{outer}: "
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, typ, exc, tb):
+    if isinstance(exc, (ValueError, TypeError)) and exc.args and isinstance(exc.args[0], str) \
+        and exc.args[0].startswith(self.inner):
+      exc.args = (self.outer + exc.args[0][len(self.inner):], *exc.args[1:])
+    return False

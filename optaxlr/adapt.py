@@ -51,6 +51,14 @@ class Adapt:
   def report(self) -> dict:
     raise NotImplementedError
 
+  def state_dict(self) -> dict:
+    """What the strategy decided so far, JSON-able: committed with every checkpointed chunk, so
+    that an adaptive sweep resumes after a kill with the same decisions."""
+    raise NotImplementedError
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    raise NotImplementedError
+
   def _score(self, event: ChunkEvent) -> np.ndarray:
     """Mean over seeds of the metric at this evaluation, worst for NaN, sign so lower is better."""
     if self.metric not in event.metrics:
@@ -141,6 +149,14 @@ class SuccessiveHalving(Adapt):
                          "kept": kept, "stopped": dropped,
                          "scores": {int(c): float(score[c]) for c in live}})
     return Control(stop=stop) if stop else None
+
+  def state_dict(self) -> dict:
+    """The decisions so far (JSON-able), committed with every checkpointed chunk."""
+    return {"rungs": self.rungs}
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    """Restores :meth:`state_dict` after :meth:`start` (a sweep resumed from a checkpoint)."""
+    self.rungs = [dict(r, scores={int(k): v for k, v in r["scores"].items()}) for r in state["rungs"]]
 
   def report(self) -> dict:
     return {"strategy": self.name, "metric": self.metric, "eta": self.eta,
@@ -296,6 +312,19 @@ class PBT(Adapt):
       merged = {**{n: float(hp[n][src]) for n in hp}, **values}
       self.trajectory[dst] = traj + [(event.step, merged)]
     return Control(copy=copy, set_hparams=new) if copy else None
+
+  def state_dict(self) -> dict:
+    """The exploits, trajectories and random state so far (JSON-able), committed with every
+    checkpointed chunk."""
+    return {"events": self.events, "rng": self._rng.bit_generator.state,
+            "trajectory": {str(c): [[int(s), h] for s, h in t] for c, t in self.trajectory.items()}}
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    """Restores :meth:`state_dict` after :meth:`start` (a sweep resumed from a checkpoint)."""
+    self.events = [dict(e) for e in state["events"]]
+    self._rng.bit_generator.state = state["rng"]
+    self.trajectory = {int(c): [(int(s), dict(h)) for s, h in t]
+                       for c, t in state["trajectory"].items()}
 
   def report(self) -> dict:
     return {"strategy": "pbt", "metric": self.metric, "interval": self.interval,

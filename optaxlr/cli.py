@@ -631,8 +631,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError:
       rows.append({"optimizer": name, "all_diverged": True})
     rows[-1]["file"] = str(path)
-    rows[-1]["compile_s"] = res.info["compile_s"]
-    rows[-1]["run_s"] = res.info["run_s"]
+    rows[-1]["compile_s"] = res.timings.compile_s
+    rows[-1]["run_s"] = res.timings.run_s
     rows[-1]["diagnoses"] = _diagnoses(res)
   total = time.perf_counter() - t0
 

@@ -410,7 +410,7 @@ def _metric_curve(result, metric: str) -> tuple[np.ndarray, np.ndarray]:
   """``(steps, (C, T) mean over seeds)`` of an evaluated metric or of ``"batch_loss"``."""
   vals = result._metric(metric)  # (S, C, T)
   if metric == "batch_loss":
-    steps = np.arange(vals.shape[-1]) * int(result.info.get("log_every", 1))
+    steps = np.arange(vals.shape[-1]) * result.settings.log_every
   else:
     steps = np.asarray(result.eval_steps)
   with np.errstate(all="ignore"):
@@ -600,7 +600,7 @@ def lineage(
     col = np.asarray([categories.index(v) for v in col.tolist()])
   cur = col.astype(float)
   n_cfg = len(cur)
-  steps_total = int(result.info.get("steps", result.batch_loss.shape[-1]))
+  steps_total = result.settings.steps or result.batch_loss.shape[-1]
   hist = {c: [(0, cur[c])] for c in range(n_cfg)}
   exploits = sorted(rep["exploits"], key=lambda e: int(e["step"]))
   arrows = []

@@ -87,10 +87,14 @@ def test_no_module_outside_the_engine_imports_a_private_engine_module():
 def test_the_engine_imports_nothing_above_it():
   below = ("optaxlr._validate", "optaxlr.search", "optaxlr.transforms", "optaxlr.schedules",
            "optaxlr.losses", "optaxlr._monitor", "optaxlr.tasks", "optaxlr.engine")
+  # SweepResult.plot_heatmap loads optaxlr.plot when called (as pandas' DataFrame.plot loads
+  # its backend): a convenience on the result, not a dependency of the engine.
+  allowed = {("_result.py", "optaxlr.plot"), ("_result.py", "optaxlr.plot.heatmap")}
   bad = []
   for path in (PACKAGE / "engine").rglob("*.py"):
     for name in _imports(path):
-      if name.startswith("optaxlr") and name != "optaxlr" and not name.startswith(below):
+      if (name.startswith("optaxlr") and name != "optaxlr" and not name.startswith(below)
+          and (path.name, name) not in allowed):
         bad.append(f"{path.name}: {name}")
   assert not bad, bad
 
@@ -137,8 +141,8 @@ def test_lr_find_with_a_batch_size_axis_equals_lr_find_at_each_size():
 
 def test_lr_find_takes_model_hyperparameter_and_categorical_axes():
   task = linreg_task()
-  opt = lambda h: search.switch(h["opt"], {"sgd": lambda: optax.sgd(h["lr"]),  # noqa: E731
-                                           "adam": lambda: optax.adam(h["lr"])})
+  opt = lambda h: search.switch(h["opt"], {"sgd": optax.sgd(h["lr"]),  # noqa: E731
+                                           "adam": optax.adam(h["lr"])})
   res = optaxlr.lr_find(task, opt, search.grid(opt=["sgd", "adam"]), steps=16, min_lr=1e-4,
                         max_lr=1.0)
   assert res.loss.shape == (1, 2, 16)
@@ -182,7 +186,7 @@ def test_lr_find_resumes_after_a_sigkill_bitwise(tmp_path, kill_at):
   reference = optaxlr.lr_find(linreg_task(), sgd, search.grid(batch_size=[8, 16]), **kw)
   resumed = optaxlr.lr_find(linreg_task(), sgd, search.grid(batch_size=[8, 16]), **kw,
                             execution=optaxlr.Execution(checkpoint_dir=folder, progress=False))
-  assert resumed.info["steps_run"] < 40 or kill_at == 1
+  assert 0 < resumed.info["slot_steps"] < reference.info["slot_steps"]  # it did resume
   for name in ("loss", "smoothed", "batch_loss", "stopped_at"):
     np.testing.assert_array_equal(getattr(resumed, name), getattr(reference, name), err_msg=name)
   np.testing.assert_array_equal(resumed.stop_reason, reference.stop_reason)
@@ -251,8 +255,8 @@ def test_compilation_of_a_new_optimizer_is_in_compile_s_not_run_s():
                         search.grid(lr=[1e-3, 1e-2]), steps=8, batch_size=16, execution=QUIET)
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
-  program = [d for name, d in events if name in ("init", "chunk")]
-  assert {name for name, _ in events} >= {"init", "chunk"}, events
+  program = [d for name, d in events if name in ("jit(init)", "jit(chunk)")]
+  assert {name for name, _ in events} >= {"jit(init)", "jit(chunk)"}, events
   # both programs' compilations were timed inside compile_s (the initialisation's was in run_s)
   assert res.timings.compile_s >= sum(program) > 0
   assert res.timings.run_s < res.timings.total_s
@@ -280,6 +284,69 @@ def test_sweep_ramp_equals_an_optax_schedule_of_the_same_values():
   ramped = optaxlr.sweep(task, sgd, None, steps=12, batch_size=16, ramp={"lr": lrs},
                          execution=QUIET)
   table = jnp.asarray(lrs)
-  fixed = optaxlr.sweep(task, lambda h: optax.sgd(lambda c: table[c] * h["one"], momentum=0.9),
-                        search.grid(one=[1.0]), steps=12, batch_size=16, execution=QUIET)
+
+  def tabled(h):
+    one = h["one"]
+    return optax.sgd(lambda c: table[c] * one, momentum=0.9)
+
+  fixed = optaxlr.sweep(task, tabled, search.grid(one=[1.0]), steps=12, batch_size=16,
+                        execution=QUIET)
   np.testing.assert_allclose(ramped.batch_loss, fixed.batch_loss, rtol=1e-6)
+
+
+ADAPT_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import optaxlr
+    from test_driver import adaptive_sweep
+    kill_at = int(sys.argv[3])
+
+    def callback(event):  # the strategy has decided for this chunk; the commit has not run
+      if event.chunk == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    adaptive_sweep(sys.argv[2], callback=callback,
+                   execution=optaxlr.Execution(checkpoint_dir=sys.argv[1], progress=False))
+    print("DONE", flush=True)
+    """
+)
+
+
+def adaptive_sweep(strategy: str, **kw):
+  from optaxlr import adapt
+
+  if strategy == "sh":
+    space, how = search.grid(lr=[1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3]), adapt.successive_halving(
+        "val/loss", eta=2, min_steps=4)
+  else:
+    space, how = search.grid(lr=[1e-3, 1e-2, 0.1, 0.3]), adapt.pbt(
+        "val/loss", interval=4, perturb={"lr": (0.5, 2.0)}, seed=3)
+  return optaxlr.sweep(linreg_task(), sgd, space, steps=24, batch_size=16, eval_every=4,
+                       seeds=2, adapt=how, **kw)
+
+
+@pytest.mark.parametrize("strategy, kill_at", [("sh", 1), ("sh", 3), ("pbt", 2)])
+def test_adaptive_sweeps_resume_after_a_sigkill_with_the_same_decisions(tmp_path, strategy,
+                                                                         kill_at):
+  script = tmp_path / "adapt_run.py"
+  script.write_text(ADAPT_SCRIPT.format(tests=str(TESTS)))
+  folder = tmp_path / "ckpt"
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent),
+                                                      os.environ.get("PYTHONPATH", "")]),
+         "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, str(script), str(folder), strategy, str(kill_at)],
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+  reference = adaptive_sweep(strategy, execution=QUIET)
+  resumed = adaptive_sweep(strategy, execution=optaxlr.Execution(checkpoint_dir=folder,
+                                                                 progress=False))
+  assert 0 < resumed.info["slot_steps"] < reference.info["slot_steps"]  # it did resume
+  np.testing.assert_array_equal(resumed.batch_loss, reference.batch_loss)
+  for m in reference.metrics:
+    np.testing.assert_array_equal(resumed.metrics[m], reference.metrics[m], err_msg=m)
+  np.testing.assert_array_equal(resumed.stop_reason, reference.stop_reason)
+  decided = reference.info["adapt"]["rungs" if strategy == "sh" else "exploits"]
+  assert decided, "the reference made no decision: the test would not test resuming them"
+  assert resumed.info["adapt"] == reference.info["adapt"]
+  assert resumed.info.get("steering") == reference.info.get("steering")

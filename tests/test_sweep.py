@@ -263,7 +263,7 @@ def test_callback_can_stop_the_sweep():
         (dict(steps=0), "steps must be an int >= 1"),
         (dict(seeds=0), "seeds must be >= 1"),
         (dict(eval_every=0), "eval_every must be an int >= 1"),
-        (dict(monitor="val/nope", plateau=True), "monitor='val/nope' is not an evaluated metric"),
+        (dict(metric="val/nope", plateau=True), "metric='val/nope' is not an evaluated metric"),
         (dict(space={"lr": [0.1, 0.2], "wd": [0.1]}), "same length"),
     ],
 )

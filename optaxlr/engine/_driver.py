@@ -84,6 +84,7 @@ class Plan:
   batch_spec: dict | None = None  # host-fed: key -> (per-example shape, dtype)
   start_step: int = 0  # steps already trained (continuing a kept sweep): numbering starts there
   init_from: Any = None  # (params, opt_state, model_state) leaves (S, C, ...) to start from
+  host_state: Any = None  # a steering strategy's state_dict/load_state_dict, checkpointed
 
 
 @dataclasses.dataclass
@@ -183,6 +184,8 @@ def run(plan: Plan) -> Output:
         if group_ends and plan.keep_params:
           treedef = _keep(carry, slots, chunk, rec, g)
         if ckpt is not None:
+          if plan.host_state is not None:
+            chunk.host_state = plan.host_state.state_dict()
           last = stop_all or (group_ends and g + 1 == n_groups)
           ckpt.commit(g, c, chunk.to_arrays(),
                       None if group_ends else flatten_state(carry, hp_np, slots),
@@ -237,8 +240,13 @@ def _open_checkpoint(plan: Plan, group: int, rec: Recorder):
                          writer=jax.process_index() == 0)
   try:
     ckpt.open()
+    host_state = None
     for entry in sorted(ckpt.chunks, key=lambda e: (e["group"], e["chunk"])):
-      rec.record(entry["group"], entry["chunk"], ChunkRecord.from_arrays(ckpt.read(entry)))
+      chunk = ChunkRecord.from_arrays(ckpt.read(entry))
+      rec.record(entry["group"], entry["chunk"], chunk)
+      host_state = chunk.host_state if chunk.host_state is not None else host_state
+    if plan.host_state is not None and host_state is not None:
+      plan.host_state.load_state_dict(host_state)  # the strategy's decisions so far
     state = ckpt.read(ckpt.state) if ckpt.state is not None else None
     return ckpt, ckpt.position, state
   except Exception:

@@ -86,7 +86,7 @@ def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> No
         raise ValueError(f"{fn}: {name} must be > 0, config {bad} has {name}={arr[bad].item()!r}")
 
 
-def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: Sequence[str],
+def read_axes(fn: str, probe: Probe, optimizer, objective, configs: list[dict], names: Sequence[str],
               extra: Mapping[str, Any] | None = None, batch: Mapping[str, Any] | None = None) -> dict:
   """Builds every config's transform on the host with concrete values (the transforms' own
   eager validation rejects bad settings before anything is traced), checks that every axis is
@@ -106,7 +106,7 @@ def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: S
         and not (hasattr(tx, "init") and hasattr(tx, "update")):
       raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation"
                       f" (e.g. lambda h: optax.sgd(h['lr'])), it returned {type(tx).__name__}")
-  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  task, params_shape = probe.task, probe.params
   hp_one = {k: jax.ShapeDtypeStruct((), np.asarray(v).dtype) for k, v in {**configs[0], **extra}.items()}
   try:
     opt_shape = jax.eval_shape(lambda p, h: optimizer(h).init(p), params_shape, hp_one)
@@ -123,7 +123,7 @@ def read_axes(fn: str, task, optimizer, objective, configs: list[dict], names: S
       raise ValueError(f"{fn}: objective(loss, hparams) fails: {type(e).__name__}: {e}") from e
   if getattr(task, "stateful", False) and batch is not None:
     # The model may read hyperparameters too (a dropout rate, label smoothing).
-    state_shape = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+    state_shape = probe.state
 
     def model_reads(p, s, b, h):
       h = _core.ReadRecorder(h, seen)
@@ -234,24 +234,38 @@ def intervals(fn: str, steps: int, eval_every: Any, sync_every: Any, log_every: 
   return eval_every, sync_every, log_every
 
 
-def _probe_fns(task, hp: Mapping[str, Any]):
-  """``(loss(params, state, batch), metrics(params, state, batch), params, state)`` shapes."""
-  params_shape = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  state_shape = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
-  hp = {k: np.asarray(v) for k, v in hp.items()}
+class Probe:
+  """One shape probe of a task, threaded to every pre-compile check: the parameters' and
+  model state's shapes (``task.init`` traced once) and the training loss's jaxpr per batch
+  shape (traced once, then read for the loss's shape and for convolutions)."""
 
-  def loss(p, s, b):
-    return task.step_loss(p, s, b, jax.random.PRNGKey(0), hp)[0]
+  def __init__(self, task, hp: Mapping[str, Any]):
+    self.task = task
+    self.hp = {k: np.asarray(v) for k, v in hp.items()}
+    key = jax.random.PRNGKey(0)
+    self.params = jax.eval_shape(task.init, key)
+    self.state = jax.eval_shape(task.initial_state, key)
+    self._jaxprs: dict = {}
 
-  def metrics(p, s, b):
-    return task.evaluate(p, s, b, hp)
-  return loss, metrics, params_shape, state_shape
+  def loss(self, p, s, b):
+    return self.task.step_loss(p, s, b, jax.random.PRNGKey(0), self.hp)[0]
+
+  def metrics(self, p, s, b):
+    return self.task.evaluate(p, s, b, self.hp)
+
+  def loss_jaxpr(self, batch_shape):
+    """``(closed jaxpr, output shape)`` of the loss on batches shaped like ``batch_shape``."""
+    key = jax.tree.structure(batch_shape), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(batch_shape))
+    if key not in self._jaxprs:
+      self._jaxprs[key] = jax.make_jaxpr(self.loss, return_shape=True)(self.params, self.state,
+                                                                      batch_shape)
+    return self._jaxprs[key]
 
 
-def metric_names(fn: str, task, splits: Sequence[str], hp: Mapping[str, Any] | None = None,
+def metric_names(fn: str, probe: Probe, splits: Sequence[str],
                  extra: Mapping[str, Any] | None = None) -> tuple[str, ...]:
   """``"split/metric"`` of every evaluated split (``extra``: more splits, e.g. ``"fold"``)."""
-  _, metrics, params_shape, state_shape = _probe_fns(task, hp or {})
+  task, metrics, params_shape, state_shape = probe.task, probe.metrics, probe.params, probe.state
   names = []
   all_splits = {**{s: task.eval[s] for s in splits}, **dict(extra or {})}
   for split, data in all_splits.items():
@@ -266,16 +280,15 @@ def metric_names(fn: str, task, splits: Sequence[str], hp: Mapping[str, Any] | N
   return tuple(names)
 
 
-def check_loss(fn: str, task, batch_size: int, hp: Mapping[str, Any] | None = None,
+def check_loss(fn: str, probe: Probe, batch_size: int,
                train_like: Mapping[str, Any] | None = None) -> dict:
   """Checks the loss on a batch of ``batch_size`` and returns that batch's shapes."""
-  loss, _, params_shape, state_shape = _probe_fns(task, hp or {})
-  like = task.train if train_like is None else train_like
+  like = probe.task.train if train_like is None else train_like
   batch_shape = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), dict(like)
   )
   try:
-    loss_shape = jax.eval_shape(loss, params_shape, state_shape, batch_shape)
+    _, loss_shape = probe.loss_jaxpr(batch_shape)
   except Exception as e:  # noqa: BLE001 -- re-raised with context
     raise ValueError(f"{fn}: task.loss fails on a batch of {batch_size} training examples: {e}") from e
   if loss_shape.shape != ():
@@ -283,7 +296,7 @@ def check_loss(fn: str, task, batch_size: int, hp: Mapping[str, Any] | None = No
   return batch_shape
 
 
-def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict, task):
+def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict, probe: Probe):
   """``(start_step, (params, opt_state, model_state))`` of a kept result, checked."""
   if not isinstance(prev, SweepResult):
     raise TypeError(f"{fn}: start_from must be a SweepResult, got {type(prev).__name__}")
@@ -296,7 +309,7 @@ def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict,
   if np.asarray(prev.seeds).tolist() != list(seeds):
     raise ValueError(f"{fn}: start_from has seeds {np.asarray(prev.seeds).tolist()}, this sweep "
                      f"{list(seeds)}; they must match")
-  state_like = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+  state_like = probe.state
   for name, got, like in (("params", prev.params, shapes["params"]),
                           ("opt_state", prev.opt_state, shapes["opt_state"]),
                           ("model_state", prev.model_state, state_like)):
@@ -316,11 +329,10 @@ def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict,
   return steps_before, (prev.params, prev.opt_state, prev.model_state)
 
 
-def _has_conv(task, batch_shape, hp) -> bool:
+def _has_conv(probe: Probe, batch_shape) -> bool:
   """Whether the task's training step contains a convolution (jaxpr inspection)."""
-  loss, _, params_shape, state_shape = _probe_fns(task, hp)
   try:
-    jaxpr = jax.make_jaxpr(loss)(params_shape, state_shape, batch_shape)
+    jaxpr, _ = probe.loss_jaxpr(batch_shape)
   except Exception:  # noqa: BLE001 -- the checks above already traced it; be conservative
     return False
 
@@ -446,9 +458,10 @@ def _check_adapt(fn: str, adapt: Any, names, execution: Execution, layout: dict,
           and callable(getattr(adapt, "report", None)) and isinstance(getattr(adapt, "metric", None), str)):
     raise TypeError(f"{fn}: adapt must be a strategy of optaxlr.adapt (successive_halving, "
                     f"hyperband, pbt), got {type(adapt).__name__}")
-  if execution.checkpoint_dir is not None:
-    raise ValueError(f"{fn}: adapt= cannot be resumed from a checkpoint yet (its decisions live "
-                     "on the host); drop checkpoint_dir or adapt")
+  if execution.checkpoint_dir is not None and not (
+      callable(getattr(adapt, "state_dict", None)) and callable(getattr(adapt, "load_state_dict", None))):
+    raise ValueError(f"{fn}: adapt={type(adapt).__name__} cannot be checkpointed: it has no "
+                     "state_dict()/load_state_dict() to commit its decisions with the chunks")
   if layout["segment_of"] is not None:
     raise ValueError(f"{fn}: adapt= does not take a 'batch_size' or 'fold' axis yet")
   if start_from is not None:
@@ -456,6 +469,17 @@ def _check_adapt(fn: str, adapt: Any, names, execution: Execution, layout: dict,
   if adapt.metric not in names:
     raise ValueError(f"{fn}: adapt metric {adapt.metric!r} is not an evaluated metric; "
                      f"available: {sorted(names)}")
+
+
+def _adapt_identity(adapt: Any) -> str:
+  """A strategy's settings (not its decisions so far), for a checkpoint's fingerprint."""
+  import dataclasses
+
+  if dataclasses.is_dataclass(adapt):
+    fields = {f.name: getattr(adapt, f.name) for f in dataclasses.fields(adapt)
+              if f.name not in ("rungs", "events")}
+    return f"{type(adapt).__name__}({fields!r})"
+  return type(adapt).__name__
 
 
 def _with_adapt(fn: str, adapt: Any, callback: Callable | None) -> Callable:
@@ -473,12 +497,12 @@ def _with_adapt(fn: str, adapt: Any, callback: Callable | None) -> Callable:
   return steer
 
 
-def _vectorize(fn: str, vectorize, devices, task, train_shapes, hp0, layout) -> int | None:
+def _vectorize(fn: str, vectorize, devices, probe, train_shapes, layout) -> int | None:
   """``Execution.vectorize`` resolved: ``"auto"`` is one config at a time for a conv model on the
   CPU; configs in blocks do not combine with batch-size/fold segments, so "auto" falls back to
   all at once there (with a warning) and an explicit int is an error."""
   if vectorize == "auto":
-    vectorize = 1 if (devices[0].platform == "cpu" and _has_conv(task, train_shapes, hp0)) else None
+    vectorize = 1 if (devices[0].platform == "cpu" and _has_conv(probe, train_shapes)) else None
     if vectorize is not None and layout["segment_of"] is not None:
       warnings.warn(f"{fn}: vectorize='auto' would run this conv model one config at a time on the "
                     "CPU, which does not combine with a 'batch_size' or 'fold' axis yet; every config"
@@ -601,9 +625,10 @@ def sweep(
       in the callback propagates, and a sweep with a ``checkpoint_dir`` resumes after the last
       committed chunk.
     adapt: an adaptive strategy of :mod:`optaxlr.adapt` (successive halving, Hyperband, PBT),
-      applied after every chunk; what it did is in ``info["adapt"]``. Not combined with a
-      ``checkpoint_dir`` (its decisions live on the host) nor with a ``callback`` that returns
-      a Control.
+      applied after every chunk; what it did is in ``info["adapt"]``. Its decisions are
+      committed with every checkpointed chunk (``Execution(checkpoint_dir=)``), so an adaptive
+      sweep resumes after a kill with the same decisions. Not combined with a ``callback`` that
+      returns a Control.
     start_from: a result of a sweep with ``Execution(keep_params=True)`` and the same configs
       (count and order) and seeds: every run continues from its kept parameters, optimizer state
       and model state, its steps numbered on from the previous sweep's (schedules, the minibatch
@@ -688,16 +713,17 @@ def sweep(
   task.validate(hparams=hp0)
   layout = _layout(fn, task, space, hp_np, batch_size, seeds_l, n_cfg)
   batch_size = layout["batch_size"]
-  train_shapes = check_loss(fn, task, batch_size, hp0, train_like=layout["train_like"])
+  probe = Probe(task, hp0)
+  train_shapes = check_loss(fn, probe, batch_size, train_like=layout["train_like"])
   splits = tuple(task.eval)
   extra_splits = {"fold": {k: v[:2] for k, v in task.train.items()}} if layout["fold_splits"] else {}
-  names = metric_names(fn, task, splits, hp0, extra_splits)
+  names = metric_names(fn, probe, splits, extra_splits)
   metric = _metric_for(fn, metric, plateau, early_stopping, names)
-  shapes = read_axes(fn, task, optimizer, objective, [{}] if space is None else list(space),
+  shapes = read_axes(fn, probe, optimizer, objective, [{}] if space is None else list(space),
                      (*axes, *ramp_np),
                      extra={k: v[0] for k, v in ramp_np.items()}, batch=train_shapes)
   step_rules, eval_rules = _check_rules(fn, rules, early_stopping, plateau, names, shapes["opt_state"])
-  vectorize = _vectorize(fn, execution.vectorize, devices, task, train_shapes, hp0, layout)
+  vectorize = _vectorize(fn, execution.vectorize, devices, probe, train_shapes, layout)
   if adapt is not None:
     _check_adapt(fn, adapt, names, execution, layout, start_from)
     adapt.start(n_configs=n_cfg, steps=steps, eval_every=eval_every, sync_every=sync_every,
@@ -705,7 +731,7 @@ def sweep(
     callback = _with_adapt(fn, adapt, callback)
   start_step, init_from = 0, None
   if start_from is not None:
-    start_step, init_from = _check_start_from(fn, start_from, n_cfg, seeds_l, shapes, task)
+    start_step, init_from = _check_start_from(fn, start_from, n_cfg, seeds_l, shapes, probe)
   plan = _driver.Plan(
       fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp=ramp_np,
       seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,
@@ -719,7 +745,7 @@ def sweep(
       compute_dtype=execution.compute_dtype, segment_of=layout["segment_of"],
       segment_defs=layout["segment_defs"], fold_splits=layout["fold_splits"],
       batches=task.train if task.host_fed else None, batch_spec=layout["batch_spec"],
-      start_step=start_step, init_from=init_from,
+      start_step=start_step, init_from=init_from, host_state=adapt,
   )
   if execution.checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(
@@ -734,6 +760,7 @@ def sweep(
         start_from=None if init_from is None else _fingerprint.data_id(
             {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(init_from))}),
         **({"rules": repr(rules), "ramp": _fingerprint.data_id(ramp_np)} if (rules or ramp_np) else {}),
+        **({"adapt": _adapt_identity(adapt)} if adapt is not None else {}),
     )
   out = _driver.run(plan)
   return _result(space, seeds_l, task, out, adapt, n_cfg, steps, {

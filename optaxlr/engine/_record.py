@@ -6,6 +6,7 @@ read here only."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -34,6 +35,7 @@ class ChunkRecord:
     steering: the decisions applied after this chunk (dicts of ints and floats).
     kept: ``(config ids, leaves)`` of the final (params, opt_state, model_state) when the
       group ended and the sweep keeps them.
+    host_state: a steering strategy's state after this chunk's decision (JSON-able).
   """
 
   slots: np.ndarray
@@ -47,6 +49,7 @@ class ChunkRecord:
   ratio: np.ndarray | None = None
   steering: list = dataclasses.field(default_factory=list)
   kept: tuple | None = None
+  host_state: dict | None = None
 
   @classmethod
   def from_program(cls, out, carry, slots: np.ndarray, hparams: dict) -> "ChunkRecord":
@@ -72,6 +75,8 @@ class ChunkRecord:
       arrays["ratio"] = self.ratio
     if self.steering:
       arrays["steering"] = encode_steering(self.steering)
+    if self.host_state is not None:
+      arrays["host_state"] = np.frombuffer(json.dumps(self.host_state).encode(), np.uint8)
     if self.kept is not None:
       ids, leaves = self.kept
       arrays.update({f"param:{i}": x for i, x in enumerate(leaves)})
@@ -87,10 +92,13 @@ class ChunkRecord:
     if "param:count" in arrays:
       kept = (arrays["param:slots"], [arrays[f"param:{i}"] for i in range(int(arrays["param:count"]))])
     steering = decode_steering(arrays["steering"]) if "steering" in arrays else []
+    host_state = None
+    if "host_state" in arrays:
+      host_state = json.loads(bytes(np.asarray(arrays["host_state"], np.uint8)).decode())
     return cls(slots=arrays["slots"], loss=arrays["loss"], stopped_at=arrays["stopped_at"],
                reason=arrays["reason"], hparams=part("hp:"), metrics=part("metric:"),
                step_records=part("srec:"), eval_records=part("erec:"),
-               ratio=arrays.get("ratio"), steering=steering, kept=kept)
+               ratio=arrays.get("ratio"), steering=steering, kept=kept, host_state=host_state)
 
 
 def flatten_state(carry, hparams: dict, slots: np.ndarray) -> dict[str, np.ndarray]:

@@ -33,7 +33,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from optaxlr import search
-from optaxlr.engine import _engine
+from optaxlr import _validate
+from optaxlr.engine import Execution
 from optaxlr.engine import SweepResult, sweep
 
 __all__ = ["Batch", "optimize", "to_optuna"]
@@ -183,11 +184,17 @@ def _check_sweep_kwargs(task: Any, metric: str, sweep_kwargs: Mapping[str, Any])
     if name not in params:
       raise TypeError(f"{_FN}: unknown sweep argument {name!r}; optaxlr.sweep takes "
                       f"{sorted(set(params) - set(_OWN))}")
-  if sweep_kwargs.get("checkpoint_dir") is not None:
+  if getattr(sweep_kwargs.get("execution"), "checkpoint_dir", None) is not None:
     raise ValueError(f"{_FN}: checkpoint_dir is not supported (each batch of trials is a new "
                      "sweep); keep the study in an Optuna storage (create_study(storage=...)) to "
                      "resume it")
-  _engine.check_task(_FN, task, sweep_kwargs.get("batch_size"))
+  from optaxlr.tasks import Task
+
+  if not isinstance(task, Task):
+    raise TypeError(f"{_FN}: task must be an optaxlr.Task, got {type(task).__name__}")
+  bs = sweep_kwargs.get("batch_size")
+  if bs is not None:
+    _validate.check_int(_FN, "batch_size", bs, 1, task.n_train)
   split = metric.split("/")[0] if isinstance(metric, str) else None
   if split is None or "/" not in metric or split not in (*task.eval, "train"):
     raise ValueError(f"{_FN}: metric must be 'split/name' with split one of the task's "
@@ -311,8 +318,8 @@ def optimize(
     seeds: seeds per trial (an int or a list of ints); the value told is their mean.
     diverged_value: the value told for a diverged trial instead of ``FAIL`` (finite).
     **sweep_kwargs: passed to :func:`optaxlr.sweep` (``batch_size``, ``eval_every``,
-      ``key``, ``early_stopping``, ``adapt``...); ``progress`` defaults to False. Not
-      ``checkpoint_dir``: keep the study in an Optuna storage to resume it.
+      ``key``, ``early_stopping``, ``adapt``...); ``execution`` defaults to
+      ``Execution(progress=False)``. Not ``Execution(checkpoint_dir=)``: keep the study in an Optuna storage to resume it.
 
   Returns:
     One :class:`Batch` per sweep: the :class:`optaxlr.SweepResult`, the trial numbers and the
@@ -328,10 +335,10 @@ def optimize(
                     f"{type(study).__name__}")
   if not callable(optimizer):
     raise TypeError(f"{_FN}: optimizer must be a function hparams -> optax.GradientTransformation")
-  n_trials = _engine.check_int(_FN, "n_trials", n_trials, 1)
-  trials_per_sweep = _engine.check_int(_FN, "trials_per_sweep", trials_per_sweep, 1)
-  _engine.check_int(_FN, "steps", steps, 1)
-  seeds = _engine.seed_list(_FN, seeds)
+  n_trials = _validate.check_int(_FN, "n_trials", n_trials, 1)
+  trials_per_sweep = _validate.check_int(_FN, "trials_per_sweep", trials_per_sweep, 1)
+  _validate.check_int(_FN, "steps", steps, 1)
+  seeds = _validate.seed_list(_FN, seeds)
   if at not in ("final", "best"):
     raise ValueError(f"{_FN}: at must be 'final' or 'best', got at={at!r}")
   if diverged_value is not None:
@@ -345,7 +352,7 @@ def optimize(
   mode = _mode(study, metric, mode)
   dists = _check_distributions(distributions)
   kinds = {name: _column_kind(name, d) for name, d in dists.items()}
-  sweep_kwargs = {"progress": False, **sweep_kwargs}
+  sweep_kwargs = {**sweep_kwargs, "execution": sweep_kwargs.get("execution") or Execution(progress=False)}
 
   batches = []
   done = 0
