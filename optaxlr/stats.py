@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -649,21 +650,22 @@ def compare(result, a: int | Mapping[str, Any], b: int | Mapping[str, Any],
 
 
 # What rescore carries over from the original sweep's info (the rest is given by the caller).
-_CARRIED = ("steps", "batch_size", "eval_every", "log_every", "compute_dtype", "eval_batch_size")
+_CARRIED = ("steps", "batch_size", "eval_every", "log_every")
 
 
 def rescore(result, task, optimizer, *, metric: str = "val/error", top: int = 3,
             seeds: int | Sequence[int] | None = None, confidence: float = 0.95,
-            mode: str | None = None, progress: bool = False, **sweep_kwargs: Any) -> Rescored:
+            mode: str | None = None, **sweep_kwargs: Any) -> Rescored:
   """Trains the ``top`` configs of ``result`` again on fresh seeds, in one ``optaxlr.sweep``,
   and reports their values there: the selected winner's value on fresh seeds is free of the
   winner's curse (it was not selected on these seeds).
 
   The sweep gets the configs (their hyperparameters, a :func:`optaxlr.search.zip` axis) and the
-  settings ``result.info`` holds (``steps``, ``batch_size``, ``eval_every``, ``log_every``,
-  ``compute_dtype``, ``eval_batch_size``); anything else the original sweep was given
-  (``objective``, ``plateau``, ``early_stopping``, ``key``...) is not recorded in a result and
-  must be passed again in ``sweep_kwargs`` (which may also override the carried settings).
+  training settings ``result.info`` holds (``steps``, ``batch_size``, ``eval_every``,
+  ``log_every``); anything else the original sweep was given (``objective``, ``plateau``,
+  ``early_stopping``, ``key``, how it ran: ``progress``, ``compute_dtype``...) is not carried
+  and must be passed again in ``sweep_kwargs`` (which may also override the carried settings).
+  A result trained in ``compute_dtype="bfloat16"`` warns when nothing of the sort is passed.
 
   Args:
     result: the original :class:`optaxlr.SweepResult`.
@@ -723,7 +725,11 @@ def rescore(result, task, optimizer, *, metric: str = "val/error", top: int = 3,
   if "batch_size" in hp:
     kwargs.pop("batch_size", None)
   kwargs.update(sweep_kwargs)
-  new = optaxlr.sweep(task, optimizer, space, seeds=fresh, progress=progress, **kwargs)
+  dtype = result.info.get("compute_dtype")
+  if dtype is not None and not {"compute_dtype", "execution"} & set(sweep_kwargs):
+    warnings.warn(f"{fn}: the result was trained with compute_dtype={dtype!r}; the fresh sweep"
+                  " runs at the default precision unless you pass it again", stacklevel=2)
+  new = optaxlr.sweep(task, optimizer, space, seeds=fresh, **kwargs)
   new_vals = new.summary(metric, at="final", mode=mode)
   m, lo, hi = mean_interval(new_vals, confidence)
   return Rescored(

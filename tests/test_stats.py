@@ -224,7 +224,7 @@ def test_winner_report_and_errors(swept):
 
 
 def test_rescore_trains_the_top_configs_on_fresh_seeds_as_a_plain_sweep(task, swept):
-  rs = swept.rescore(task, _opt, metric="val/loss", top=2, seeds=[7, 9])
+  rs = swept.rescore(task, _opt, metric="val/loss", top=2, seeds=[7, 9], progress=False)
   means = swept.metrics["val/loss"][:, :, -1].mean(0)
   top = np.argsort(means)[:2]
   assert rs.indices == tuple(top) and rs.seeds == (7, 9)
