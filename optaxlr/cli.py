@@ -618,19 +618,22 @@ def _print_winners(rows: list[dict], pct: bool) -> None:
     return
   w0 = done[0]["winner"]
   split = "error" if pct else "loss"
+  n = w0["seeds"]
   print(f"\nwinners (selected on val {split}, reported on test; {w0['confidence']:.0%}"
-        f" t-intervals over {w0['seeds']} seeds, gaps paired over seeds; p_best: the estimated"
-        " probability that the winner has the best true mean, empirical Bayes over seeds):")
+        f" t-intervals over {n} seed{'s' * (n != 1)}, gaps paired over seeds; p_best: the"
+        " estimated probability that the winner has the best true mean, empirical Bayes over"
+        " seeds):")
   for r in done:
     w = r["winner"]
     line = f"  {r['optimizer']:<12} val {_fmt_iv(w['value'], w['interval'], pct)}"
     if w["report"] is not None:
       line += f", test {_fmt_iv(w['report']['value'], w['report']['interval'], pct)}"
     print(line)
+    p_best = f"{w['p_best']:.2f}" if np.isfinite(w["p_best"]) else "n/a (1 seed)"
     if w["runner_up"] is not None:
       ru = ", ".join(f"{k} {v:g}" for k, v in w["runner_up"].items())
       print(f"  {'':<12} gap to runner-up ({ru}):"
-            f" {_fmt_iv(w['gap'], w['gap_interval'], pct, gap=True)}; p_best {w['p_best']:.2f};"
+            f" {_fmt_iv(w['gap'], w['gap_interval'], pct, gap=True)}; p_best {p_best};"
             f" {w['indistinguishable']} of {r['configs']} configs indistinguishable from it")
 
 
