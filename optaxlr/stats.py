@@ -255,7 +255,8 @@ def default_mode(metric: str) -> str:
 
 
 def _check_confidence(fn: str, confidence: float) -> float:
-  if isinstance(confidence, (bool, np.bool_)) or not isinstance(confidence, (int, float, np.floating)):
+  number = (int, float, np.floating)
+  if isinstance(confidence, (bool, np.bool_)) or not isinstance(confidence, number):
     raise TypeError(f"{fn}: confidence must be a number in (0, 1), got {type(confidence).__name__}")
   if not 0 < confidence < 1:
     raise ValueError(f"{fn}: confidence must be in (0, 1), got confidence={confidence!r}")
@@ -700,7 +701,8 @@ def rescore(result, task, optimizer, *, metric: str = "val/error", top: int = 3,
     seeds = len(old)
   if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
     if seeds < 1:
-      raise ValueError(f"{fn}: seeds must be >= 1 or a list of fresh seed values, got seeds={seeds}")
+      raise ValueError(f"{fn}: seeds must be >= 1 or a list of fresh seed values, got"
+                       f" seeds={seeds}")
     fresh = list(range(max(old) + 1, max(old) + 1 + int(seeds)))
   else:
     fresh = [int(s) for s in seeds]
