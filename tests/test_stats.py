@@ -288,3 +288,15 @@ def test_rescore_removes_the_winners_curse(monkeypatch):
          f" {fresh.mean():+.3f} +- {se_fresh:.3f}")
   assert sel.mean() < -5 * se_sel, msg  # optimistic (lower error than true)
   assert abs(fresh.mean()) < 3 * se_fresh, msg
+
+
+def test_select_maximises_accuracy_and_handles_one_config_and_diverged_runs():
+  acc = np.array([[0.90, 0.95, 0.93], [0.915, 0.96, np.nan], [0.89, 0.94, 0.97]])
+  out = stats.select(acc, mode="max")
+  assert int(out["winner"]) == 1 and int(out["runner_up"]) == 0  # config 2 has a diverged seed
+  d = acc[:, 1] - acc[:, 0]
+  np.testing.assert_allclose([out["gap_low"], out["gap_high"]], _t_interval(d), rtol=1e-9)
+  assert out["indistinguishable"].tolist() == [False, True, False]
+  assert out["p_all"][2] == 0
+  one = stats.select(acc[:, :1], mode="max")
+  assert int(one["runner_up"]) == -1 and np.isnan(one["gap"]) and one["p_best"] == 1.0
