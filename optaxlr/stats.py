@@ -578,6 +578,27 @@ def winner(result, metric: str = "val/error", *, confidence: float = 0.95,
   Raises:
     KeyError: no such metric (or no such explicitly named report metric).
     ValueError: every config diverged.
+
+  Examples:
+    >>> import numpy as np
+    >>> import optaxlr
+    >>> from optaxlr import search, stats
+    >>> val = np.array([[.050, .031, .036, .090], [.047, .033, .035, .080],  # 4 seeds x 4 lr
+    ...                 [.052, .030, .037, .085], [.049, .032, .036, .095]])
+    >>> res = optaxlr.SweepResult(
+    ...     space=search.grid(lr=[1e-3, 3e-3, 1e-2, 3e-2]), seeds=np.arange(4),
+    ...     batch_loss=np.zeros((4, 4, 1)), metrics={"val/error": val[..., None]},
+    ...     eval_steps=np.array([100]), diverged_at=np.full((4, 4), -1),
+    ...     stopped_at=np.full((4, 4), -1))
+    >>> w = stats.winner(res, "val/error")
+    >>> w.config, round(w.value, 4), w.runner_up
+    ({'lr': 0.003}, 0.0315, {'lr': 0.01})
+    >>> [round(x, 4) for x in w.gap_interval]  # winner - runner-up, paired over the 4 seeds
+    [-0.0078, -0.0012]
+    >>> w.on_edge, len(w.indistinguishable), w.report is None  # no test split in this result
+    ({'lr': None}, 1, True)
+    >>> round(w.p_best, 2), round(w.sensitivity["lr"], 4)  # error points lost per factor 2 of lr
+    (1.0, 0.007)
   """
   fn = "winner"
   mode = _check_mode(fn, default_mode(metric) if mode is None else mode)
