@@ -67,6 +67,7 @@ __all__ = [
     "winner",
     "compare",
     "rescore",
+    "edges",
 ]
 
 
