@@ -555,17 +555,9 @@ def on_edge(res, best: dict[str, Any]) -> list[str]:
   >>> on_edge(res, {"lr": 0.1, "wd": 0.0}), on_edge(res, {"lr": 1e-3, "wd": 1e-3})
   (['lr=max'], ['lr=min'])
   """
-  out = []
-  for axis in res.space.axes:
-    for name, values in axis.values.items():
-      vals = np.unique(np.asarray(values))
-      if axis.dim != name or vals.size < 3 or name not in best:
-        continue
-      if best[name] == vals.max():
-        out.append(f"{name}=max")
-      elif best[name] == vals.min() and vals.min() != 0:
-        out.append(f"{name}=min")
-  return out
+  from optaxlr import stats
+
+  return [f"{name}={side}" for name, side in stats.edges(res, best).items() if side]
 
 
 def _summary_rows(name, res) -> dict:
@@ -590,7 +582,59 @@ def _summary_rows(name, res) -> dict:
   if "val/loss" in res.metrics and metric != "val/loss":
     v = res.final("val/loss")[:, i]
     row["val_loss"] = (float(v.mean()), float(v.std()))
+  w = res.winner(metric, report="test")
+  row["winner"] = {
+      "confidence": w.confidence, "seeds": w.seeds,
+      "value": w.value, "interval": list(w.interval),
+      "report": None if w.report is None else {"metric": w.report.metric,
+                                               "value": w.report.value,
+                                               "interval": list(w.report.interval)},
+      "runner_up": w.runner_up, "gap": w.gap, "gap_interval": list(w.gap_interval),
+      "p_best": w.p_best, "indistinguishable": len(w.indistinguishable),
+      "sensitivity": w.sensitivity,
+  }
   return row
+
+
+def _fmt_iv(value: float, interval, pct: bool, *, gap: bool = False) -> str:
+  """``2.33 % [2.01, 2.65]`` (a rate; a gap in points, signed) or ``0.1234 [0.1, 0.2]``."""
+  if not np.isfinite(value):
+    return "n/a"
+  k, unit = (100, " pt" if gap else " %") if pct else (1, "")
+  sign = "+" if gap else ""
+  lo, hi = interval
+  if not (np.isfinite(lo) and np.isfinite(hi)):
+    return f"{k * value:{sign}.2f}{unit} [no interval: 1 seed]" if pct else f"{value:{sign}.4g}"
+  if pct:
+    return f"{k * value:{sign}.2f}{unit} [{k * lo:{sign}.2f}, {k * hi:{sign}.2f}]"
+  return f"{value:{sign}.4g} [{lo:{sign}.4g}, {hi:{sign}.4g}]"
+
+
+def _print_winners(rows: list[dict], pct: bool) -> None:
+  """The winner of each optimizer with its interval, the paired gap to the runner-up and
+  p_best (optaxlr.stats)."""
+  done = [r for r in rows if not r.get("all_diverged")]
+  if not done:
+    return
+  w0 = done[0]["winner"]
+  split = "error" if pct else "loss"
+  n = w0["seeds"]
+  print(f"\nwinners (selected on val {split}, reported on test; {w0['confidence']:.0%}"
+        f" t-intervals over {n} seed{'s' * (n != 1)}, gaps paired over seeds; p_best: the"
+        " estimated probability that the winner has the best true mean, empirical Bayes over"
+        " seeds):")
+  for r in done:
+    w = r["winner"]
+    line = f"  {r['optimizer']:<12} val {_fmt_iv(w['value'], w['interval'], pct)}"
+    if w["report"] is not None:
+      line += f", test {_fmt_iv(w['report']['value'], w['report']['interval'], pct)}"
+    print(line)
+    p_best = f"{w['p_best']:.2f}" if np.isfinite(w["p_best"]) else "n/a (1 seed)"
+    if w["runner_up"] is not None:
+      ru = ", ".join(f"{k} {v:g}" for k, v in w["runner_up"].items())
+      print(f"  {'':<12} gap to runner-up ({ru}):"
+            f" {_fmt_iv(w['gap'], w['gap_interval'], pct, gap=True)}; p_best {p_best};"
+            f" {w['indistinguishable']} of {r['configs']} configs indistinguishable from it")
 
 
 def _diagnoses(res) -> dict[str, int]:
@@ -671,6 +715,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
       print(f"  diagnoses ({r['optimizer']}, runs): " + ", ".join(f"{k} {v}" for k, v in found.items()))
   print(f"\n(mean ± std over {args.seeds} seeds at the best config; 'diverged' counts configs with"
         f" any diverged seed; total {total:.1f}s)")
+  _print_winners(rows, pct)
 
   import matplotlib
 

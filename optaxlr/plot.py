@@ -180,15 +180,19 @@ def _grid_axes(ax, xs, ys, x, y):
 
 def _heat_grid(result, x, y, metric, at, mode, where):
   """The heatmap's cells: the mean over seeds and the cell's configs (NaN where a run
-  diverged), and which cells have a diverged run."""
+  diverged), which cells have a diverged run, and each cell's per-seed value (the mean over
+  its configs, ``(S, ny, nx)``)."""
   xs, ys, cells, averaged = _cells("heatmap", result.hparams, x, y, where)
   vals = result.summary(metric, at=at, mode=mode)  # (S, C)
   grid = np.full((len(ys), len(xs)), np.nan)
+  per_seed = np.full((vals.shape[0], len(ys), len(xs)), np.nan)
   div = np.zeros((len(ys), len(xs)), bool)
   for (i, j), sel in cells.items():
     div[i, j] = bool(result.diverged[:, sel].any())
     grid[i, j] = np.nan if div[i, j] else float(np.mean(vals[:, sel]))
-  return xs, ys, grid, div, averaged
+    if not div[i, j]:
+      per_seed[:, i, j] = np.mean(vals[:, sel], axis=1)
+  return xs, ys, grid, div, averaged, per_seed
 
 
 def heatmap(
@@ -207,13 +211,19 @@ def heatmap(
     title: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
+    indistinguishable: bool = True,
+    confidence: float = 0.95,
 ):
   """A heatmap of ``metric`` over hyperparameters ``x`` and ``y``: each cell the mean over
   the seeds and over the configs that share its ``(x, y)`` (other hyperparameters not fixed
   by ``where``); the title says what was averaged.
 
   Ticks label every grid value with enough digits to tell them apart. The best cell is
-  outlined, cells where any run diverged are hatched and marked "div".
+  outlined, cells where any run diverged are hatched and marked "div". With 2 or more seeds,
+  a white dot marks the cells statistically indistinguishable from the best: the t-interval
+  of their paired difference with the best cell over seeds (each seed's value being the mean
+  over the cell's configs) does not show them worse (:func:`optaxlr.stats.indistinguishable`);
+  the title says so.
   :func:`atlas` pools the same runs per cell, so the two figures describe the same thing.
 
   Args:
@@ -226,6 +236,8 @@ def heatmap(
     title: a first title line (an optimizer's name, say); the title always ends with the
       metric and what each cell averages.
     vmin, vmax: the colour range (give the same to heatmaps that should be compared).
+    indistinguishable: mark the cells indistinguishable from the best (needs 2 seeds).
+    confidence: the level of those intervals.
 
   Examples:
     >>> import optaxlr
@@ -240,7 +252,7 @@ def heatmap(
   """
   if mode is None:
     mode = "max" if "acc" in metric.split("/")[-1] else "min"
-  xs, ys, grid, div, averaged = _heat_grid(result, x, y, metric, at, mode, where)
+  xs, ys, grid, div, averaged, per_seed = _heat_grid(result, x, y, metric, at, mode, where)
   over = _over(len(result.seeds), averaged, where)
   fig, ax = _fig_ax(ax, figsize)
   im = ax.imshow(grid, origin="lower", cmap=cmap if mode == "min" else cmap.removesuffix("_r"),
@@ -263,6 +275,18 @@ def heatmap(
     bi, bj = np.unravel_index(flat, grid.shape)
     ax.add_patch(_plt().Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
   default = f"{metric} ({at}), mean over {over}"
+  if indistinguishable and per_seed.shape[0] >= 2 and np.isfinite(grid).any():
+    from optaxlr import stats
+
+    flat_seed = per_seed.reshape(per_seed.shape[0], -1)
+    same = stats.indistinguishable(flat_seed, int(flat), mode=mode, confidence=confidence)
+    same = same.reshape(grid.shape)
+    same[bi, bj] = False  # the best cell has its outline
+    ii, jj = np.nonzero(same)
+    ax.scatter(jj - 0.33, ii + 0.3, s=22, c="white", edgecolors="black", linewidths=0.8,
+               zorder=3, label="indistinguishable")
+    default += (f"; red: best; dots: indistinguishable from it ({confidence:.0%} paired t,"
+                f" {int(same.sum())} cells)")
   ax.set_title(default if title is None else f"{title}\n{default}", fontsize=9, wrap=True)
   return fig
 

@@ -111,6 +111,35 @@ def test_sweep_prints_the_table_and_says_when_the_best_is_on_the_edge(swept):
               f" ({row['best']['lr']:g}): extend the grid upward") in swept.printed
 
 
+def test_sweep_prints_each_winner_with_intervals_gap_and_p_best(swept):
+  """The winners block and summary.json's "winner" against scipy's t-interval on the saved
+  per-seed values (2 seeds: t with 1 degree of freedom)."""
+  import scipy.stats as st
+
+  rows = json.loads((swept.out / "summary.json").read_text())
+  assert "t-intervals over 2 seeds, gaps paired over seeds" in swept.printed
+  lines = swept.printed.splitlines()
+  for row in rows:
+    res = optaxlr.load(row["file"])
+    v = res.final("val/error").astype(np.float64)
+    order = np.argsort(v.mean(0), kind="stable")
+    w, r = order[0], order[1]
+    win = row["winner"]
+    lo, hi = st.t.interval(0.95, 1, loc=v[:, w].mean(), scale=st.sem(v[:, w]))
+    np.testing.assert_allclose(win["interval"], [lo, hi], rtol=1e-6)
+    d = v[:, w] - v[:, r]
+    assert win["gap"] == pytest.approx(d.mean())
+    assert win["runner_up"] == res.config(int(r)) and 0 <= win["p_best"] <= 1
+    t = res.final("test/error")[:, w].astype(np.float64)
+    assert win["report"]["metric"] == "test/error"
+    assert win["report"]["value"] == pytest.approx(t.mean())
+    first = next(i for i, line in enumerate(lines) if line.startswith(f"  {row['optimizer']} "))
+    assert f"val {100 * v[:, w].mean():.2f} % [{100 * lo:.2f}, {100 * hi:.2f}]" in lines[first]
+    assert f"test {100 * t.mean():.2f} %" in lines[first]
+    assert f"gap to runner-up" in lines[first + 1] and f"p_best {win['p_best']:.2f}" in lines[first + 1]
+    assert f"{win['indistinguishable']} of 6 configs indistinguishable" in lines[first + 1]
+
+
 def _outside(fig) -> list[str]:
   """The visible texts of ``fig`` that reach past its edges (clipped in the saved image);
   a wrapped text is measured as drawn, wrapped."""

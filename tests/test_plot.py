@@ -4,6 +4,8 @@ the plotted lines. The PNGs are written too, for a person to look at."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -90,7 +92,8 @@ def test_heatmap_cells_are_means_over_seeds_and_the_other_axes(result, tmp_path)
   fig = plot.heatmap(result, "lr", "wd", "val/loss")
   fig.savefig(tmp_path / "heatmap.png")
   ax = fig.axes[0]
-  assert ax.get_title() == "val/loss (final), mean over 2 seeds and m (2 values)"
+  assert ax.get_title().startswith("val/loss (final), mean over 2 seeds and m (2 values); red:"
+                                   " best; dots: indistinguishable from it (95% paired t,")
   assert [t.get_text() for t in ax.get_xticklabels()] == ["1e-3", "1e-2", "1e-1", "1e4"]
   assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "0.01"]
   xs, ys, cells = _by_hand(result, "lr", "wd", "val/loss")
@@ -110,10 +113,42 @@ def test_heatmap_cells_are_means_over_seeds_and_the_other_axes(result, tmp_path)
   assert outline.get_xy() == (bj - 0.5, bi - 0.5)
 
 
+def test_heatmap_dots_the_cells_indistinguishable_from_the_best(result, tmp_path):
+  """The dotted cells are those whose paired t-interval (scipy) with the best cell, over the
+  seeds, does not show them worse; each seed's cell value is the mean over its configs."""
+  import scipy.stats as st
+
+  _, _, cells = _by_hand(result, "lr", "wd", "val/loss")
+  vals = result.final("val/loss").astype(np.float64)
+  per_seed = {k: vals[:, sel].mean(1) for k, (_, div, sel) in cells.items() if not div}
+  best = min(per_seed, key=lambda k: per_seed[k].mean())
+  want = set()
+  for k, v in per_seed.items():
+    d = v - per_seed[best]
+    if k != best and not st.t.interval(0.8, len(d) - 1, loc=d.mean(), scale=st.sem(d))[0] > 0:
+      want.add(k)
+  fig = plot.heatmap(result, "lr", "wd", "val/loss", confidence=0.8)
+  fig.savefig(tmp_path / "heatmap_dots.png")
+  ax = fig.axes[0]
+  (dots,) = ax.collections
+  got = {(round(y - 0.3), round(x + 0.33)) for x, y in dots.get_offsets()}
+  assert got == want and best not in got
+  assert f"(80% paired t, {len(want)} cells)" in ax.get_title()
+  # one seed: nothing can be told apart, nothing is dotted and the title says nothing of it
+  first = dataclasses.replace(
+      result, seeds=result.seeds[:1], batch_loss=result.batch_loss[:1],
+      metrics={k: v[:1] for k, v in result.metrics.items()}, diverged_at=result.diverged_at[:1],
+      stopped_at=result.stopped_at[:1], stop_reason=result.stop_reason[:1])
+  one = plot.heatmap(first, "lr", "wd", "val/loss")
+  assert not one.axes[0].collections and "dots" not in one.axes[0].get_title()
+  none = plot.heatmap(result, "lr", "wd", "val/loss", indistinguishable=False)
+  assert not none.axes[0].collections and "dots" not in none.axes[0].get_title()
+
+
 def test_heatmap_where_fixes_an_axis_and_says_so(result):
   fig = plot.heatmap(result, "lr", "wd", "val/loss", where={"m": 0.9}, title="SGD")
   ax = fig.axes[0]
-  assert ax.get_title() == "SGD\nval/loss (final), mean over 2 seeds; m=0.9"
+  assert ax.get_title().startswith("SGD\nval/loss (final), mean over 2 seeds; m=0.9; red: best")
   _, _, cells = _by_hand(result, "lr", "wd", "val/loss", where={"m": 0.9})
   for (i, j), (mean, div, sel) in cells.items():
     assert sel.sum() == 1

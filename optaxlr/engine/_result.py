@@ -281,6 +281,50 @@ class SweepResult:
         f"{metric}_std": float(vals[:, i].std()),
     }
 
+  # -- honest winners (optaxlr.stats) ------------------------------------------------------
+
+  def winner(self, metric: str = "val/error", *, confidence: float = 0.95,
+             report: str | None = "test", mode: str | None = None, at: str = "final"):
+    """The best config on ``metric`` (mean over seeds at the last evaluation) with how sure the
+    seeds make it: its t-interval, the paired gap to the runner-up, ``p_best``, its value on
+    the ``report`` split, grid-edge flags, sensitivity and the configs indistinguishable from
+    it. See :func:`optaxlr.stats.winner` (the statistics and their assumptions).
+
+    Returns:
+      An :class:`optaxlr.stats.Winner`.
+    """
+    from optaxlr import stats
+
+    return stats.winner(self, metric, confidence=confidence, report=report, mode=mode, at=at)
+
+  def compare(self, a: int | Mapping[str, Any], b: int | Mapping[str, Any],
+              metric: str = "val/error", *, other: SweepResult | None = None,
+              confidence: float = 0.95, at: str = "final"):
+    """The paired difference ``a - b`` of ``metric`` over seeds with its t-interval: two
+    configs of this result (indices or hyperparameter dicts), or ``b`` a config of ``other``,
+    a result of the same seeds. See :func:`optaxlr.stats.compare`.
+
+    Returns:
+      An :class:`optaxlr.stats.Difference`.
+    """
+    from optaxlr import stats
+
+    return stats.compare(self, a, b, metric, other=other, confidence=confidence, at=at)
+
+  def rescore(self, task: Any, optimizer: Any, *, metric: str = "val/error", top: int = 3,
+              seeds: int | list[int] | None = None, confidence: float = 0.95, **sweep_kwargs):
+    """Trains the ``top`` configs again on fresh seeds in one sweep: the selected winner's
+    value there is free of the winner's curse. See :func:`optaxlr.stats.rescore` (which
+    settings carry over from ``info`` and which must be passed again).
+
+    Returns:
+      An :class:`optaxlr.stats.Rescored`.
+    """
+    from optaxlr import stats
+
+    return stats.rescore(self, task, optimizer, metric=metric, top=top, seeds=seeds,
+                         confidence=confidence, **sweep_kwargs)
+
   # -- conversions -------------------------------------------------------------------------
 
   def to_pandas(self, *, at: str = "final"):
