@@ -69,7 +69,7 @@ def main() -> None:
   rows = []
   for name, (opt, lrs) in settings(steps).items():
     res = optaxlr.sweep(task, opt, search.grid(lr=lrs), steps=steps, batch_size=32,
-                        seeds=n_seeds, eval_every=steps, progress=False)
+                        seeds=n_seeds, eval_every=steps, execution=optaxlr.Execution(progress=False))
     full = res.final("val/error").astype(np.float64)  # (32, 6)
     for k in range(n_seeds // per):
       idx = np.arange(k * per, (k + 1) * per)
@@ -77,7 +77,7 @@ def main() -> None:
       sub = subset(res, idx)
       w = sub.winner("val/error")
       rs = sub.rescore(task, opt, metric="val/error", top=3,
-                       seeds=list(range(1000 + 10 * k, 1000 + 10 * k + per)), progress=False)
+                       seeds=list(range(1000 + 10 * k, 1000 + 10 * k + per)), execution=optaxlr.Execution(progress=False))
       assert rs.indices[0] == w.index
       truth_all = float(full[:, w.index].mean())
       truth_out = float(full[rest, w.index].mean())

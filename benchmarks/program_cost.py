@@ -27,8 +27,7 @@ def measure() -> dict:
   task = optaxlr.tasks.digits()
   space = search.grid(lr=[1e-3, 3e-3], wd=[0.0, 1e-4])
   optaxlr.sweep(task, lambda h: optaxlr.adamw(h["lr"], weight_decay=h["wd"]), space, steps=100,
-                **({"progress": False} if "progress" in optaxlr.sweep.__code__.co_varnames
-                   else {"execution": optaxlr.Execution(progress=False)}))
+                execution=optaxlr.Execution(progress=False))
   (prog,) = _core._CACHE.values()
   (exe,) = prog.executables.values()
   cost = exe.cost_analysis()
@@ -45,7 +44,11 @@ def main() -> None:
   out = HERE / "results" / "program_cost.json"
   data = json.loads(out.read_text()) if out.exists() else {}
   row = {**measure(), "jax": v["jax"], "jaxlib": v["jaxlib"], "devices": jax.device_count()}
-  data[v["optaxlr_commit"] or "unknown"] = row
+  import subprocess
+
+  dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--", "../optaxlr"],
+                         capture_output=True, text=True).stdout.strip()
+  data[(v["optaxlr_commit"] or "unknown") + ("-dirty" if dirty else "")] = row
   out.write_text(json.dumps(data, indent=1) + "\n")
   print(json.dumps(row))
 

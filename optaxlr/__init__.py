@@ -8,6 +8,7 @@ from optaxlr import adapt
 from optaxlr import plot
 from optaxlr import schedules
 from optaxlr import search
+from optaxlr import stats
 from optaxlr import tasks
 from optaxlr import transforms
 from optaxlr.engine import ChunkEvent
@@ -68,6 +69,7 @@ __all__ = [
     "plot",
     "schedules",
     "search",
+    "stats",
     "tasks",
     "transforms",
     "Task",

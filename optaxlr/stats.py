@@ -688,7 +688,7 @@ def rescore(result, task, optimizer, *, metric: str = "val/error", top: int = 3,
   The sweep gets the configs (their hyperparameters, a :func:`optaxlr.search.zip` axis) and the
   training settings ``result.info`` holds (``steps``, ``batch_size``, ``eval_every``,
   ``log_every``); anything else the original sweep was given (``objective``, ``plateau``,
-  ``early_stopping``, ``key``, how it ran: ``progress``, ``compute_dtype``...) is not carried
+  ``early_stopping``, ``key``, how it ran: ``execution=optaxlr.Execution(...)``) is not carried
   and must be passed again in ``sweep_kwargs`` (which may also override the carried settings).
   A result trained in ``compute_dtype="bfloat16"`` warns when nothing of the sort is passed.
 

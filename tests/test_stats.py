@@ -130,8 +130,7 @@ def _opt(h):
 @pytest.fixture(scope="module")
 def swept(task):
   space = search.grid(lr=[3e-3, 1e-2, 3e-2, 1e-1], wd=[0.0, 1e-3, 1e-2])
-  return optaxlr.sweep(task, _opt, space, steps=30, batch_size=16, seeds=4, eval_every=15,
-                       progress=False)
+  return optaxlr.sweep(task, _opt, space, steps=30, batch_size=16, seeds=4, eval_every=15, execution=optaxlr.Execution(progress=False))
 
 
 def _t_interval(x, conf=0.95):
@@ -224,7 +223,7 @@ def test_winner_report_and_errors(swept):
 
 
 def test_rescore_trains_the_top_configs_on_fresh_seeds_as_a_plain_sweep(task, swept):
-  rs = swept.rescore(task, _opt, metric="val/loss", top=2, seeds=[7, 9], progress=False)
+  rs = swept.rescore(task, _opt, metric="val/loss", top=2, seeds=[7, 9], execution=optaxlr.Execution(progress=False))
   means = swept.metrics["val/loss"][:, :, -1].mean(0)
   top = np.argsort(means)[:2]
   assert rs.indices == tuple(top) and rs.seeds == (7, 9)
@@ -232,7 +231,7 @@ def test_rescore_trains_the_top_configs_on_fresh_seeds_as_a_plain_sweep(task, sw
   # the fresh numbers are those of an independent sweep of the two configs on seeds 7 and 9
   ref = optaxlr.sweep(task, _opt, search.zip(lr=swept.hparams["lr"][top],
                                              wd=swept.hparams["wd"][top]),
-                      steps=30, batch_size=16, seeds=[7, 9], eval_every=15, progress=False)
+                      steps=30, batch_size=16, seeds=[7, 9], eval_every=15, execution=optaxlr.Execution(progress=False))
   np.testing.assert_allclose(rs.fresh, ref.metrics["val/loss"][:, :, -1].mean(0), rtol=1e-6)
   np.testing.assert_allclose(rs.selected, means[top], rtol=1e-6)
   assert rs.value == rs.fresh[0]
