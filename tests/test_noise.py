@@ -1,0 +1,311 @@
+"""noise_scale: the simple gradient noise scale against independent references.
+
+References: NumPy per-example gradients of a logistic regression written out by hand, PyTorch
+(torch.func) per-example gradients of the digits MLP at a sweep's kept parameters, and the
+closed form of a linear regression with Gaussian inputs and noise. Each reference uses the
+WHOLE training set: G = mean_i g_i, tr(Sigma) = mean_i |g_i - G|^2 (ddof=0).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optaxlr
+from optaxlr import search
+from optaxlr.noise import NoiseScale, noise_scale
+from optaxlr.tasks import Task
+
+
+def _b_simple(per_example_grads: np.ndarray) -> tuple[float, float, float]:
+  """(B_simple, tr_sigma, g2) of the rows of an (N, P) array of per-example gradients."""
+  g = np.asarray(per_example_grads, np.float64)
+  mean = g.mean(axis=0)
+  tr_sigma = float(np.mean(np.sum((g - mean) ** 2, axis=1)))
+  g2 = float(mean @ mean)
+  return tr_sigma / g2, tr_sigma, g2
+
+
+def _rel(a: float, b: float) -> float:
+  return abs(a - b) / abs(b)
+
+
+# ----------------------------------------------------------------- logistic regression, NumPy
+N_LOG, D_LOG = 1000, 5
+
+
+@pytest.fixture(scope="module")
+def logistic():
+  rng = np.random.default_rng(1)
+  w_true = rng.standard_normal(D_LOG)
+  x = rng.standard_normal((N_LOG, D_LOG))
+  y = (x @ w_true + 0.5 * rng.standard_normal(N_LOG) > 0).astype(np.int32)
+  task = Task.from_functions(
+      "logreg", init=lambda k: {"w": jnp.zeros(D_LOG), "b": jnp.zeros(())},
+      apply=lambda p, x: x @ p["w"] + p["b"], loss="logistic",
+      train={"x": x.astype(np.float32), "y": y})
+  w, b = 0.3 * w_true, 0.2  # part way to the solution: the gradient is far from 0
+  params = {"w": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+  # d/df softplus(-s f) = -s sigmoid(-s f), s = +-1
+  s = np.where(y > 0, 1.0, -1.0)
+  f = x @ w + b
+  df = -s / (1.0 + np.exp(s * f))
+  grads = np.concatenate([np.ones((N_LOG, 1)), x], axis=1) * df[:, None]  # (b, w) order
+  return task, params, _b_simple(grads)
+
+
+def test_logistic_per_example_whole_set_is_exact(logistic):
+  task, params, (b_ref, tr_ref, g2_ref) = logistic
+  res = noise_scale(task, params)
+  assert isinstance(res, NoiseScale)
+  assert (res.estimator, res.n_examples, res.batch_sizes) == ("per_example", N_LOG, None)
+  # every example: the estimator equals the exact value (float32 gradients)
+  assert _rel(res.b_simple, b_ref) < 1e-4
+  assert _rel(res.tr_sigma, tr_ref) < 1e-4 and _rel(res.g2, g2_ref) < 1e-4
+  assert res.stderr == 0.0  # no sampling error left
+  assert 1.0 < b_ref < 100.0  # the reference is not degenerate
+
+
+def test_logistic_per_example_sample_within_10_percent(logistic):
+  task, params, (b_ref, _, _) = logistic
+  res = noise_scale(task, params, n_examples=500)
+  assert res.n_examples == 500 and res.num_batches == 32
+  assert _rel(res.b_simple, b_ref) < 0.10
+  assert 0 < res.stderr < 0.15 * b_ref  # a half sample: a real, modest error bar
+  assert abs(res.b_simple - b_ref) < 3 * res.stderr
+
+
+def test_logistic_chunk_size_does_not_change_the_result(logistic):
+  task, params, _ = logistic
+  a = noise_scale(task, params, n_examples=200)
+  b = noise_scale(task, params, n_examples=200, chunk_size=3)  # padding in every group
+  np.testing.assert_allclose([b.b_simple, b.tr_sigma, b.g2, b.stderr],
+                             [a.b_simple, a.tr_sigma, a.g2, a.stderr], rtol=1e-5)
+
+
+def test_logistic_two_batch_within_10_percent(logistic):
+  task, params, (b_ref, tr_ref, g2_ref) = logistic
+  res = noise_scale(task, params, estimator="two_batch", batch_sizes=(5, 50), num_pairs=300)
+  assert (res.estimator, res.batch_sizes, res.num_batches, res.n_examples) == (
+      "two_batch", (5, 50), 300, 300 * 50)
+  assert _rel(res.b_simple, b_ref) < 0.10
+  assert _rel(res.tr_sigma, tr_ref) < 0.10 and _rel(res.g2, g2_ref) < 0.10
+  assert 0 < res.stderr < 0.15 * b_ref
+  assert abs(res.b_simple - b_ref) < 3 * res.stderr
+
+
+def test_two_batch_whole_set_big_batch_is_exact_for_g2(logistic):
+  # B_big = N: every big batch is the whole training set, so |G_b|^2 = |G|^2 exactly and the
+  # finite-population factor c(N) = 0 leaves it uncorrected.
+  task, params, (_, _, g2_ref) = logistic
+  res = noise_scale(task, params, estimator="two_batch", batch_sizes=(100, 1000), num_pairs=4)
+  assert _rel(res.g2, g2_ref) < 1e-4
+
+
+# ------------------------------------------------------ linear regression, closed form
+def test_linear_regression_closed_form():
+  # y = x.w* + sigma eps, x ~ N(0, I_d), loss mean (x.w - y)^2, at w = w* + delta:
+  # g = 2 x (x.delta - sigma eps), G = 2 delta, E|g|^2 = 4((d + 2)|delta|^2 + sigma^2 d),
+  # tr(Sigma) = 4((d + 1)|delta|^2 + sigma^2 d), B_simple = d + 1 + sigma^2 d / |delta|^2.
+  d, n, sigma = 4, 5_000, 1.0
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((n, d))
+  w_star = rng.standard_normal(d)
+  y = x @ w_star + sigma * rng.standard_normal(n)
+  delta = np.full(d, 0.5)  # |delta|^2 = 1
+  task = Task.from_functions("linreg", init=lambda k: {"w": jnp.zeros(d)},
+                             apply=lambda p, x: x @ p["w"], loss="mse",
+                             train={"x": x.astype(np.float32), "y": y.astype(np.float32)})
+  params = {"w": jnp.asarray(w_star + delta, jnp.float32)}
+  b_exact = d + 1 + sigma**2 * d / 1.0  # 9
+  tr_exact, g2_exact = 4 * ((d + 1) + sigma**2 * d), 4.0
+  for res in (noise_scale(task, params),
+              noise_scale(task, params, estimator="two_batch", batch_sizes=(8, 64),
+                          num_pairs=200)):
+    assert _rel(res.b_simple, b_exact) < 0.10, res
+    assert _rel(res.tr_sigma, tr_exact) < 0.10 and _rel(res.g2, g2_exact) < 0.10, res
+  # a half sample: tr_sigma and g2 err together (one sample), their ratio less
+  half = noise_scale(task, params, n_examples=2500)
+  assert _rel(half.b_simple, b_exact) < 0.10, half
+
+
+# ------------------------------------------------------------------ MLPs, PyTorch
+def _torch_grads(torch, layers, x, y, activation, loss):
+  """(N, P) per-example gradients (torch.func, float64) of an MLP with nnx params ``layers``,
+  flattened in the order of optaxlr's ravel (bias before kernel, layer by layer)."""
+  from torch.func import grad, vmap
+
+  names = [(i, leaf) for i in range(len(layers)) for leaf in ("bias", "kernel")]
+  tp = {f"{leaf}{i}": torch.tensor(np.asarray(layers[i][leaf][...]), dtype=torch.float64)
+        for i, leaf in names}
+
+  def per_example(p, x, y):
+    for i in range(len(layers) - 1):
+      x = activation(x @ p[f"kernel{i}"] + p[f"bias{i}"])
+    return loss(x @ p[f"kernel{len(layers) - 1}"] + p[f"bias{len(layers) - 1}"], y)
+
+  g = vmap(grad(per_example), in_dims=(None, 0, 0))(tp, torch.tensor(np.asarray(x), dtype=torch.float64),
+                                                    torch.tensor(np.asarray(y)))
+  return np.concatenate([g[f"{leaf}{i}"].reshape(len(x), -1).numpy() for i, leaf in names], axis=1)
+
+
+@pytest.mark.torch
+def test_teacher_student_mlp_against_torch_per_example_gradients():
+  torch = pytest.importorskip("torch")
+  task = optaxlr.tasks.teacher_student(d=5, n_train=400, hidden=(16,))
+  params = task.init(jax.random.key(0))
+  flat = _torch_grads(torch, params["layers"], task.train["x"], task.train["y"], torch.tanh,
+                      lambda out, y: (out[0] - y.to(out.dtype)) ** 2)
+  b_ref, tr_ref, g2_ref = _b_simple(flat)
+  assert 1.0 < b_ref < 1e3
+  exact = noise_scale(task, params)
+  assert _rel(exact.b_simple, b_ref) < 1e-4
+  assert _rel(exact.tr_sigma, tr_ref) < 1e-4 and _rel(exact.g2, g2_ref) < 1e-4
+  two = noise_scale(task, params, estimator="two_batch", batch_sizes=(8, 64), num_pairs=200)
+  assert _rel(two.b_simple, b_ref) < 0.10, (two, b_ref)
+  assert abs(two.b_simple - b_ref) < 3 * two.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_digits_mlp_at_a_sweep_checkpoint_against_torch():
+  # The parameters a sweep kept (keep_params=True, res.params_of) after 10 steps.
+  torch = pytest.importorskip("torch")
+  task = optaxlr.tasks.digits(hidden=(32,))
+  res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"], momentum=0.9),
+                      search.grid(lr=[0.01]), steps=10, batch_size=32, keep_params=True,
+                      progress=False)
+  params = res.params_of(0)
+  flat = _torch_grads(torch, params["layers"], task.train["x"], task.train["y"], torch.relu,
+                      lambda out, y: torch.nn.functional.cross_entropy(out[None], y[None]))
+  b_ref, tr_ref, g2_ref = _b_simple(flat)
+  assert 1.0 < b_ref < 1e4
+
+  exact = noise_scale(task, params)  # every training example
+  assert exact.n_examples == task.n_train
+  assert _rel(exact.b_simple, b_ref) < 1e-3
+  assert _rel(exact.tr_sigma, tr_ref) < 1e-3 and _rel(exact.g2, g2_ref) < 1e-3
+  sample = noise_scale(task, params, n_examples=800)
+  assert _rel(sample.b_simple, b_ref) < 0.10, (sample, b_ref)
+  two = noise_scale(task, params, estimator="two_batch", batch_sizes=(8, 64), num_pairs=200)
+  assert _rel(two.b_simple, b_ref) < 0.10, (two, b_ref)
+  assert abs(two.b_simple - b_ref) < 3 * two.stderr
+
+
+# ------------------------------------------------------------------ models with state
+def _batchnorm_task():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Linear(3, 8, rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+      self.b = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(jax.nn.relu(self.bn(self.a(x))))
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((64, 3)).astype(np.float32)
+  return Task.from_flax_nnx("bn", Net, train={"x": x, "y": (x[:, 0] > 0).astype(np.int32)})
+
+
+def test_batchnorm_task_two_batch_runs_and_per_example_is_refused():
+  task = _batchnorm_task()
+  params = task.init(jax.random.key(0))
+  state = task.initial_state(jax.random.key(0))
+  with pytest.raises(ValueError, match=r"noise_scale: estimator='per_example'.*model state.*"
+                     r"use estimator='two_batch'"):
+    noise_scale(task, params, model_state=state)
+  res = noise_scale(task, params, model_state=state, estimator="two_batch",
+                    batch_sizes=(8, 32), num_pairs=20)
+  assert res.tr_sigma > 0 and math.isfinite(res.stderr)
+  with pytest.raises(ValueError, match=r"noise_scale: model_state must have the structure"):
+    noise_scale(task, params, model_state={"x": 1}, estimator="two_batch",
+                batch_sizes=(8, 32), num_pairs=20)
+
+
+def test_gradient_at_the_minimum_warns_and_reports_inf():
+  # At the least-squares solution G = 0: the unbiased |G|^2 estimate from a half sample is
+  # noise around 0 (key 1 draws a negative one), which is reported, not hidden.
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((64, 2))
+  y = x @ np.array([1.0, -1.0]) + rng.standard_normal(64)
+  w = np.linalg.lstsq(x, y, rcond=None)[0]
+  task = Task.from_functions("ls", init=lambda k: {"w": jnp.zeros(2)},
+                             apply=lambda p, x: x @ p["w"], loss="mse",
+                             train={"x": x.astype(np.float32), "y": y.astype(np.float32)})
+  with pytest.warns(RuntimeWarning, match=r"noise_scale: the estimate of \|G\|\^2 is .* <= 0"):
+    res = noise_scale(task, {"w": jnp.asarray(w, jnp.float32)}, n_examples=32, key=1)
+  assert res.b_simple == math.inf and res.g2 <= 0 and res.tr_sigma > 0
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def small():
+  task = optaxlr.tasks.teacher_student(d=3, n_train=40, hidden=(4,))
+  return task, task.init(jax.random.key(0))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(estimator="exact"), ValueError,
+     r"noise_scale: estimator must be one of \('per_example', 'two_batch'\), got "
+     r"estimator='exact'"),
+    (dict(n_examples=41), ValueError,
+     r"noise_scale: n_examples must be in \[2, 40\] \(the training set has 40 examples\), "
+     r"got n_examples=41"),
+    (dict(n_examples=1), ValueError, r"n_examples must be in \[2, 40\]"),
+    (dict(n_examples=10.0), TypeError, r"noise_scale: n_examples must be an int, got "
+     r"n_examples=10.0"),
+    (dict(estimator="two_batch", batch_sizes=(8, 64)), ValueError,
+     r"noise_scale: batch_sizes\[1\] \(B_big\) must be in \[16, 40\] \(at least 2 \* B_small "
+     r"= 16, at most the training set's 40 examples\), got batch_sizes\[1\] \(B_big\)=64"),
+    (dict(estimator="two_batch"), ValueError, r"batch_sizes\[1\] \(B_big\) must be in"),
+    (dict(estimator="two_batch", batch_sizes=(8, 12)), ValueError, r"must be in \[16, 40\]"),
+    (dict(estimator="two_batch", batch_sizes=(8, 20)), ValueError,
+     r"noise_scale: batch_sizes\[1\] \(B_big\) must be a multiple of B_small = 8"),
+    (dict(estimator="two_batch", batch_sizes=(0, 20)), ValueError,
+     r"batch_sizes\[0\] \(B_small\) must be in \[1, 20\]"),
+    (dict(estimator="two_batch", batch_sizes=8), ValueError,
+     r"noise_scale: batch_sizes must be a pair \(B_small, B_big\), got batch_sizes=8"),
+    (dict(estimator="two_batch", batch_sizes=(4, 8), num_pairs=1), ValueError,
+     r"noise_scale: num_pairs must be >= 2, got num_pairs=1"),
+    (dict(estimator="two_batch", batch_sizes=(4, 8), n_examples=10), ValueError,
+     r"noise_scale: n_examples applies to estimator='per_example'"),
+    (dict(batch_sizes=(4, 8)), ValueError,
+     r"noise_scale: batch_sizes applies to estimator='two_batch'"),
+    (dict(num_pairs=10), ValueError, r"noise_scale: num_pairs applies to estimator='two_batch'"),
+    (dict(chunk_size=0), ValueError, r"noise_scale: chunk_size must be >= 1, got chunk_size=0"),
+    (dict(chunk_size=True), TypeError, r"noise_scale: chunk_size must be an int"),
+])
+def test_bad_arguments(small, kwargs, error, message):
+  task, params = small
+  with pytest.raises(error, match=message):
+    noise_scale(task, params, **kwargs)
+
+
+def test_bad_params(small):
+  task, params = small
+  with pytest.raises(ValueError, match=r"noise_scale: params must have the structure of "
+                     r"task.init\(key\).*res.params_of\(config, seed\)"):
+    noise_scale(task, {"w": jnp.zeros(3)})
+  stacked = jax.tree.map(lambda v: jnp.stack([v, v]), params)  # a sweep's (seeds, ...) tree
+  with pytest.raises(ValueError, match=r"noise_scale: params leaf .* has shape \(2, .*\), "
+                     r"expected .* \(as task.init\(key\)\)"):
+    noise_scale(task, stacked)
+  with pytest.raises(TypeError, match=r"noise_scale: task must be an optaxlr.Task, got dict"):
+    noise_scale({"train": {}}, params)
+
+
+def test_host_fed_task_is_refused(small):
+  task, params = small
+
+  def make(seed):
+    return iter([{"x": np.zeros((4, 3), np.float32), "y": np.zeros(4, np.float32)}])
+
+  fed = Task(name="stream", init=task.init, loss=task.loss, metrics=task.metrics, train=make)
+  with pytest.raises(ValueError, match=r"noise_scale: task 'stream' is host-fed"):
+    noise_scale(fed, params)
