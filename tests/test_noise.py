@@ -134,8 +134,8 @@ def test_linear_regression_closed_form():
 
 # ------------------------------------------------------------------ MLPs, PyTorch
 def _torch_grads(torch, layers, x, y, activation, loss):
-  """(N, P) per-example gradients (torch.func, float64) of an MLP with nnx params ``layers``,
-  flattened in the order of optaxlr's ravel (bias before kernel, layer by layer)."""
+  """(N, P) per-example gradients (torch.func, float64) of an MLP with nnx params ``layers``
+  (the order of the P columns is irrelevant: only norms and means are compared)."""
   from torch.func import grad, vmap
 
   names = [(i, leaf) for i in range(len(layers)) for leaf in ("bias", "kernel")]
@@ -147,8 +147,8 @@ def _torch_grads(torch, layers, x, y, activation, loss):
       x = activation(x @ p[f"kernel{i}"] + p[f"bias{i}"])
     return loss(x @ p[f"kernel{len(layers) - 1}"] + p[f"bias{len(layers) - 1}"], y)
 
-  g = vmap(grad(per_example), in_dims=(None, 0, 0))(tp, torch.tensor(np.asarray(x), dtype=torch.float64),
-                                                    torch.tensor(np.asarray(y)))
+  x = torch.tensor(np.asarray(x), dtype=torch.float64)
+  g = vmap(grad(per_example), in_dims=(None, 0, 0))(tp, x, torch.tensor(np.asarray(y)))
   return np.concatenate([g[f"{leaf}{i}"].reshape(len(x), -1).numpy() for i, leaf in names], axis=1)
 
 
