@@ -105,6 +105,71 @@ def test_two_batch_whole_set_big_batch_is_exact_for_g2(logistic):
   assert _rel(res.g2, g2_ref) < 1e-4
 
 
+def _per_example_grads_logistic(task, params):
+  x, y = np.asarray(task.train["x"], np.float64), np.asarray(task.train["y"])
+  s = np.where(y > 0, 1.0, -1.0)
+  f = x @ np.asarray(params["w"], np.float64) + float(params["b"])
+  return np.concatenate([np.ones((len(x), 1)), x], axis=1) * (-s / (1.0 + np.exp(s * f)))[:, None]
+
+
+def test_per_example_sample_equals_numpy_restatement(logistic):
+  # The formulas on the same sample (run_keys(key, 0)'s data key, first n of a permutation):
+  # S = sum|g_i - mean|^2 / (n - 1), tr = S (N - 1) / N, |G|^2 = |mean|^2 - S (N - n) / (N n);
+  # jackknife over the 32 groups {j : j % 32 == r} of the sample, times sqrt(1 - n / N).
+  task, params, _ = logistic
+  n, key = 400, 5
+  res = noise_scale(task, params, n_examples=n, key=key)
+  grads = _per_example_grads_logistic(task, params)
+  sample = np.asarray(jax.random.permutation(optaxlr.run_keys(key, 0)[1], N_LOG))[:n]
+
+  def estimate(g):
+    m = len(g)
+    var = np.sum((g - g.mean(0)) ** 2) / (m - 1)
+    tr = var * (N_LOG - 1) / N_LOG
+    g2 = g.mean(0) @ g.mean(0) - var * (N_LOG - m) / (N_LOG * m)
+    return tr, g2
+
+  tr, g2 = estimate(grads[sample])
+  loo = np.array([np.divide(*estimate(grads[sample[np.arange(n) % 32 != r]]))
+                  for r in range(32)])
+  stderr = np.sqrt(31 / 32 * np.sum((loo - loo.mean()) ** 2)) * np.sqrt(1 - n / N_LOG)
+  np.testing.assert_allclose([res.tr_sigma, res.g2, res.b_simple, res.stderr],
+                             [tr, g2, tr / g2, stderr], rtol=2e-4)
+
+
+def test_two_batch_equals_numpy_restatement(logistic):
+  # Appendix A on the same batches (the minibatches a sweep with batch_size=B_big reads at
+  # seed 0: optaxlr.batch_indices): |G_small|^2 averaged over the k parts of each big batch,
+  # c(B) = (N - B) / ((N - 1) B), tr = (E|G_s|^2 - E|G_b|^2) / (c(s) - c(b)),
+  # |G|^2 = E|G_b|^2 - tr c(b); jackknife over the pairs.
+  task, params, _ = logistic
+  b_small, b_big, pairs, key = 10, 40, 60, 7
+  res = noise_scale(task, params, estimator="two_batch", batch_sizes=(b_small, b_big),
+                    num_pairs=pairs, key=key)
+  grads = _per_example_grads_logistic(task, params)
+  data_key = optaxlr.run_keys(key, 0)[1]
+  small2, big2 = np.zeros(pairs), np.zeros(pairs)
+  for j in range(pairs):
+    idx = np.asarray(optaxlr.batch_indices(data_key, j, N_LOG, b_big))
+    parts = grads[idx].reshape(b_big // b_small, b_small, -1).mean(axis=1)
+    small2[j] = np.mean(np.sum(parts**2, axis=1))
+    big2[j] = np.sum(grads[idx].mean(0) ** 2)
+
+  def c(b):
+    return (N_LOG - b) / ((N_LOG - 1) * b)
+
+  def estimate(s2, b2):
+    tr = (s2 - b2) / (c(b_small) - c(b_big))
+    return tr, b2 - tr * c(b_big)
+
+  tr, g2 = estimate(small2.mean(), big2.mean())
+  keep = ~np.eye(pairs, dtype=bool)
+  loo = np.array([np.divide(*estimate(small2[m].mean(), big2[m].mean())) for m in keep])
+  stderr = np.sqrt((pairs - 1) / pairs * np.sum((loo - loo.mean()) ** 2))
+  np.testing.assert_allclose([res.tr_sigma, res.g2, res.b_simple, res.stderr],
+                             [tr, g2, tr / g2, stderr], rtol=2e-4)
+
+
 # ------------------------------------------------------ linear regression, closed form
 def test_linear_regression_closed_form():
   # y = x.w* + sigma eps, x ~ N(0, I_d), loss mean (x.w - y)^2, at w = w* + delta:
