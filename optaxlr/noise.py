@@ -115,10 +115,12 @@ def noise_scale(
     ``g`` and the sample variance ``S = sum |g_i - g|^2 / (n - 1)``:
     ``tr(Sigma) = S (N - 1) / N`` and ``|G|^2 = |g|^2 - S (N - n) / (N n)`` (the paper's
     ``|g|^2 - tr(Sigma) / n`` with the finite-population factor), both unbiased. It is the
-    default because it is exact with ``n = N``, uses each example's gradient in full (the
-    two-batch estimator sees only sums over batches, so it needs many more example gradients
-    for the same error), and, for the small models this library trains on the CPU, costs
-    about one epoch of per-example backward passes. It needs a loss that is a mean of
+    default because it is exact with ``n = N`` (no sampling error at all, and no batch sizes
+    to choose), and, for the small models this library trains on the CPU, costs about one
+    epoch of per-example backward passes. On a sample, its standard error per example
+    gradient is about that of ``"two_batch"`` (measured on digits: 14% at ``n = 500``
+    before the finite-population factor, against 2.4% for 200 pairs of ``(8, 64)``, i.e.
+    12,800 example gradients; both scale as one over the square root of that count). It needs a loss that is a mean of
     per-example losses, so a model with state (BatchNorm) is an error: use ``"two_batch"``.
   * ``"two_batch"``: the paper's unbiased two-batch-size estimator, for models whose
     per-example gradients are too costly. ``batch_sizes=(B_small, B_big)`` with ``B_big`` a
