@@ -41,14 +41,17 @@ class NoiseScale(NamedTuple):
     g2: the estimate of ``|G|^2``, the squared norm of the full-batch gradient (the mean of
       the per-example gradients over the training set); unbiased, so it can be negative.
     stderr: standard error of ``b_simple``: a delete-a-group jackknife over the 32 groups of
-      examples (``per_example``, times the finite-population factor ``sqrt(1 - n / N)``, so 0
-      when every training example was used) or a delete-one jackknife over the batch pairs
+      examples (``per_example``; times the finite-population factor ``sqrt(1 - n / N)`` for
+      a finite population, so 0 when every training example was used) or a delete-one
+      jackknife over the batch pairs
       (``two_batch``); ``nan`` where it cannot be formed.
     estimator: ``"per_example"`` or ``"two_batch"``.
     n_examples: example gradients computed: the sample size ``n`` (``per_example``) or
       ``num_pairs * B_big`` (``two_batch``, examples may repeat across pairs).
     num_batches: the jackknife's groups (``per_example``) or the batch pairs (``two_batch``).
     batch_sizes: ``(B_small, B_big)`` for ``two_batch``, else ``None``.
+    finite_population: whether the training set was treated as a finite population
+      (finite-population factors) or as an infinite one (a model with randomness).
   """
 
   b_simple: float
@@ -59,6 +62,7 @@ class NoiseScale(NamedTuple):
   n_examples: int
   num_batches: int
   batch_sizes: tuple[int, int] | None
+  finite_population: bool
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None, why: str = "") -> int:
@@ -95,6 +99,7 @@ def noise_scale(
     num_pairs: int | None = None,
     chunk_size: int = 256,
     hparams: Mapping[str, Any] | None = None,
+    finite_population: bool | None = None,
     key: Any = 0,
 ) -> NoiseScale:
   """The simple gradient noise scale ``B_simple = tr(Sigma) / |G|^2`` of ``task`` at ``params``.
@@ -142,6 +147,13 @@ def noise_scale(
   the two agree for ``B << N``, and with it ``n = N`` or ``B_big = N`` is exact), and the
   small-batch norms averaged over all ``k`` parts of the big batch instead of one.
 
+  A model with randomness (Dropout: the task's ``info["rng_streams"]``, which the flax
+  adapters set) has random per-example gradients (a fresh mask each time), so no finite
+  sample is exact: by default the training set is then treated as an infinite population
+  (``N -> inf`` in every formula above: ``c(B) = 1 / B``, ``tr(Sigma) = S``,
+  ``|G|^2 = |g|^2 - S / n``, no factor on the standard error), ``Sigma`` being the
+  covariance over examples and masks together.
+
   Args:
     task: a :class:`optaxlr.Task` whose training split is in memory (a host-fed task, whose
       ``train`` is a factory of batch iterators, is an error).
@@ -160,13 +172,17 @@ def noise_scale(
       rounding.
     hparams: one config's hyperparameters for a model that reads them
       (:func:`optaxlr.tasks.hparam`, e.g. a dropout rate).
+    finite_population: treat the training set as a finite population (above); default:
+      ``True`` unless the task declares random streams (``info["rng_streams"]``). A task of
+      your own whose ``train_loss`` draws random numbers should pass ``False``.
     key: an int or a PRNG key: draws the sample (``per_example``) or the batches
       (``two_batch``) from ``optaxlr.run_keys(key, 0)``'s data key, and the model's random
       streams from ``optaxlr.engine.model_key(key, 0, ...)``.
 
   Returns:
     A :class:`NoiseScale` (``b_simple``, ``tr_sigma``, ``g2``, ``stderr``, ``estimator``,
-    ``n_examples``, ``num_batches``, ``batch_sizes``), as Python numbers.
+    ``n_examples``, ``num_batches``, ``batch_sizes``, ``finite_population``), as Python
+    numbers.
 
   Raises:
     ValueError: before any compute: a host-fed task, an unknown estimator, ``params`` or
@@ -206,6 +222,12 @@ def noise_scale(
     raise ValueError(f"noise_scale: task {task.name!r} has {n_train} training example; a "
                      "covariance needs at least 2")
   chunk_size = _check_int("chunk_size", chunk_size, 1)
+  if finite_population is None:
+    finite_population = not task.info.get("rng_streams")
+  elif not isinstance(finite_population, bool):
+    raise TypeError(f"noise_scale: finite_population must be a bool or None, got "
+                    f"finite_population={finite_population!r}")
+  population = float(n_train) if finite_population else math.inf
   if estimator == "per_example":
     for name, value in (("batch_sizes", batch_sizes), ("num_pairs", num_pairs)):
       if value is not None:
@@ -258,12 +280,15 @@ def noise_scale(
 
   data = task.train
   if estimator == "per_example":
-    return _per_example(flat_grad, params, data, data_key, key, n, n_train, chunk_size)
-  return _two_batch(flat_grad, params, data, data_key, key, b_small, b_big, pairs, n_train)
+    return _per_example(flat_grad, params, data, data_key, key, n, n_train, population,
+                        chunk_size)
+  return _two_batch(flat_grad, params, data, data_key, key, b_small, b_big, pairs, n_train,
+                    population)
 
 
 def _finish(estimator: str, tr_sigma: float, g2: float, stderr: float, n_examples: int,
-            num_batches: int, batch_sizes: tuple[int, int] | None) -> NoiseScale:
+            num_batches: int, batch_sizes: tuple[int, int] | None,
+            population: float) -> NoiseScale:
   if not (math.isfinite(tr_sigma) and math.isfinite(g2)):
     raise ValueError(f"noise_scale: the gradients are not finite at these parameters "
                      f"(tr_sigma={tr_sigma}, g2={g2}, estimator={estimator!r})")
@@ -277,7 +302,13 @@ def _finish(estimator: str, tr_sigma: float, g2: float, stderr: float, n_example
                   "more examples (or pairs)", RuntimeWarning, stacklevel=3)
   return NoiseScale(b_simple=float(b_simple), tr_sigma=float(tr_sigma), g2=float(g2),
                     stderr=float(stderr), estimator=estimator, n_examples=int(n_examples),
-                    num_batches=int(num_batches), batch_sizes=batch_sizes)
+                    num_batches=int(num_batches), batch_sizes=batch_sizes,
+                    finite_population=math.isfinite(population))
+
+
+def _unsampled(m: Any, population: float) -> Any:
+  """``(N - m) / N``, the finite-population factor of a sample of ``m`` (1 for ``N = inf``)."""
+  return 1.0 if math.isinf(population) else (population - m) / population
 
 
 def _jackknife(values: np.ndarray) -> float:
@@ -289,7 +320,7 @@ def _jackknife(values: np.ndarray) -> float:
 
 
 def _per_example(flat_grad, params, data, data_key, key, n: int, n_train: int,
-                 chunk_size: int) -> NoiseScale:
+                 population: float, chunk_size: int) -> NoiseScale:
   groups = min(_GROUPS, n)
   per_group = -(-n // groups)
   chunk = min(chunk_size, per_group)
@@ -337,20 +368,21 @@ def _per_example(flat_grad, params, data, data_key, key, n: int, n_train: int,
     squares ``a`` (broadcasts over leading axes)."""
     var = (a - np.sum(s * s, axis=-1) / m) / (m - 1)  # sample variance, ddof=1
     mean = shift + s / m[..., None]
-    return var * (n_train - 1) / n_train, np.sum(mean * mean, axis=-1) - var * (
-        n_train - m) / (n_train * m)
+    tr_sigma = var * (1.0 - 1.0 / population)  # S (N - 1) / N
+    return tr_sigma, np.sum(mean * mean, axis=-1) - var * _unsampled(m, population) / m
 
   tr_sigma, g2 = estimate(np.asarray(float(n)), sums.sum(0), squares.sum())
   loo_tr, loo_g2 = estimate((n - counts).astype(np.float64), sums.sum(0)[None] - sums,
                             squares.sum() - squares)
   with np.errstate(divide="ignore", invalid="ignore"):
     ratios = loo_tr / loo_g2
-  stderr = math.sqrt(1.0 - n / n_train) * _jackknife(np.where(loo_g2 > 0, ratios, np.nan))
-  return _finish("per_example", float(tr_sigma), float(g2), stderr, n, groups, None)
+  stderr = math.sqrt(_unsampled(n, population)) * _jackknife(
+      np.where(loo_g2 > 0, ratios, np.nan))
+  return _finish("per_example", float(tr_sigma), float(g2), stderr, n, groups, None, population)
 
 
 def _two_batch(flat_grad, params, data, data_key, key, b_small: int, b_big: int, pairs: int,
-               n_train: int) -> NoiseScale:
+               n_train: int, population: float) -> NoiseScale:
   k = b_big // b_small
 
   @jax.jit
@@ -372,7 +404,7 @@ def _two_batch(flat_grad, params, data, data_key, key, b_small: int, b_big: int,
   spread, big2 = (np.asarray(x, np.float64) for x in jax.device_get(stats(params, data)))
 
   def c(b):
-    return (n_train - b) / ((n_train - 1) * b)
+    return 1.0 / b if math.isinf(population) else (population - b) / ((population - 1) * b)
 
   def estimate(d, b2):
     tr = d / (c(b_small) - c(b_big))
@@ -384,4 +416,4 @@ def _two_batch(flat_grad, params, data, data_key, key, b_small: int, b_big: int,
   with np.errstate(divide="ignore", invalid="ignore"):
     ratios = np.where(loo_g2 > 0, loo_tr / loo_g2, np.nan)
   return _finish("two_batch", float(tr_sigma), float(g2), _jackknife(ratios),
-                 pairs * b_big, pairs, (b_small, b_big))
+                 pairs * b_big, pairs, (b_small, b_big), population)
