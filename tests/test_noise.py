@@ -421,3 +421,50 @@ def test_host_fed_task_is_refused(small):
   fed = Task(name="stream", init=task.init, loss=task.loss, metrics=task.metrics, train=make)
   with pytest.raises(ValueError, match=r"noise_scale: task 'stream' is host-fed"):
     noise_scale(fed, params)
+
+
+# ------------------------------------------------------ the helpers a sweep step can use
+def test_micro_batch_stats_matches_numpy_under_jit_and_vmap():
+  from optaxlr.noise import micro_batch_stats
+
+  rng = np.random.default_rng(0)
+  grads = {"a": rng.standard_normal((3, 4, 2, 5)),  # (C, k, ...)
+           "b": rng.standard_normal((3, 4, 7))}
+
+  def reference(c):
+    flat = np.concatenate([grads["a"][c].reshape(4, -1), grads["b"][c]], axis=1)
+    big = flat.mean(0)
+    return np.mean(np.sum((flat - big) ** 2, axis=1)), big @ big
+
+  expected = np.array([reference(c) for c in range(3)])  # (C, 2)
+  tree = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), grads)
+  got = jax.jit(jax.vmap(micro_batch_stats))(tree)
+  np.testing.assert_allclose(np.stack(got, axis=1), expected, rtol=1e-5)
+  one = micro_batch_stats(jax.tree.map(lambda v: v[1], tree))
+  np.testing.assert_allclose(np.array(one), expected[1], rtol=1e-5)
+  with pytest.raises(ValueError, match=r"micro_batch_stats: needs k >= 2 micro-batch gradients, "
+                     r"got k=1"):
+    micro_batch_stats({"w": jnp.ones((1, 3))})
+  with pytest.raises(ValueError, match=r"micro_batch_stats: grads must be a pytree of arrays "
+                     r"with a common leading axis"):
+    micro_batch_stats({"w": jnp.ones((2, 3)), "b": jnp.ones((3,))})
+
+
+def test_two_batch_estimate_is_elementwise_and_checks_its_sizes():
+  from optaxlr.noise import two_batch_estimate
+
+  # (S, C, E) arrays of window means, as a sweep would record them; N = 100, B = (8, 32)
+  rng = np.random.default_rng(1)
+  spread, big2 = rng.uniform(0.5, 2.0, (2, 3, 4)), rng.uniform(0.5, 2.0, (2, 3, 4))
+  big2[0, 0, 0] = 0.01  # a window whose |G|^2 estimate falls below 0
+  tr, g2, b = two_batch_estimate(spread, big2, (8, 32), 100)
+  c8, c32 = (100 - 8) / (99 * 8), (100 - 32) / (99 * 32)
+  np.testing.assert_allclose(tr, spread / (c8 - c32))
+  np.testing.assert_allclose(g2, big2 - spread / (c8 - c32) * c32)
+  np.testing.assert_allclose(b, np.where(g2 > 0, tr / np.where(g2 > 0, g2, 1), np.inf))
+  assert b.shape == (2, 3, 4) and (g2 <= 0).any() and np.isinf(b[g2 <= 0]).all()
+  with pytest.raises(ValueError, match=r"two_batch_estimate: batch_sizes must be \(B_small, "
+                     r"B_big\) with 1 <= B_small < B_big, got batch_sizes=\(8, 8\)"):
+    two_batch_estimate(1.0, 1.0, (8, 8), 100)
+  with pytest.raises(ValueError, match=r"two_batch_estimate: B_big must be <= num_examples"):
+    two_batch_estimate(1.0, 1.0, (8, 128), 100)
