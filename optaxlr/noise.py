@@ -3,7 +3,9 @@
 :func:`noise_scale` measures the *simple noise scale* of McCandlish, Kaplan, Amodei et al.
 (2018), ``B_simple = tr(Sigma) / |G|^2``, with either of two estimators: exact per-example
 gradients under ``vmap`` over a sample of examples, or the paper's unbiased two-batch-size
-estimator averaged over many batch pairs.
+estimator averaged over many batch pairs. :func:`micro_batch_stats` (inside ``jit``) and
+:func:`two_batch_estimate` (on the host) are the two-batch estimator's halves, for a training
+step that splits its batch into parts.
 """
 
 from __future__ import annotations
@@ -259,7 +261,10 @@ def noise_scale(
   init_key = jax.random.key(0)
   params = _check_tree("params", params, jax.eval_shape(task.init, init_key), "task.init(key)",
                        "; pass one run's parameters, e.g. res.params_of(config, seed)")
-  _, data_key = run_keys(key, 0)
+  try:
+    _, data_key = run_keys(key, 0)
+  except (TypeError, ValueError) as e:
+    raise type(e)(f"noise_scale: key must be an int or a PRNG key, got {key!r} ({e})") from e
   expected_state = jax.eval_shape(task.initial_state, init_key)
   if model_state is None:
     state = task.initial_state(data_key)

@@ -392,6 +392,7 @@ def small():
     (dict(num_pairs=10), ValueError, r"noise_scale: num_pairs applies to estimator='two_batch'"),
     (dict(chunk_size=0), ValueError, r"noise_scale: chunk_size must be >= 1, got chunk_size=0"),
     (dict(chunk_size=True), TypeError, r"noise_scale: chunk_size must be an int"),
+    (dict(key="seed"), ValueError, r"noise_scale: key must be an int or a PRNG key, got 'seed'"),
 ])
 def test_bad_arguments(small, kwargs, error, message):
   task, params = small
