@@ -9,6 +9,9 @@ from optaxlr import plot
 from optaxlr import schedules
 from optaxlr import search
 from optaxlr import stats
+from optaxlr import noise
+from optaxlr.noise import NoiseScale
+from optaxlr.noise import noise_scale
 from optaxlr import tasks
 from optaxlr import transforms
 from optaxlr.engine import ChunkEvent
@@ -70,6 +73,9 @@ __all__ = [
     "schedules",
     "search",
     "stats",
+    "noise",
+    "NoiseScale",
+    "noise_scale",
     "tasks",
     "transforms",
     "Task",

@@ -161,7 +161,7 @@ def noise_scale(
     task: a :class:`optaxlr.Task` whose training split is in memory (a host-fed task, whose
       ``train`` is a factory of batch iterators, is an error).
     params: the parameters, with the structure of ``task.init(key)``: ``res.params_of(config,
-      seed)`` of a sweep run with ``keep_params=True``.
+      seed)`` of a sweep run with ``Execution(keep_params=True)``.
     estimator: ``"per_example"`` or ``"two_batch"`` (above).
     model_state: a stateful task's model state (``res.model_state_of(...)``; default
       ``task.initial_state``). The loss is evaluated in training mode (as the sweep's steps:

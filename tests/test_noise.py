@@ -248,8 +248,7 @@ def test_digits_mlp_at_a_sweep_checkpoint_against_torch():
   torch = pytest.importorskip("torch")
   task = optaxlr.tasks.digits(hidden=(32,))
   res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"], momentum=0.9),
-                      search.grid(lr=[0.01]), steps=10, batch_size=32, keep_params=True,
-                      progress=False)
+                      search.grid(lr=[0.01]), steps=10, batch_size=32,  execution=optaxlr.Execution(keep_params=True, progress=False))
   params = res.params_of(0)
   flat = _torch_grads(torch, params["layers"], task.train["x"], task.train["y"], torch.relu,
                       lambda out, y: torch.nn.functional.cross_entropy(out[None], y[None]))
