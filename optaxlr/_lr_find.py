@@ -829,9 +829,9 @@ class LRGridResult:
 def lr_find_grid(
     task,
     optimizer: Optimizer,
-    lrs: Any,
     space: Any = None,
     *,
+    lrs: Any,
     steps: int = 100,
     batch_size: int | None = None,
     seeds: int | Sequence[int] | None = None,
@@ -885,13 +885,17 @@ def lr_find_grid(
     ...     "quadratic", init=lambda key: {"w": jnp.ones(2)},
     ...     apply=lambda p, x: 0.5 * (p["w"] ** 2).sum() + 0.0 * x.sum(),
     ...     loss=lambda out, y: out, train={"x": jnp.zeros((1, 1)), "y": jnp.zeros(1)})
-    >>> res = lr_find_grid(task, lambda h: optax.sgd(h["lr"]), [0.5, 1.5, 2.5], steps=20)
+    >>> res = lr_find_grid(task, lambda h: optax.sgd(h["lr"]), lrs=[0.5, 1.5, 2.5], steps=20)
     >>> res.fell[:, 0].tolist(), res.suggest(0)["largest_falling"]   # stable below lr = 2
     ([True, True, False], 1.5)
   """
   fn = "lr_find_grid"
   from optaxlr import search
 
+  if space is not None and not isinstance(space, (dict, search.Space)):
+    raise TypeError(f"{fn}: space (the third argument, as in sweep and lr_find) must be an "
+                    f"optaxlr.search space or a dict, got {type(space).__name__}; the rates to "
+                    "try are the keyword lrs=[...]")
   lrs_np = np.asarray(lrs, dtype=np.float64) if not isinstance(lrs, (str, bytes)) else np.asarray([])
   if lrs_np.ndim != 1 or lrs_np.size == 0:
     raise ValueError(f"{fn}: lrs must be a non-empty 1-D sequence, got shape {lrs_np.shape}")

@@ -170,6 +170,12 @@ def natural_mode(metric: str) -> str | None:
   return None
 
 
+def default_mode(metric: str) -> str:
+  """The direction in which ``metric`` improves when none is given: ``"max"`` for accuracies,
+  ``"min"`` otherwise (the one home of that rule)."""
+  return natural_mode(metric) or "min"
+
+
 def metric_mode(fn: str, metric: str, mode: str | None = None) -> str:
   """The direction in which ``metric`` improves: ``mode`` when given (``"min"`` or ``"max"``),
   else ``"max"`` for accuracies and ``"min"`` otherwise. A ``mode`` against the metric's

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from optaxlr import _validate
+
 __all__ = ["schedules", "heatmap", "heatmaps", "curves", "rungs", "lineage", "atlas", "atlases"]
 
 
@@ -251,7 +253,7 @@ def heatmap(
     'val/loss (final), mean over 1 seed'
   """
   if mode is None:
-    mode = "max" if "acc" in metric.split("/")[-1] else "min"
+    mode = _validate.default_mode(metric)
   xs, ys, grid, div, averaged, per_seed = _heat_grid(result, x, y, metric, at, mode, where)
   over = _over(len(result.seeds), averaged, where)
   fig, ax = _fig_ax(ax, figsize)
@@ -329,7 +331,7 @@ def heatmaps(
   """
   fig, axs = _panels(results, panel_size, suptitle)
   if share_colors and "vmin" not in kwargs and "vmax" not in kwargs:
-    mode = kwargs.get("mode") or ("max" if "acc" in metric.split("/")[-1] else "min")
+    mode = kwargs.get("mode") or _validate.default_mode(metric)
     grids = [_heat_grid(r, x, y, metric, kwargs.get("at", "final"), mode,
                         kwargs.get("where"))[2] for r in results.values()]
     finite = np.concatenate([g[np.isfinite(g)] for g in grids])
@@ -384,7 +386,7 @@ def curves(
   if metric == "batch_loss":
     steps = steps * int(getattr(result, "info", {}).get("log_every", 1))
   if mode is None:
-    mode = "max" if "acc" in metric.split("/")[-1] else "min"
+    mode = _validate.default_mode(metric)
   if configs is None:
     tail = max(1, vals.shape[-1] // 10) if metric == "batch_loss" else 1
     with np.errstate(all="ignore"):
@@ -664,7 +666,7 @@ def lineage(
       final = result.final(metric).mean(axis=0)
     final = np.where(result.diverged.any(axis=0), np.nan, final)
     if np.isfinite(final).any():
-      best = int(np.nanargmax(final) if "acc" in metric.split("/")[-1] else np.nanargmin(final))
+      best = int(np.nanargmax(final) if _validate.default_mode(metric) == "max" else np.nanargmin(final))
   trajectory = rep.get("trajectory", {})
   traj = trajectory.get(best, trajectory.get(str(best))) if best is not None else None
   if traj:

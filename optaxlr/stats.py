@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
+from optaxlr import _validate
+
 __all__ = [
     "Estimate",
     "Difference",
@@ -252,7 +254,7 @@ def default_mode(metric: str) -> str:
   >>> default_mode("val/error"), default_mode("test/acc")
   ('min', 'max')
   """
-  return "max" if "acc" in metric.split("/")[-1] else "min"
+  return _validate.default_mode(metric)
 
 
 def _check_confidence(fn: str, confidence: float) -> float:

@@ -340,7 +340,7 @@ def adamw_find():
 
 @pytest.fixture(scope="module")
 def adamw_grid():
-  return lr_find_grid(linreg_task(), ADAMW, [1e-3, 1e-1, 30.0], steps=20, batch_size=16,
+  return lr_find_grid(linreg_task(), ADAMW, lrs=[1e-3, 1e-1, 30.0], steps=20, batch_size=16,
                       space={"weight_decay": [0.0, 0.1]}, metric="val/loss")
 
 
@@ -428,7 +428,7 @@ def test_lr_find_grid_largest_falling_rate_is_below_two_over_l(x64):
   task = linreg_task()
   lim = 2 / L_LINREG
   lrs = np.array([0.05, 0.3, 0.9, 1.1, 1.5]) * lim
-  res = lr_find_grid(task, SGD, lrs, steps=30, batch_size=N, window=1, seeds=2)
+  res = lr_find_grid(task, SGD, lrs=lrs, steps=30, batch_size=N, window=1, seeds=2)
   np.testing.assert_array_equal(res.fell[:, 0], [True, True, True, False, False])
   assert res.largest_falling()[0] == pytest.approx(0.9 * lim)
   assert res.best()[0] < lim
@@ -519,12 +519,14 @@ def _bad_momentum(h):
 def test_lr_find_grid_bad_arguments():
   task = linreg_task()
   with pytest.raises(ValueError, match=r"lr_find_grid: lrs must be > 0"):
-    lr_find_grid(task, SGD, [0.1, 0.0])
+    lr_find_grid(task, SGD, lrs=[0.1, 0.0])
   with pytest.raises(ValueError, match=r"lr_find_grid: lrs must be distinct"):
-    lr_find_grid(task, SGD, [0.1, 0.1])
+    lr_find_grid(task, SGD, lrs=[0.1, 0.1])
   with pytest.raises(ValueError, match=r"lr_find_grid: fall_threshold must be in \[0.0, 1.0\)"):
-    lr_find_grid(task, SGD, [0.1], fall_threshold=1.0)
+    lr_find_grid(task, SGD, lrs=[0.1], fall_threshold=1.0)
   with pytest.raises(ValueError, match=r"lr_find_grid: metric must be one of 'train/loss', 'val/loss'"):
-    lr_find_grid(task, SGD, [0.1], metric="test/loss")
+    lr_find_grid(task, SGD, lrs=[0.1], metric="test/loss")
   with pytest.raises(ValueError, match=r"lr_find_grid: window=2 is read only with metric='train/loss'"):
-    lr_find_grid(task, SGD, [0.1], metric="val/loss", window=2)
+    lr_find_grid(task, SGD, lrs=[0.1], metric="val/loss", window=2)
+  with pytest.raises(TypeError, match=r"lr_find_grid: space \(the third argument.*keyword lrs="):
+    lr_find_grid(task, SGD, [0.1, 0.2])

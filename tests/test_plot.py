@@ -294,8 +294,9 @@ def test_lr_find_plot_marks_the_recommended_rate_and_names_everything(finder, tm
 
 def test_lr_grid_plot_draws_the_final_losses_and_marks(task, tmp_path):
   lrs = np.logspace(-3, -1, 3)  # none diverges (lr_find_grid warns on an all-NaN tail)
-  grid = optaxlr.lr_find_grid(task, lambda h: optaxlr.sgd(h["lr"], weight_decay=h["wd"]), lrs,
-                              search.grid(wd=[0.0, 1e-2]), steps=20, seeds=2, batch_size=16)
+  grid = optaxlr.lr_find_grid(task, lambda h: optaxlr.sgd(h["lr"], weight_decay=h["wd"]),
+                              search.grid(wd=[0.0, 1e-2]), lrs=lrs, steps=20, seeds=2,
+                              batch_size=16)
   fig = grid.plot()
   fig.savefig(tmp_path / "lr_grid.png")
   ax = fig.axes[0]
