@@ -56,6 +56,10 @@ class ChunkEvent:
     eval_steps: ``(E,)``.
     alive: ``(S, n)`` bool; ``stopped_at``, ``diverged_at``: ``(S, n)`` (-1: not stopped);
     stop_reason: ``(S, n)`` strings from :data:`optaxlr.engine.STOP_REASONS`.
+    train_loss: ``(S, n, L)`` the training (minibatch) loss recorded so far: one value per
+      step, or means over windows of ``log_every`` steps (NaN after a run stopped);
+      ``train_steps``: ``(L,)`` the updates done when each window ended (entry ``j`` of a
+      per-step record is the loss of the batch of update ``j + 1``, before that update).
   """
 
   group: int
@@ -70,6 +74,8 @@ class ChunkEvent:
   stopped_at: np.ndarray
   diverged_at: np.ndarray
   stop_reason: np.ndarray
+  train_loss: np.ndarray | None = None
+  train_steps: np.ndarray | None = None
 
   def __getitem__(self, name: str) -> Any:
     return getattr(self, name)
@@ -531,6 +537,7 @@ def run(plan: Plan) -> Output:
         ctrl = None
         if plan.callback is not None:
           e_now = min(c * spec.blocks + spec.blocks, n_evals)
+          w_now = math.ceil(done / plan.log_every)
           event = ChunkEvent(
               group=g, chunk=c, step=base + done, configs=tuple(int(i) for i in ids),
               hparams={k: v[ids].copy() for k, v in hp_now.items()},
@@ -540,6 +547,8 @@ def run(plan: Plan) -> Output:
               alive=alive[:, valid].copy(), stopped_at=stopped_at[:, ids].copy(),
               diverged_at=np.where(reason[:, ids] == 1, stopped_at[:, ids], -1),
               stop_reason=np.asarray(_rules.STOP_REASONS, dtype=object)[reason[:, ids]],
+              train_loss=loss[:, ids, :w_now].copy(),
+              train_steps=base + np.minimum((np.arange(w_now) + 1) * plan.log_every, steps),
           )
           ctrl = plan.callback(event)
         last = c + 1 == n_chunks
