@@ -119,3 +119,47 @@ def one_of(fn: str, name: str, value: Any, allowed: Sequence[Any]) -> None:
   if value not in allowed:
     choices = ", ".join(repr(a) for a in allowed)
     raise ValueError(f"{fn}: {name} must be one of {choices}, got {name}={value!r}")
+
+
+def int_in(fn: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+  """An int (Python or NumPy, not bool) in ``[low, high]`` (``high=None``: no upper bound).
+
+  Returns it as a Python int; otherwise a ``ValueError`` naming the function, the argument and
+  the allowed range (a ``batch_size`` bounded by the training set says so).
+
+  Examples:
+    >>> int_in("sweep", "steps", 10, 1)
+    10
+    >>> int_in("sweep", "steps", 2.5, 1)
+    Traceback (most recent call last):
+    ValueError: sweep: steps must be an int >= 1, got steps=2.5
+  """
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  if not ok or value < low or (high is not None and value > high):
+    rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+    extra = " (the training set size)" if name == "batch_size" else ""
+    raise ValueError(f"{fn}: {name} must be an int {rng}{extra}, got {name}={value!r}")
+  return int(value)
+
+
+def seed_list(fn: str, seeds: Any) -> list[int]:
+  """``seeds`` as a list of distinct ints: an int ``n >= 1`` means ``[0, ..., n - 1]``.
+
+  Examples:
+    >>> seed_list("sweep", 3), seed_list("sweep", [7, 1])
+    ([0, 1, 2], [7, 1])
+  """
+  if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
+    if seeds < 1:
+      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of distinct ints, got "
+                       f"seeds={seeds!r}")
+    return list(range(int(seeds)))
+  try:
+    out = list(seeds)
+  except TypeError:
+    raise ValueError(f"{fn}: seeds must be an int >= 1 or a non-empty list of distinct ints, "
+                     f"got seeds={seeds!r}") from None
+  bad = [s for s in out if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))]
+  if bad or not out or len(set(int(s) for s in out)) != len(out):
+    raise ValueError(f"{fn}: seeds must be a non-empty list of distinct ints, got seeds={seeds!r}")
+  return [int(s) for s in out]
