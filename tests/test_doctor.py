@@ -288,12 +288,15 @@ def test_vectorised_over_runs_equals_one_run_at_a_time():
   assert d.labels.shape == (s, c)
   assert len(set(d.labels.ravel())) >= 5
   assert d.flags["far_behind"].any() and not d.flags["far_behind"].all()
-  compared = {"score", "best_score", "behind_ratio"}  # these need the other runs
+  # These need the other runs (the best config's score and its late improvement).
+  compared = {"score", "best_score", "behind_ratio", "best_recent_improvement"}
   for i in range(s):
     for j in range(c):
       one = diagnose(train[i, j], val_loss=val[i, j], val_accuracy=acc[i, j])
-      # Alone, a run is its own best; in the sweep, a run far behind gets a label for it.
-      if not d.flags["far_behind"][i, j]:
+      # Alone, a run is its own best; in the sweep, a run far behind gets a label for it, and
+      # whether the sweep is under-trained is read from its best config.
+      if not (d.flags["far_behind"][i, j] or d.flags["undertrained"][i, j]
+              or one.flags["undertrained"][0, 0]):
         assert one.labels[0, 0] == d.labels[i, j]
       for k, v in d.evidence.items():
         if k not in compared:
