@@ -235,7 +235,7 @@ class DoctorThresholds:
   val_rise: float = 0.1
   acc_rise: float = 0.0
   train_fall: float = 0.0
-  behind_ratio: float = 2.0
+  behind_ratio: float = 1.5
   behind_margin: float = 0.01
   update_ratio_low: float = 1e-4
   update_ratio_high: float = 1e-2
