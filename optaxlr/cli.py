@@ -555,22 +555,14 @@ def on_edge(res, best: dict[str, Any]) -> list[str]:
   >>> on_edge(res, {"lr": 0.1, "wd": 0.0}), on_edge(res, {"lr": 1e-3, "wd": 1e-3})
   (['lr=max'], ['lr=min'])
   """
-  out = []
-  for axis in res.space.axes:
-    for name, values in axis.values.items():
-      vals = np.unique(np.asarray(values))
-      if axis.dim != name or vals.size < 3 or name not in best:
-        continue
-      if best[name] == vals.max():
-        out.append(f"{name}=max")
-      elif best[name] == vals.min() and vals.min() != 0:
-        out.append(f"{name}=min")
-  return out
+  from optaxlr.engine._result import grid_edges
+
+  return grid_edges(res.space, best)  # one rule, shared with SweepResult.best's warning
 
 
 def _summary_rows(name, res) -> dict:
   metric = "val/error" if "val/error" in res.metrics else "val/loss"
-  best = res.best(metric)
+  best = res.best(metric, warn=False)  # the edges are reported in the table (on_edge)
   i = best["index"]
   row = {
       "optimizer": name,

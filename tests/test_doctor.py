@@ -640,3 +640,53 @@ def test_diagnosis_is_a_plain_dataclass():
   assert set(d.flags) == {*LABELS, "far_behind", "slow_updates", "large_updates"}
   assert d.flags["healthy"][0, 0]
   assert set(ADVICE) == set(LABELS)
+
+
+def test_best_warns_when_the_best_config_is_on_a_grid_edge():
+  """SweepResult.best says when the best value of a grid axis (>= 3 values) is the largest or
+  the smallest tried (0 is a floor, not an edge; 2 values are all edges, so not flagged), with
+  the rule the CLI prints (cli.on_edge)."""
+  import warnings
+
+  from optaxlr import cli
+  from optaxlr.engine._result import GridEdgeWarning
+
+  space = search.grid(lr=[1e-3, 1e-2, 1e-1], wd=[0.0, 1e-3, 1e-2], m=[0.5, 0.9])
+  n = 18
+
+  def result(best):
+    err = np.full((1, n, 2), 0.5)
+    err[0, best] = 0.1
+    return optaxlr.SweepResult(space=space, seeds=np.arange(1), batch_loss=np.ones((1, n, 4)),
+                               metrics={"val/error": err}, eval_steps=np.array([2, 4]),
+                               diverged_at=np.full((1, n), -1), stopped_at=np.full((1, n), -1))
+
+  def by_hand(h):  # the documented rule, restated
+    out = []
+    for name, vals in (("lr", [1e-3, 1e-2, 1e-1]), ("wd", [0.0, 1e-3, 1e-2])):
+      if h[name] == max(vals):
+        out.append(f"{name}=max")
+      elif h[name] == min(vals) and min(vals) != 0:
+        out.append(f"{name}=min")
+    return out
+
+  seen = 0
+  for i in range(n):
+    res = result(i)
+    h = res.config(i)
+    want = by_hand(h)
+    assert cli.on_edge(res, h) == want
+    if want:
+      seen += 1
+      with pytest.warns(GridEdgeWarning, match=r"SweepResult.best: the best config by "
+                                               r"'val/error' is on the edge of the grid \("
+                                               + ", ".join(want)):
+        assert res.best("val/error")["index"] == i
+    else:
+      with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert res.best("val/error")["index"] == i
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      res.best("val/error", warn=False)
+  assert seen == 14  # 18 configs; only lr=1e-2 with wd in {0, 1e-3} (x 2 momenta) is inside
