@@ -357,7 +357,10 @@ def optimize(
   trial to prune is stopped (``Control(stop=...)``, stop reason ``"host"``) and told
   ``TrialState.PRUNED``, and the sweep moves the live trials into a smaller program so that it
   costs nothing afterwards (the pruner runs as the sweep's ``adapt=`` strategy, so ``adapt=``
-  cannot be passed as well, and every trial of a round must fit one program). Optuna's pruners
+  cannot be passed as well, a ``callback=`` of yours may observe but not steer, and every trial
+  of a round must fit one program). Each number of live trials is one more compiled program
+  (cached for the next rounds): on a CPU and a short study that can cost more than the
+  pruned steps save (BENCHMARKS.md); ``prune=False`` trains every trial to the end. Optuna's pruners
   compare a trial with the trials already *finished*, so the first round (and, with
   ``MedianPruner(n_startup_trials=k)``, every round until ``k`` trials are complete) is never
   pruned. A trial the pruner stops at its last evaluation is pruned, as in Optuna's loop.
