@@ -274,7 +274,10 @@ def tensorboard_callback(logdir: str | os.PathLike, *, prefix: str = "") -> Trac
     A :class:`Tracker` for ``sweep(callback=...)``.
 
   Examples:
-    >>> tb = tensorboard_callback("/tmp/tb", prefix="adamw/")  # doctest: +SKIP
+    >>> import tempfile
+    >>> tb = tensorboard_callback(tempfile.mkdtemp(), prefix="adamw/")
+    >>> tb.runs  # opened by the first chunk of the sweep it is given to
+    {}
   """
   return _TensorBoard(logdir, prefix)
 
@@ -297,7 +300,11 @@ def wandb_callback(project: str | None = None, *, prefix: str = "", **init_kwarg
     A :class:`Tracker` for ``sweep(callback=...)``.
 
   Examples:
-    >>> tracker = wandb_callback("my-project", mode="offline", group="lr-grid")  # doctest: +SKIP
+    >>> import tempfile
+    >>> tracker = wandb_callback("my-project", mode="offline", dir=tempfile.mkdtemp(),
+    ...                          group="lr-grid")
+    >>> tracker.runs, tracker.init_kwargs["group"]
+    ({}, 'lr-grid')
   """
   return _WandB(project, prefix, init_kwargs)
 
@@ -321,7 +328,11 @@ def mlflow_callback(experiment: str = "optaxlr", *, tracking_uri: str | None = N
     A :class:`Tracker` for ``sweep(callback=...)``.
 
   Examples:
-    >>> tracker = mlflow_callback("lr-grid", tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
+    In a database in the current folder (``mlflow ui --backend-store-uri
+    sqlite:///mlflow.db`` shows it)::
+
+      with mlflow_callback("lr-grid", tracking_uri="sqlite:///mlflow.db") as tracker:
+        res = optaxlr.sweep(task, optimizer, space, steps=500, callback=tracker)
   """
   return _MLflow(experiment, tracking_uri, prefix)
 
