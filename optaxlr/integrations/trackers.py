@@ -16,6 +16,10 @@ axis is logged as the index of its value (as the program sees it). When steering
 run's hyperparameters (population-based training), the new values are logged as scalars
 ``hparam/<name>`` at that step, since a tracker's run parameters cannot change.
 
+Every run stays open until the tracker is closed (a TensorBoard writer holds a file and a
+thread, a W&B run a stream): for sweeps of thousands of runs, track a subset (a smaller sweep,
+or :func:`chain` with a callback of your own that logs what you choose).
+
 A tracker never steers (it returns ``None``); :func:`chain` runs it beside a callback that does.
 Close it when the sweep is done (``tracker.close()``, or ``with`` the tracker): that ends every
 tracker run (W&B ``finish``, MLflow ``set_terminated``, TensorBoard writers closed) with its
