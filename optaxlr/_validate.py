@@ -126,7 +126,18 @@ def one_of(fn: str, name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 
 def check_int(fn: str, name: str, value: Any, low: int, high: int | None = None) -> int:
-  """An int (Python or NumPy, not bool) in ``[low, high]``, else a ValueError naming it."""
+  """An int (Python or NumPy, not bool) in ``[low, high]`` (``high=None``: no upper bound).
+
+  Returns it as a Python int; otherwise a ``ValueError`` naming the function, the argument and
+  the allowed range (a ``batch_size`` bounded by the training set says so).
+
+  Examples:
+    >>> check_int("sweep", "steps", 10, 1)
+    10
+    >>> check_int("sweep", "steps", 2.5, 1)
+    Traceback (most recent call last):
+    ValueError: sweep: steps must be an int >= 1, got steps=2.5
+  """
   ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
   if not ok or value < low or (high is not None and value > high):
     rng = f">= {low}" if high is None else f"in [{low}, {high}]"
@@ -143,10 +154,16 @@ def check_flag(fn: str, name: str, value: Any) -> bool:
 
 
 def seed_list(fn: str, seeds: Any) -> list[int]:
-  """``seeds`` as a list of distinct ints: an int ``n`` means ``0..n-1``."""
+  """``seeds`` as a list of distinct ints: an int ``n >= 1`` means ``[0, ..., n - 1]``.
+
+  Examples:
+    >>> seed_list("sweep", 3), seed_list("sweep", [7, 1])
+    ([0, 1, 2], [7, 1])
+  """
   if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
     if seeds < 1:
-      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of distinct ints, got seeds={seeds!r}")
+      raise ValueError(f"{fn}: seeds must be >= 1 or a non-empty list of distinct ints, got "
+                       f"seeds={seeds!r}")
     return list(range(int(seeds)))
   try:
     out = list(seeds)
@@ -206,3 +223,6 @@ class renamed:
         and exc.args[0].startswith(self.inner):
       exc.args = (self.outer + exc.args[0][len(self.inner):], *exc.args[1:])
     return False
+
+
+int_in = check_int  # the name the Optuna bridge uses

@@ -555,14 +555,14 @@ def on_edge(res, best: dict[str, Any]) -> list[str]:
   >>> on_edge(res, {"lr": 0.1, "wd": 0.0}), on_edge(res, {"lr": 1e-3, "wd": 1e-3})
   (['lr=max'], ['lr=min'])
   """
-  from optaxlr import stats
+  from optaxlr.engine import grid_edges
 
-  return [f"{name}={side}" for name, side in stats.edges(res, best).items() if side]
+  return grid_edges(res.space, best)  # one rule, shared with SweepResult.best's warning
 
 
 def _summary_rows(name, res) -> dict:
   metric = "val/error" if "val/error" in res.metrics else "val/loss"
-  best = res.best(metric)
+  best = res.best(metric, warn=False)  # the edges are reported in the table (on_edge)
   i = best["index"]
   row = {
       "optimizer": name,

@@ -30,6 +30,17 @@ ratio ``||update|| / ||params||`` recorded by the sweep (``train/update_ratio``)
 * ``score``: the comparison score at the run's last usable evaluation; ``best_score``: the
   lowest mean over seeds of any config at that same evaluation (the same budget; a config
   with a diverged seed has no mean); ``behind_ratio = score / best_score``;
+* ``eval_gap``: the loss of a *training subset evaluated in evaluation mode* (the sweep metric
+  ``train_eval/loss``, see :func:`with_train_eval`) at the run's last usable evaluation over
+  the training loss (training mode, a window before that evaluation). Near 1 (below 1 with
+  Dropout) for a model that behaves the same in both modes; far above 1 when BatchNorm's
+  running statistics (or another train/eval difference) do not match what the model learned:
+  the model fails on its *own training examples* once in evaluation mode, so a high
+  validation loss is not overfitting;
+* ``best_recent_improvement``: the relative improvement of the best config's score (mean over
+  seeds) over the last ``recent_fraction`` of the steps (from the last evaluation at or before
+  that point to the last one): a sweep whose best run is still improving fast was stopped too
+  early everywhere;
 * ``update_ratio``: the largest recorded ``||update|| / ||params||`` (global L2 norms, the
   last step before each evaluation) over the run's usable evaluations. The rule of thumb
   (CS231n; the seed guides) wants it near ``1e-3``: far below, learning is slow; far above,
@@ -50,6 +61,7 @@ import numpy as np
 from optaxlr import _validate
 
 __all__ = [
+    "with_train_eval",
     "LABELS",
     "ADVICE",
     "DoctorThresholds",
@@ -64,12 +76,14 @@ LABELS: tuple[str, ...] = (
     "exploding",
     "not_learning",
     "oscillating",
+    "train_eval_gap",
     "overconfident",
     "overfitting",
     "too_slow",
     "underfitting",
     "plateaued",
     "behind_best",
+    "undertrained",
     "healthy",
 )
 """Every label, in priority order: a run gets the first whose rule holds."""
@@ -104,6 +118,16 @@ ADVICE: dict[str, str] = {
         "learning rate is too high for the batch size. Lower the rate or raise the batch size "
         "(linear-scaling rule: rate proportional to batch size), or decay the rate."
     ),
+    "train_eval_gap": (
+        "In evaluation mode the model does much worse on its own TRAINING examples than the "
+        "training loss says: the gap is between training and evaluation mode, not between "
+        "training and validation data, so it is not overfitting (more weight decay would not "
+        "help). Usually BatchNorm: running statistics that lag the weights (momentum too high "
+        "for the number of steps, e.g. 0.99 over a few hundred steps: use 0.9), tiny or "
+        "unrepresentative batches, unnormalised inputs. Train longer, lower the BatchNorm "
+        "momentum, use larger batches, recompute the statistics on training data before "
+        "evaluating, or use GroupNorm/LayerNorm."
+    ),
     "overconfident": (
         "Validation loss and validation accuracy rise together: the model grows overconfident "
         "on the examples it gets wrong. Flooding (optaxlr.flood), label smoothing, or early "
@@ -131,6 +155,11 @@ ADVICE: dict[str, str] = {
         "look fine: its settings are worse than the best config's. Compare them "
         "(SweepResult.best, Diagnosis.to_pandas): regularisation (weight decay, flooding), "
         "the rate, the schedule."
+    ),
+    "undertrained": (
+        "Fine on its own, but the whole sweep stopped too early: its best config was still "
+        "improving fast at the end. Train longer or raise the learning rate (a one-cycle "
+        "schedule), then compare the configs again."
     ),
     "healthy": "No problem found.",
 }
@@ -170,9 +199,9 @@ class DoctorThresholds:
     train_fall: "overfitting" needs the training loss to have fallen by more than this
       (relative) since the best validation loss. Default 0.0.
     behind_ratio: a run is *far behind the best* when its ``score`` exceeds ``behind_ratio``
-      times the ``best_score`` at the same evaluation, ``> 1``. Default 2.0: twice the best
-      config's validation error (20% against 2.7% is 7.5 times; 7.2% against 3.2% is 2.25
-      times; 3.6% against 2.7% is not far behind).
+      times the ``best_score`` at the same evaluation, ``> 1``. Default 1.5: half as much
+      error again as the best config (20% against 2.7% is 7.5 times; 5.7% against 3% is 1.9
+      times; 3.6% against 2.7% is 1.33 times, not far behind).
     behind_margin: ...and by more than ``behind_margin`` in the score's units (for an error
       rate, 0.01 is one percentage point), ``>= 0``, so that two tiny scores (0.2% against
       0.05%) are not "far apart". Default 0.01.
@@ -182,6 +211,16 @@ class DoctorThresholds:
     update_ratio_high: ...and "far above" it over this, ``> update_ratio_low``. Default 1e-2.
       Adam's best rate on a small MLP can reach 2e-2 at its peak; the rule only turns a run
       "oscillating" when it also trails the sweep's best.
+    eval_gap_ratio: "train_eval_gap" when ``eval_gap`` (a training subset's loss in
+      evaluation mode over the training loss) exceeds this, ``> 1``. Default 2.0: the same
+      examples cost twice as much once the model is put in evaluation mode.
+    eval_gap_margin: ...and the two losses differ by more than this (in loss units), ``>= 0``,
+      so that two tiny losses are not a gap. Default 0.1.
+    undertrained_improvement: the sweep is *under-trained* when its best config's score
+      improved by at least this (relative) over the last ``recent_fraction`` of the steps,
+      ``> 0``. Default 0.05 (the issue's case: 7-19% over the last quarter).
+    undertrained_margin: ...and by more than this in the score's units, ``>= 0``. Default
+      0.005 (half a percentage point of error).
   """
 
   window: float = 0.1
@@ -196,10 +235,14 @@ class DoctorThresholds:
   val_rise: float = 0.1
   acc_rise: float = 0.0
   train_fall: float = 0.0
-  behind_ratio: float = 2.0
+  behind_ratio: float = 1.5
   behind_margin: float = 0.01
   update_ratio_low: float = 1e-4
   update_ratio_high: float = 1e-2
+  eval_gap_ratio: float = 2.0
+  eval_gap_margin: float = 0.1
+  undertrained_improvement: float = 0.05
+  undertrained_margin: float = 0.005
 
   def __post_init__(self):
     fn = "DoctorThresholds"
@@ -222,6 +265,55 @@ class DoctorThresholds:
     _validate.check(fn, "update_ratio_high", self.update_ratio_high,
                     lambda v: v > self.update_ratio_low,
                     f"> update_ratio_low={self.update_ratio_low}")
+    _validate.check(fn, "eval_gap_ratio", self.eval_gap_ratio, lambda v: v > 1, "> 1")
+    _validate.nonnegative(fn, "eval_gap_margin", self.eval_gap_margin)
+    _validate.positive(fn, "undertrained_improvement", self.undertrained_improvement)
+    _validate.nonnegative(fn, "undertrained_margin", self.undertrained_margin)
+
+
+def with_train_eval(task: Any, n: int = 512, *, seed: int = 0,
+                    split: str = "train_eval") -> Any:
+  """The task with one more evaluation split: ``n`` training examples, evaluated like the
+  validation data (in evaluation mode: BatchNorm's running statistics, no Dropout).
+
+  A sweep of it records ``f"{split}/loss"`` (and the task's other metrics) on examples the
+  model trained on; :func:`diagnose` compares that loss with the training loss to tell a
+  train/eval-mode gap (BatchNorm statistics that do not match the weights) from overfitting.
+
+  Args:
+    task: an :class:`optaxlr.Task` whose training data is in memory (for a stream, add an
+      evaluation split of training examples yourself).
+    n: how many training examples, drawn without replacement (all of them if fewer).
+    seed: the draw's seed (NumPy).
+    split: the new split's name; must not be one of the task's splits.
+
+  Returns:
+    A new :class:`optaxlr.Task`.
+
+  Examples:
+    >>> from optaxlr import tasks
+    >>> task = with_train_eval(tasks.teacher_student(n_train=64, n_val=16, n_test=16), n=32)
+    >>> sorted(task.eval), task.eval["train_eval"]["x"].shape[0]
+    (['test', 'train_eval', 'val'], 32)
+  """
+  from optaxlr.tasks import Task
+
+  fn = "with_train_eval"
+  if not isinstance(task, Task):
+    raise TypeError(f"{fn}: task must be an optaxlr.Task, got {type(task).__name__}")
+  _validate.int_in(fn, "n", n, 1)
+  _validate.int_in(fn, "seed", seed, 0)
+  if not isinstance(split, str) or not split or "/" in split or split in task.eval \
+      or split == "train":
+    raise ValueError(f"{fn}: split must be a new split name without '/', not 'train' or one of "
+                     f"the task's {sorted(task.eval)}, got split={split!r}")
+  if task.host_fed:
+    raise ValueError(f"{fn}: the task's training data is a stream ({task.name!r}); add an "
+                     "evaluation split of training examples yourself (Task(eval={...}))")
+  n_train = task.n_train
+  idx = np.sort(np.random.default_rng(seed).permutation(n_train)[:min(n, n_train)])
+  subset = {k: np.asarray(v)[idx] for k, v in task.train.items()}
+  return dataclasses.replace(task, eval={**task.eval, split: subset})
 
 
 # ----------------------------------------------------------------------------------------
@@ -280,8 +372,9 @@ class Diagnosis:
       ``diverged_at`` (-1 if never), ``initial_loss``, ``improvement``,
       ``recent_improvement``, ``remaining``, ``peak_ratio``, ``end_over_min``,
       ``noise_ratio``, ``val_rise``, ``val_acc_change``, ``train_fall_after_val_best``,
-      ``val_best_step``, ``score``, ``best_score``, ``behind_ratio``, ``update_ratio``; NaN
-      where not measurable.
+      ``val_best_step``, ``score``, ``best_score``, ``behind_ratio``, ``eval_gap``,
+      ``best_recent_improvement`` (the same for every run), ``update_ratio``; NaN where not
+      measurable.
     thresholds: the :class:`DoctorThresholds` used.
     hparams: hyperparameter name -> value per config, ``(C,)`` (from a sweep's space).
     seeds: the seed values, ``(S,)``.
@@ -458,7 +551,7 @@ def _as_runs(fn: str, name: str, x: Any) -> np.ndarray:
 @dataclasses.dataclass
 class _Inputs:
   train: np.ndarray  # (S, C, T)
-  per_eval: dict[str, np.ndarray | None]  # val_loss, val_accuracy, score, update_ratio
+  per_eval: dict[str, np.ndarray | None]  # val_loss, val_accuracy, score, update_ratio, train_eval
   eval_steps: Any
   diverged_at: Any
   stopped_at: Any
@@ -470,7 +563,8 @@ class _Inputs:
 
 def _gather(fn: str, result: Any, *, val_loss, val_accuracy, score, update_ratio, eval_steps,
             diverged_at, stopped_at, val_metric, accuracy_metric, score_metric,
-            update_ratio_metric) -> _Inputs:
+            update_ratio_metric, train_eval_loss=None, train_eval_metric="train_eval/loss"
+            ) -> _Inputs:
   """Reads a SweepResult (or takes the arrays), says in ``notes`` which data is missing."""
   notes: list[str] = []
   if hasattr(result, "batch_loss") and hasattr(result, "diverged_at"):
@@ -480,6 +574,8 @@ def _gather(fn: str, result: Any, *, val_loss, val_accuracy, score, update_ratio
       val_loss = metrics[val_metric]
     if val_accuracy is None and accuracy_metric in metrics:
       val_accuracy = metrics[accuracy_metric]
+    if train_eval_loss is None and train_eval_metric in metrics:
+      train_eval_loss = metrics[train_eval_metric]
     if score is None:
       if score_metric is None:
         score_metric = next((m for m in ("val/error", val_metric) if m in metrics), None)
@@ -515,7 +611,7 @@ def _gather(fn: str, result: Any, *, val_loss, val_accuracy, score, update_ratio
   per_eval = {}
   n_e = None
   for name, v in (("val_loss", val_loss), ("val_accuracy", val_accuracy), ("score", score),
-                  ("update_ratio", update_ratio)):
+                  ("update_ratio", update_ratio), ("train_eval_loss", train_eval_loss)):
     if v is None:
       per_eval[name] = None
       continue
@@ -627,6 +723,40 @@ def _peak_update_ratio(u: np.ndarray, steps_e: np.ndarray, n: np.ndarray) -> np.
   return np.where(ok.any(1), np.where(ok, u, -np.inf).max(1), np.nan)
 
 
+def _gap_evidence(te: np.ndarray, steps_e: np.ndarray, n: np.ndarray, tr) -> dict[str, Any]:
+  """A training subset's loss in evaluation mode at the last usable evaluation, over (and
+  minus) the training loss of a window before it."""
+  R = te.shape[0]
+  e_n = _usable_evals(te, steps_e, n)
+  last = np.maximum(e_n - 1, 0)
+  at = np.minimum(steps_e[last], n)
+  level = _span_mean(tr["cs"], np.maximum(at - tr["w"], 0), at)
+  v = np.where(e_n > 0, te[np.arange(R), last], np.nan)
+  return {"eval_gap": _rel(v, level), "gap_diff": v - level}
+
+
+def _best_recent_improvement(score: np.ndarray, steps_e: np.ndarray, n: np.ndarray,
+                             thr: DoctorThresholds) -> tuple[float, float, int]:
+  """``(relative improvement, absolute improvement, config)`` of the best config's score (mean
+  over seeds, at its last usable evaluation) from the last evaluation at or before
+  ``1 - recent_fraction`` of that step; NaN where not measurable."""
+  with np.errstate(all="ignore"):
+    mean = score.mean(axis=0)  # (C, E); NaN where a seed diverged
+  n_c = mean.shape[0]
+  e_n = _usable_evals(mean, steps_e, n.min(axis=0))
+  last = np.maximum(e_n - 1, 0)
+  final = np.where(e_n > 0, mean[np.arange(n_c), last], np.nan)
+  if not np.isfinite(final).any():
+    return np.nan, np.nan, -1
+  c = int(np.nanargmin(final))
+  e_last = int(last[c])
+  ref = np.flatnonzero(steps_e[:e_last + 1] <= (1 - thr.recent_fraction) * steps_e[e_last])
+  if ref.size == 0:
+    return np.nan, np.nan, c
+  s_ref, s_end = mean[c, ref[-1]], mean[c, e_last]
+  return float(_rel(s_ref - s_end, s_ref)), float(s_ref - s_end), c
+
+
 # ----------------------------------------------------------------------------------------
 # The rules.
 
@@ -638,6 +768,7 @@ def diagnose(
     val_accuracy: Any = None,
     score: Any = None,
     update_ratio: Any = None,
+    train_eval_loss: Any = None,
     eval_steps: Any = None,
     diverged_at: Any = None,
     stopped_at: Any = None,
@@ -646,6 +777,7 @@ def diagnose(
     accuracy_metric: str = "val/accuracy",
     score_metric: str | None = None,
     update_ratio_metric: str = "train/update_ratio",
+    train_eval_metric: str = "train_eval/loss",
     **overrides: float,
 ) -> Diagnosis:
   """Labels every run of a sweep (or every given curve) with what went wrong and why.
@@ -666,19 +798,29 @@ def diagnose(
   5. ``oscillating``: ``noise_ratio > oscillation_noise`` and ``remaining >
      converged_remaining``; or ``improvement <= -not_learning_improvement`` (the loss ended
      higher than it started); or large updates while far behind.
-  6. ``overconfident``: ``val_rise > val_rise`` and ``val_acc_change > acc_rise``.
-  7. ``overfitting``: ``val_rise > val_rise`` and ``train_fall_after_val_best > train_fall``.
-  8. ``too_slow``: no large updates, and either far behind while still improving or with
+  6. ``train_eval_gap``: ``eval_gap > eval_gap_ratio`` and the training subset's loss in
+     evaluation mode exceeds the training loss by more than ``eval_gap_margin`` (needs
+     ``train_eval_metric``: evaluate a training subset, :func:`with_train_eval`). Ranked above
+     overfitting: a model that fails on its own training examples in evaluation mode does not
+     overfit, and its cure is not regularisation.
+  7. ``overconfident``: ``val_rise > val_rise`` and ``val_acc_change > acc_rise``.
+  8. ``overfitting``: ``val_rise > val_rise`` and ``train_fall_after_val_best > train_fall``.
+  9. ``too_slow``: no large updates, and either far behind while still improving or with
      slow updates, or slow updates while still improving and ``remaining >
      converged_remaining``.
-  9. ``underfitting``: still improving and ``remaining > underfit_remaining``.
-  10. ``plateaued``: ``recent_improvement < plateau_improvement`` and
+  10. ``underfitting``: still improving and ``remaining > underfit_remaining``.
+  11. ``plateaued``: ``recent_improvement < plateau_improvement`` and
       ``remaining > converged_remaining``.
-  11. ``behind_best``: far behind, for none of the reasons above.
-  12. ``healthy``: none of the above.
+  12. ``behind_best``: far behind, for none of the reasons above.
+  13. ``undertrained``: the sweep is under-trained (its best config's score still improved by
+      ``best_recent_improvement >= undertrained_improvement`` and more than
+      ``undertrained_margin`` over the last ``recent_fraction`` of the steps) and the run is
+      still improving: "train longer / raise the rate" in place of "healthy".
+  14. ``healthy``: none of the above.
 
   A rule whose data is missing (no score, no update ratio) is skipped and
-  ``Diagnosis.notes`` says so.
+  ``Diagnosis.notes`` says so; without a training subset evaluated in evaluation mode, a run
+  labelled overfitting or overconfident gets a note that it may be a train/eval-mode gap.
 
   Args:
     result: an :class:`optaxlr.SweepResult` (its ``batch_loss``, ``diverged_at``,
@@ -691,6 +833,8 @@ def diagnose(
       runs with the best (default: a sweep's ``score_metric``; for arrays, ``val_loss``).
     update_ratio: ``||update|| / ||params||`` at the evaluation steps, like ``val_loss``
       (default: a sweep's ``update_ratio_metric``).
+    train_eval_loss: the loss of a subset of the training examples evaluated in evaluation
+      mode, like ``val_loss`` (default: a sweep's ``train_eval_metric``).
     eval_steps: the number of training steps done at each evaluation, ``(E,)``; default
       ``T * (e + 1) / E``.
     diverged_at: ``(S, C)`` step of divergence, -1 for none; default for arrays: the first
@@ -704,6 +848,8 @@ def diagnose(
     score_metric: the sweep metric runs are compared on (lower is better); default
       ``"val/error"`` when present, else ``val_metric``.
     update_ratio_metric: the sweep metric holding the update/weight norm ratio.
+    train_eval_metric: the sweep metric holding a training subset's loss in evaluation mode
+      (an evaluation split made with :func:`with_train_eval`).
 
   Returns:
     A :class:`Diagnosis`.
@@ -738,7 +884,8 @@ def diagnose(
   inp = _gather(fn, result, val_loss=val_loss, val_accuracy=val_accuracy, score=score,
                 update_ratio=update_ratio, eval_steps=eval_steps, diverged_at=diverged_at,
                 stopped_at=stopped_at, val_metric=val_metric, accuracy_metric=accuracy_metric,
-                score_metric=score_metric, update_ratio_metric=update_ratio_metric)
+                score_metric=score_metric, update_ratio_metric=update_ratio_metric,
+                train_eval_loss=train_eval_loss, train_eval_metric=train_eval_metric)
   train = inp.train
   n_s, n_c, n_t = train.shape
   if n_t < 4:
@@ -797,6 +944,13 @@ def diagnose(
   ratio = nan
   if per_eval["update_ratio"] is not None:
     ratio = _peak_update_ratio(per_eval["update_ratio"].reshape(R, n_e), at_e, n)
+  gap = {"eval_gap": nan, "gap_diff": nan}
+  if per_eval["train_eval_loss"] is not None:
+    gap = _gap_evidence(per_eval["train_eval_loss"].reshape(R, n_e), at_e, n, tr)
+  best_recent, best_drop, best_cfg = np.nan, np.nan, -1
+  if per_eval["score"] is not None:
+    best_recent, best_drop, best_cfg = _best_recent_improvement(per_eval["score"], at_e,
+                                                                n_valid, thr)
 
   notes = list(inp.notes)
   initial = x[:, 0]
@@ -809,6 +963,14 @@ def diagnose(
     notes.append("every run diverged at step 0, whatever its learning rate: a data or model "
                  "problem")
 
+  sweep_undertrained = bool(np.isfinite(best_recent)
+                            and best_recent >= thr.undertrained_improvement
+                            and best_drop > thr.undertrained_margin)
+  if sweep_undertrained:
+    notes.append(f"the sweep is under-trained: its best config ({best_cfg}) still improved its "
+                 f"score by {100 * best_recent:.3g}% over the last "
+                 f"{100 * thr.recent_fraction:.3g}% of the steps; train longer or raise the "
+                 "learning rate before comparing the configs")
   with np.errstate(invalid="ignore"):
     improving = tr["recent_improvement"] >= thr.plateau_improvement
     unconverged = tr["remaining"] > thr.converged_remaining
@@ -825,6 +987,8 @@ def diagnose(
         "oscillating": ((tr["noise_ratio"] > thr.oscillation_noise) & unconverged)
                        | (tr["improvement"] <= -thr.not_learning_improvement)
                        | (large_updates & far_behind),
+        "train_eval_gap": ((gap["eval_gap"] > thr.eval_gap_ratio)
+                           & (gap["gap_diff"] > thr.eval_gap_margin)),
         "overconfident": val_up & (val["val_acc_change"] > thr.acc_rise),
         "overfitting": val_up & (val["train_fall_after_val_best"] > thr.train_fall),
         "too_slow": ~large_updates & ((far_behind & (improving | slow_updates))
@@ -832,6 +996,7 @@ def diagnose(
         "underfitting": improving & (tr["remaining"] > thr.underfit_remaining),
         "plateaued": ~improving & unconverged & np.isfinite(tr["recent_improvement"]),
         "behind_best": far_behind,
+        "undertrained": sweep_undertrained & improving,
     }
   # A run too short to measure (diverged at once) has NaN evidence: every comparison is False.
   label_idx = np.full(R, len(LABELS) - 1)
@@ -840,13 +1005,20 @@ def diagnose(
   labels = np.asarray(LABELS)[label_idx]
   flags["healthy"] = label_idx == len(LABELS) - 1
   flags.update(far_behind=far_behind, slow_updates=slow_updates, large_updates=large_updates)
+  if per_eval["train_eval_loss"] is None and np.isin(labels, ("overfitting",
+                                                              "overconfident")).any():
+    notes.append(f"overfitting and overconfidence may be a train/eval-mode gap (BatchNorm "
+                 f"statistics) instead: the result has no {train_eval_metric!r} (a training "
+                 "subset evaluated in evaluation mode, doctor.with_train_eval(task)) to tell "
+                 "them apart")
 
   shape = (n_s, n_c)
   evidence = {
       "diverged_at": div_step.astype(np.float64), "initial_loss": initial,
       **{k: tr[k] for k in ("improvement", "recent_improvement", "remaining", "peak_ratio",
                             "end_over_min", "noise_ratio")},
-      **val, **cmp, "update_ratio": ratio,
+      **val, **cmp, "eval_gap": gap["eval_gap"],
+      "best_recent_improvement": np.full(R, best_recent), "update_ratio": ratio,
   }
   return Diagnosis(
       labels=labels.reshape(shape),

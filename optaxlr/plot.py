@@ -697,6 +697,7 @@ _LABEL_COLORS = {
     "not_learning": "#7f7f7f", "oscillating": "#e377c2", "overconfident": "#9467bd",
     "overfitting": "#8c564b", "too_slow": "#1f77b4", "underfitting": "#bcbd22",
     "plateaued": "#17becf", "behind_best": "#aec7e8", "healthy": "#2ca02c",
+    "train_eval_gap": "#ff9896", "undertrained": "#98df8a",
 }
 
 
@@ -729,7 +730,8 @@ def atlas(diagnosis, x: str, y: str, *, where: Mapping[str, Any] | None = None, 
     seen.add(label)
     ax.add_patch(_plt().Rectangle((j - 0.5, i - 0.5), 1, 1, color=_LABEL_COLORS.get(label, "w")))
     ax.text(j, i, f"{max(counts)}/{runs.size}", ha="center", va="center", fontsize=7,
-            color="k" if label in ("behind_best", "underfitting") else "w")
+            color="k" if label in ("behind_best", "underfitting", "train_eval_gap",
+                                   "undertrained") else "w")
   ax.set_xlim(-0.5, len(xs) - 0.5)
   ax.set_ylim(-0.5, len(ys) - 0.5)
   _grid_axes(ax, xs, ys, x, y)

@@ -24,6 +24,7 @@ from optaxlr.doctor import (
     DoctorThresholds,
     diagnose,
     format_table,
+    with_train_eval,
 )
 
 T = 200
@@ -142,18 +143,117 @@ def test_real_overfitting_and_overconfidence_on_noisy_sinusoid():
   # 30 training points, 20% flipped labels, a 32x32 MLP trained full-batch with Adam: the
   # validation loss rises after ~20 steps; at lr=1e-3 the validation accuracy rises with it
   # (overconfident), at lr=1e-2 it falls (overfitting).
-  task = tasks.sinusoid(n_train=30, n_val=200, label_noise=0.2, hidden=(32, 32))
+  # The training points are also evaluated as a split ("train_eval"): in evaluation mode the
+  # model does as well on them as the training loss says (no train/eval-mode gap), so the
+  # high validation loss is overfitting indeed.
+  task = with_train_eval(tasks.sinusoid(n_train=30, n_val=200, label_noise=0.2,
+                                        hidden=(32, 32)), n=30)
   res = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), search.grid(lr=[1e-3, 1e-2]),
                       steps=300, batch_size=30, eval_every=20, execution=optaxlr.Execution(progress=False))
   d = diagnose(res)
   assert d.labels[0].tolist() == ["overconfident", "overfitting"]
   ev = {k: v[0] for k, v in d.evidence.items()}
+  assert (ev["eval_gap"] < 1.5).all() and not d.flags["train_eval_gap"].any()
+  # Full batch, no BatchNorm or Dropout: the subset in evaluation mode (the whole training
+  # set, after the last update) and the last training loss (before it) nearly agree.
+  np.testing.assert_allclose(res.metrics["train_eval/loss"][0, :, -1], res.batch_loss[0, :, -1],
+                             rtol=0.1)
   assert (ev["val_rise"] > 0.3).all()
   assert ev["val_acc_change"][0] > 0.02 and ev["val_acc_change"][1] < -0.02
   assert (ev["train_fall_after_val_best"] > 0.5).all()
   # With a higher bar for "rising", neither is flagged.
   d2 = diagnose(res, val_rise=100.0)
   assert not d2.flags["overfitting"].any() and not d2.flags["overconfident"].any()
+
+
+def _bn_cnn_task():
+  """Raw digits (pixels 0..16, not normalised) and a conv + BatchNorm net whose running
+  statistics move slowly (momentum 0.999): after 40 steps they are still near their initial
+  (0, 1), far from the activations' real statistics. A training subset evaluated in
+  evaluation mode is the "train_eval" split."""
+  from flax import nnx
+  from sklearn.datasets import load_digits
+
+  data = load_digits()
+  x = data.images.astype(np.float32)[..., None]
+  y = data.target.astype(np.int32)
+  idx = np.random.default_rng(0).permutation(len(y))
+  tr, va = idx[:1200], idx[1200:1500]
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(1, 8, kernel_size=(3, 3), rngs=rngs)
+      self.bn = nnx.BatchNorm(8, momentum=0.999, rngs=rngs)
+      self.head = nnx.Linear(8 * 64, 10, rngs=rngs)
+
+    def __call__(self, x):
+      h = jax.nn.relu(self.bn(self.conv(x)))
+      return self.head(h.reshape(h.shape[0], -1))
+
+  task = tasks.Task.from_flax_nnx("bn-cnn", Net, train={"x": x[tr], "y": y[tr]},
+                                  eval={"val": {"x": x[va], "y": y[va]}})
+  return with_train_eval(task, n=256)
+
+
+def test_real_batchnorm_train_eval_gap_is_not_overfitting():
+  task = _bn_cnn_task()
+  res = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), search.grid(lr=[3e-3, 1e-2]),
+                      steps=40, batch_size=8, eval_every=10, progress=False)
+  d = diagnose(res)
+  assert d.labels[0].tolist() == ["train_eval_gap", "train_eval_gap"]
+  assert "it is not overfitting" in ADVICE["train_eval_gap"]  # its own advice
+  # The evidence, restated: the subset's loss in evaluation mode at the last evaluation over
+  # the mean training loss of the last window (10% of 40 steps).
+  te, bl = res.metrics["train_eval/loss"][0, :, -1], res.batch_loss[0, :, -4:].mean(-1)
+  np.testing.assert_allclose(d.evidence["eval_gap"][0], te / bl, rtol=1e-6)
+  assert (te / bl > 2).all() and (te - bl > 0.1).all()
+  # The model fails in evaluation mode on its own training examples about as much as on new
+  # ones: no train/validation gap to speak of, so not overfitting.
+  err_tr, err_val = res.metrics["train_eval/error"][0, :, -1], res.metrics["val/error"][0, :, -1]
+  assert (np.abs(err_tr - err_val) < 0.05).all()
+  # Without the training subset the same runs read as overfitting / overconfidence (the old
+  # verdict), with a note that says what would tell them apart.
+  blind = diagnose(res, train_eval_metric="absent/loss")
+  assert set(blind.labels[0]) <= {"overfitting", "overconfident"}
+  assert any("train/eval-mode gap" in n for n in blind.notes)
+
+
+def test_real_undertrained_sweep_says_train_longer():
+  """Adam on digits for 40 steps: the best rate still gains ~20% of its validation error over
+  the last quarter. The same sweep over 200 steps has converged: its best run is healthy."""
+  task = tasks.digits(n=600, hidden=(32,))
+  space = search.grid(lr=[3e-4, 1e-3, 3e-3])
+
+  def run(steps):
+    return optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, steps=steps,
+                         batch_size=16, eval_every=10, sync_every=40, progress=False)
+
+  short, long = run(40), run(200)
+  d = diagnose(short)
+  assert d.labels[0, 2] == "undertrained"  # the best rate: its curves alone look fine
+  assert set(d.labels[0]) <= {"undertrained", "too_slow", "underfitting"}
+  assert "train longer" in ADVICE["undertrained"].lower()
+  assert any("under-trained" in n for n in d.notes)
+  # Restated: the best config's val/error at step 30 (the last evaluation at or before 75% of
+  # the steps) against step 40.
+  err = short.metrics["val/error"][0]
+  best = int(np.argmin(err[:, -1]))
+  assert best == 2
+  want = (err[best, 2] - err[best, 3]) / err[best, 2]
+  np.testing.assert_allclose(d.evidence["best_recent_improvement"][0, 0], want, rtol=1e-6)
+  assert want > 0.05
+  d_long = diagnose(long)
+  assert d_long.labels[0, 2] == "healthy" and not d_long.flags["undertrained"].any()
+
+
+def test_behind_best_at_1_9_times_the_best_error():
+  """A run at 1.9x the best config's error (5.7% vs 3%) is behind the best, not healthy; one
+  at 1.2x is not far behind. The training curves have converged (nothing else to flag)."""
+  curves = np.stack([2.3 * np.exp(-t / 8) + 0.02] * 3)
+  err = np.stack([np.full(10, 0.03), np.full(10, 0.057), np.full(10, 0.036)])
+  d = diagnose(curves, val_loss=err)
+  assert d.labels[0].tolist() == ["healthy", "behind_best", "healthy"]
+  np.testing.assert_allclose(d.evidence["behind_ratio"][0], [1.0, 1.9, 1.2])
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,12 +387,15 @@ def test_vectorised_over_runs_equals_one_run_at_a_time():
   assert d.labels.shape == (s, c)
   assert len(set(d.labels.ravel())) >= 5
   assert d.flags["far_behind"].any() and not d.flags["far_behind"].all()
-  compared = {"score", "best_score", "behind_ratio"}  # these need the other runs
+  # These need the other runs (the best config's score and its late improvement).
+  compared = {"score", "best_score", "behind_ratio", "best_recent_improvement"}
   for i in range(s):
     for j in range(c):
       one = diagnose(train[i, j], val_loss=val[i, j], val_accuracy=acc[i, j])
-      # Alone, a run is its own best; in the sweep, a run far behind gets a label for it.
-      if not d.flags["far_behind"][i, j]:
+      # Alone, a run is its own best; in the sweep, a run far behind gets a label for it, and
+      # whether the sweep is under-trained is read from its best config.
+      if not (d.flags["far_behind"][i, j] or d.flags["undertrained"][i, j]
+              or one.flags["undertrained"][0, 0]):
         assert one.labels[0, 0] == d.labels[i, j]
       for k, v in d.evidence.items():
         if k not in compared:
@@ -536,3 +639,53 @@ def test_diagnosis_is_a_plain_dataclass():
   assert set(d.flags) == {*LABELS, "far_behind", "slow_updates", "large_updates"}
   assert d.flags["healthy"][0, 0]
   assert set(ADVICE) == set(LABELS)
+
+
+def test_best_warns_when_the_best_config_is_on_a_grid_edge():
+  """SweepResult.best says when the best value of a grid axis (>= 3 values) is the largest or
+  the smallest tried (0 is a floor, not an edge; 2 values are all edges, so not flagged), with
+  the rule the CLI prints (cli.on_edge)."""
+  import warnings
+
+  from optaxlr import cli
+  from optaxlr.engine._result import GridEdgeWarning
+
+  space = search.grid(lr=[1e-3, 1e-2, 1e-1], wd=[0.0, 1e-3, 1e-2], m=[0.5, 0.9])
+  n = 18
+
+  def result(best):
+    err = np.full((1, n, 2), 0.5)
+    err[0, best] = 0.1
+    return optaxlr.SweepResult(space=space, seeds=np.arange(1), batch_loss=np.ones((1, n, 4)),
+                               metrics={"val/error": err}, eval_steps=np.array([2, 4]),
+                               diverged_at=np.full((1, n), -1), stopped_at=np.full((1, n), -1))
+
+  def by_hand(h):  # the documented rule, restated
+    out = []
+    for name, vals in (("lr", [1e-3, 1e-2, 1e-1]), ("wd", [0.0, 1e-3, 1e-2])):
+      if h[name] == max(vals):
+        out.append(f"{name}=max")
+      elif h[name] == min(vals) and min(vals) != 0:
+        out.append(f"{name}=min")
+    return out
+
+  seen = 0
+  for i in range(n):
+    res = result(i)
+    h = res.config(i)
+    want = by_hand(h)
+    assert cli.on_edge(res, h) == want
+    if want:
+      seen += 1
+      with pytest.warns(GridEdgeWarning, match=r"SweepResult.best: the best config by "
+                                               r"'val/error' is on the edge of the grid \("
+                                               + ", ".join(want)):
+        assert res.best("val/error")["index"] == i
+    else:
+      with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert res.best("val/error")["index"] == i
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      res.best("val/error", warn=False)
+  assert seen == 14  # 18 configs; only lr=1e-2 with wd in {0, 1e-3} (x 2 momenta) is inside

@@ -6,12 +6,47 @@ import dataclasses
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SweepResult", "load"]
+__all__ = ["SweepResult", "load", "GridEdgeWarning", "grid_edges"]
+
+
+class GridEdgeWarning(UserWarning):
+  """:meth:`SweepResult.best` found the best config on the edge of the grid."""
+
+
+def grid_edges(space: Any, hparams: Mapping[str, Any]) -> list[str]:
+  """Where ``hparams`` (a best config) sits on the edge of ``space``'s grid:
+  ``["lr=max", "wd=min", ...]``.
+
+  Flagged: a numeric grid axis with at least 3 values whose best value is the largest value
+  tried (``"=max"``) or the smallest (``"=min"``), unless that smallest value is 0 (the floor
+  of a weight decay or a momentum: there is nothing below it to try). With 2 values every
+  value is an edge, so such axes are not flagged; zipped, random and categorical axes neither.
+  The one rule of :meth:`SweepResult.best` and the ``optaxlr sweep`` command.
+
+  Examples:
+    >>> from optaxlr import search
+    >>> space = search.grid(lr=[1e-3, 1e-2, 1e-1], wd=[0.0, 1e-3, 1e-2])
+    >>> grid_edges(space, {"lr": 0.1, "wd": 0.0}), grid_edges(space, {"lr": 1e-3, "wd": 1e-3})
+    (['lr=max'], ['lr=min'])
+  """
+  out = []
+  for axis in space.axes:
+    for name, values in axis.values.items():
+      vals = np.unique(np.asarray(values))
+      if (axis.dim != name or vals.size < 3 or name not in hparams
+          or vals.dtype.kind not in "iuf"):
+        continue
+      if hparams[name] == vals.max():
+        out.append(f"{name}=max")
+      elif hparams[name] == vals.min() and vals.min() != 0:
+        out.append(f"{name}=min")
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,11 +293,15 @@ class SweepResult:
       out = red(vals, axis=-1)
     return np.where(self.diverged, np.nan, out)
 
-  def best(self, metric: str, *, mode: str | None = None, at: str = "final") -> dict[str, Any]:
+  def best(self, metric: str, *, mode: str | None = None, at: str = "final",
+           warn: bool = True) -> dict[str, Any]:
     """The config with the best mean (over seeds) of ``metric``.
 
     ``mode`` defaults to "max" for metrics named like accuracy, "min" otherwise. A config with a
-    diverged seed is never chosen.
+    diverged seed is never chosen. When the best value of a grid axis (3 values or more) is
+    the largest or the smallest one tried (not 0), the optimum may lie beyond the grid: a
+    :class:`GridEdgeWarning` says which (:func:`grid_edges`, the rule ``optaxlr sweep``
+    prints), unless ``warn=False``.
 
     Returns:
       ``{"index": i, "hparams": {...}, metric: mean, metric + "_std": std over seeds}``.
@@ -274,6 +313,13 @@ class SweepResult:
     if np.all(np.isnan(mean)):
       raise ValueError(f"SweepResult.best: every config diverged or has no {metric!r}")
     i = int(np.nanargmin(mean) if mode == "min" else np.nanargmax(mean))
+    edges = grid_edges(self.space, self.config(i))
+    if warn and edges:
+      shown = ", ".join(edges)
+      warnings.warn(f"SweepResult.best: the best config by {metric!r} is on the edge of the grid "
+                    f"({shown}: the best value is the largest or smallest tried); the optimum "
+                    "may lie beyond it: extend the grid that way (warn=False to silence)",
+                    GridEdgeWarning, stacklevel=2)
     return {
         "index": i,
         "hparams": self.config(i),

@@ -37,6 +37,10 @@ class ChunkEvent:
     eval_steps: ``(E,)``.
     alive: ``(S, n)`` bool; ``stopped_at``, ``diverged_at``: ``(S, n)`` (-1: not stopped);
     stop_reason: ``(S, n)`` strings from :data:`optaxlr.engine.STOP_REASONS`.
+    train_loss: ``(S, n, L)`` the training (minibatch) loss recorded so far: one value per
+      step, or means over windows of ``log_every`` steps (NaN after a run stopped);
+      ``train_steps``: ``(L,)`` the updates done when each window ended (entry ``j`` of a
+      per-step record is the loss of the batch of update ``j + 1``, before that update).
   """
 
   group: int
@@ -51,6 +55,8 @@ class ChunkEvent:
   stopped_at: np.ndarray
   diverged_at: np.ndarray
   stop_reason: np.ndarray
+  train_loss: np.ndarray | None = None
+  train_steps: np.ndarray | None = None
 
   def __getitem__(self, name: str) -> Any:
     return getattr(self, name)
@@ -83,6 +89,9 @@ def make_event(g: int, c: int, step: int, slots: np.ndarray, alive: np.ndarray, 
   valid = np.flatnonzero(slots >= 0)
   ids = slots[valid]
   reason = rec.reason[:, ids]
+  plan = rec.plan
+  done = step - plan.start_step
+  w_now = -(-done // plan.log_every)
   return ChunkEvent(
       group=g, chunk=c, step=step, configs=tuple(int(i) for i in ids),
       hparams={k: v[ids].copy() for k, v in rec.hp_now.items()},
@@ -92,6 +101,8 @@ def make_event(g: int, c: int, step: int, slots: np.ndarray, alive: np.ndarray, 
       alive=alive[:, valid].copy(), stopped_at=rec.stopped_at[:, ids].copy(),
       diverged_at=np.where(reason == _rules.reason_code("diverged"), rec.stopped_at[:, ids], -1),
       stop_reason=np.asarray(_rules.stop_reasons(), dtype=object)[reason],
+      train_loss=rec.loss[:, ids, :w_now].copy(),
+      train_steps=plan.start_step + np.minimum((np.arange(w_now) + 1) * plan.log_every, plan.steps),
   )
 
 

@@ -32,10 +32,13 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from optaxlr import search
 from optaxlr import _validate
+from optaxlr import adapt as adapt_mod
+from optaxlr import search
+from optaxlr.engine import Control
 from optaxlr.engine import Execution
-from optaxlr.engine import SweepResult, sweep
+from optaxlr.engine import SweepResult
+from optaxlr.engine import sweep
 
 __all__ = ["Batch", "optimize", "to_optuna"]
 
@@ -50,12 +53,67 @@ class Batch(NamedTuple):
     result: the :class:`optaxlr.SweepResult`; config ``i`` is trial ``trials[i]``.
     trials: the trials' numbers (``trial.number``), in config order.
     values: ``(C,)`` float64, the value told to each trial; NaN where the trial was told
-      ``TrialState.FAIL``.
+      ``TrialState.FAIL`` or ``TrialState.PRUNED``.
+    pruned: the numbers of the trials the study's pruner stopped, in config order.
   """
 
   result: SweepResult
   trials: tuple[int, ...]
   values: np.ndarray
+  pruned: tuple[int, ...] = ()
+
+
+class _Pruning(adapt_mod.Adapt):
+  """The study's pruner as an adaptive strategy of one sweep of trials.
+
+  After every chunk it reports each live trial's new evaluations (the mean over seeds of
+  ``metric``, skipped where not finite) with ``trial.report(value, step)``, asks
+  ``trial.should_prune()`` and stops the trials to prune. As a strategy of ``sweep(adapt=)``,
+  the sweep moves the live trials into a smaller program when some stop, so a pruned trial
+  costs nothing afterwards.
+  """
+
+  name = "optuna_pruner"
+
+  def __init__(self, trials: Sequence[Any], metric: str, mode: str):
+    self.trials = list(trials)
+    self.metric, self.mode = metric, mode
+    self.reported: list[set[int]] = [set() for _ in self.trials]
+    self.pruned: dict[int, int] = {}  # config -> step at which it was pruned
+
+  def start(self, *, n_configs, steps, eval_every, sync_every, hparams):
+    del steps, eval_every, sync_every, hparams
+    if n_configs != len(self.trials):  # pragma: no cover - optimize builds both
+      raise ValueError(f"{_FN}: the sweep has {n_configs} configs for {len(self.trials)} trials")
+
+  def report_values(self, c: int, curve: np.ndarray, steps: np.ndarray) -> None:
+    """Reports ``curve`` (mean over seeds per evaluation) at ``steps``, once per step."""
+    trial = self.trials[c]
+    for step, v in zip(steps.tolist(), curve.tolist()):
+      if step not in self.reported[c] and math.isfinite(v):
+        trial.report(float(v), int(step))
+        self.reported[c].add(int(step))
+
+  def __call__(self, event):
+    if self.metric not in event.history:
+      raise ValueError(f"{_FN}: metric={self.metric!r} is not evaluated; available: "
+                       f"{sorted(event.history)}")
+    hist = np.asarray(event.history[self.metric], np.float64)  # (S, n, E)
+    alive = np.asarray(event.alive).any(axis=0)
+    stop = []
+    for j, c in enumerate(event.configs):
+      if not alive[j]:
+        continue
+      with np.errstate(invalid="ignore"):
+        self.report_values(c, hist[:, j].mean(axis=0), np.asarray(event.eval_steps))
+      if self.trials[c].should_prune():
+        self.pruned[c] = int(event.step)
+        stop.append(c)
+    return Control(stop=stop) if stop else None
+
+  def report(self) -> dict:
+    return {"strategy": self.name, "metric": self.metric,
+            "pruned": {int(c): s for c, s in self.pruned.items()}}
 
 
 def _import_optuna():
@@ -192,9 +250,9 @@ def _check_sweep_kwargs(task: Any, metric: str, sweep_kwargs: Mapping[str, Any])
 
   if not isinstance(task, Task):
     raise TypeError(f"{_FN}: task must be an optaxlr.Task, got {type(task).__name__}")
-  bs = sweep_kwargs.get("batch_size")
-  if bs is not None:
-    _validate.check_int(_FN, "batch_size", bs, 1, task.n_train)
+  batch_size = sweep_kwargs.get("batch_size")
+  if batch_size is not None:
+    _validate.int_in(_FN, "batch_size", batch_size, 1, task.n_train)
   split = metric.split("/")[0] if isinstance(metric, str) else None
   if split is None or "/" not in metric or split not in (*task.eval, "train"):
     raise ValueError(f"{_FN}: metric must be 'split/name' with split one of the task's "
@@ -225,8 +283,9 @@ def _space(trials: Sequence[Any], dists: Mapping[str, Any], kinds: Mapping[str, 
 
 
 def _tell_batch(study, trials, result: SweepResult, *, number: int, metric: str, mode: str,
-                at: str, diverged_value: float | None) -> np.ndarray:
-  """Tells each trial the mean over seeds of its config's value; returns the values told."""
+                at: str, diverged_value: float | None, pruning: _Pruning) -> np.ndarray:
+  """Tells each trial the mean over seeds of its config's value (``PRUNED`` for a trial the
+  pruner stopped); returns the values told."""
   import optuna
 
   if metric not in result.metrics:
@@ -242,11 +301,11 @@ def _tell_batch(study, trials, result: SweepResult, *, number: int, metric: str,
         "seed_values": [float(v) if np.isfinite(v) else None for v in vals[:, c]],
         "stop_reason": [str(r) for r in result.stop_reason[:, c]],
     })
+    if c in pruning.pruned:
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+      continue
     with np.errstate(invalid="ignore"):
-      curve = curves[:, c].mean(axis=0)
-    for step, v in zip(result.eval_steps, curve):
-      if np.isfinite(v):
-        trial.report(float(v), int(step))
+      pruning.report_values(c, curves[:, c].mean(axis=0), np.asarray(result.eval_steps))
     if ok[c]:
       told[c] = float(vals[:, c].mean())
       study.tell(trial, told[c])
@@ -272,6 +331,7 @@ def optimize(
     at: Literal["final", "best"] = "final",
     seeds: int | Sequence[int] = 1,
     diverged_value: float | None = None,
+    prune: bool = True,
     **sweep_kwargs: Any,
 ) -> list[Batch]:
   """Runs ``n_trials`` trials of an Optuna study, ``trials_per_sweep`` at a time as one sweep.
@@ -293,6 +353,20 @@ def optimize(
   ``stop_reason`` per seed) and the mean over seeds of ``metric`` at every evaluation as its
   intermediate values (``trial.report``). If the sweep raises, the round's trials are told
   ``FAIL`` before the exception propagates, so no trial is left running.
+
+  **Pruning** (``prune=True``, unless the study's pruner is a ``NopPruner``): between chunks
+  (every ``sync_every`` steps, by default every evaluation) each live trial reports its new
+  intermediate values and asks ``trial.should_prune()``, as in Optuna's own training loop; a
+  trial to prune is stopped (``Control(stop=...)``, stop reason ``"host"``) and told
+  ``TrialState.PRUNED``, and the sweep moves the live trials into a smaller program so that it
+  costs nothing afterwards (the pruner runs as the sweep's ``adapt=`` strategy, so ``adapt=``
+  cannot be passed as well, a ``callback=`` of yours may observe but not steer, and every trial
+  of a round must fit one program). Each number of live trials is one more compiled program
+  (cached for the next rounds): on a CPU and a short study that can cost more than the
+  pruned steps save (BENCHMARKS.md); ``prune=False`` trains every trial to the end. Optuna's pruners
+  compare a trial with the trials already *finished*, so the first round (and, with
+  ``MedianPruner(n_startup_trials=k)``, every round until ``k`` trials are complete) is never
+  pruned. A trial the pruner stops at its last evaluation is pruned, as in Optuna's loop.
 
   Args:
     study: an ``optuna.Study`` with one objective. Its direction decides what is better.
@@ -317,6 +391,8 @@ def optimize(
       evaluations, by ``mode``).
     seeds: seeds per trial (an int or a list of ints); the value told is their mean.
     diverged_value: the value told for a diverged trial instead of ``FAIL`` (finite).
+    prune: apply the study's pruner between chunks (above); ``False`` trains every trial to
+      the end and only reports its intermediate values.
     **sweep_kwargs: passed to :func:`optaxlr.sweep` (``batch_size``, ``eval_every``,
       ``key``, ``early_stopping``, ``adapt``...); ``execution`` defaults to
       ``Execution(progress=False)``. Not ``Execution(checkpoint_dir=)``: keep the study in an Optuna storage to resume it.
@@ -335,10 +411,15 @@ def optimize(
                     f"{type(study).__name__}")
   if not callable(optimizer):
     raise TypeError(f"{_FN}: optimizer must be a function hparams -> optax.GradientTransformation")
-  n_trials = _validate.check_int(_FN, "n_trials", n_trials, 1)
-  trials_per_sweep = _validate.check_int(_FN, "trials_per_sweep", trials_per_sweep, 1)
-  _validate.check_int(_FN, "steps", steps, 1)
+  n_trials = _validate.int_in(_FN, "n_trials", n_trials, 1)
+  trials_per_sweep = _validate.int_in(_FN, "trials_per_sweep", trials_per_sweep, 1)
+  _validate.int_in(_FN, "steps", steps, 1)
   seeds = _validate.seed_list(_FN, seeds)
+  if not isinstance(prune, (bool, np.bool_)):
+    raise TypeError(f"{_FN}: prune must be True or False, got prune={prune!r}")
+  if prune and sweep_kwargs.get("adapt") is not None:
+    raise ValueError(f"{_FN}: prune=True runs the study's pruner as the sweep's adapt= strategy; "
+                     "pass prune=False to use adapt= instead")
   if at not in ("final", "best"):
     raise ValueError(f"{_FN}: at must be 'final' or 'best', got at={at!r}")
   if diverged_value is not None:
@@ -352,7 +433,9 @@ def optimize(
   mode = _mode(study, metric, mode)
   dists = _check_distributions(distributions)
   kinds = {name: _column_kind(name, d) for name, d in dists.items()}
-  sweep_kwargs = {**sweep_kwargs, "execution": sweep_kwargs.get("execution") or Execution(progress=False)}
+  sweep_kwargs = {**sweep_kwargs,
+                  "execution": sweep_kwargs.get("execution") or Execution(progress=False)}
+  prune = bool(prune) and not isinstance(study.pruner, optuna.pruners.NopPruner)
 
   batches = []
   done = 0
@@ -360,16 +443,19 @@ def optimize(
     n = min(trials_per_sweep, n_trials - done)
     trials = [study.ask(dists) for _ in range(n)]
     told = False
+    pruning = _Pruning(trials, metric, mode)
     try:
       space = _space(trials, dists, kinds)
-      result = sweep(task, optimizer, space, steps=steps, seeds=seeds, **sweep_kwargs)
+      kw = {**sweep_kwargs, "adapt": pruning} if prune else sweep_kwargs
+      result = sweep(task, optimizer, space, steps=steps, seeds=seeds, **kw)
       values = _tell_batch(study, trials, result, number=len(batches), metric=metric, mode=mode,
-                           at=at, diverged_value=diverged_value)
+                           at=at, diverged_value=diverged_value, pruning=pruning)
       told = True
     finally:
       if not told:  # the sweep (or telling) raised: no trial is left running
         for trial in trials:
           study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-    batches.append(Batch(result, tuple(t.number for t in trials), values))
+    batches.append(Batch(result, tuple(t.number for t in trials), values,
+                         tuple(trials[c].number for c in sorted(pruning.pruned))))
     done += n
   return batches
