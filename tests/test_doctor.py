@@ -198,7 +198,7 @@ def _bn_cnn_task():
 def test_real_batchnorm_train_eval_gap_is_not_overfitting():
   task = _bn_cnn_task()
   res = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), search.grid(lr=[3e-3, 1e-2]),
-                      steps=40, batch_size=8, eval_every=10, progress=False)
+                      steps=40, batch_size=8, eval_every=10, execution=optaxlr.Execution(progress=False))
   d = diagnose(res)
   assert d.labels[0].tolist() == ["train_eval_gap", "train_eval_gap"]
   assert "it is not overfitting" in ADVICE["train_eval_gap"]  # its own advice
@@ -226,7 +226,7 @@ def test_real_undertrained_sweep_says_train_longer():
 
   def run(steps):
     return optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, steps=steps,
-                         batch_size=16, eval_every=10, sync_every=40, progress=False)
+                         batch_size=16, eval_every=10, sync_every=40, execution=optaxlr.Execution(progress=False))
 
   short, long = run(40), run(200)
   d = diagnose(short)

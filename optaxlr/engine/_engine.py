@@ -302,7 +302,7 @@ def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict,
     raise TypeError(f"{fn}: start_from must be a SweepResult, got {type(prev).__name__}")
   if prev.params is None:
     raise ValueError(f"{fn}: start_from holds no kept state; run the first sweep with "
-                     "keep_params=True (or load it with optaxlr.load(path, task=, optimizer=))")
+                     "Execution(keep_params=True) (or load it with optaxlr.load(path, task=, optimizer=))")
   if prev.num_configs != n_cfg:
     raise ValueError(f"{fn}: start_from has {prev.num_configs} configs, this space {n_cfg}; "
                      "config i continues run i, so the counts must match")

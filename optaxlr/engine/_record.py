@@ -202,7 +202,7 @@ class Recorder:
     if not self.plan.keep_params:
       return None, None, None
     if len(self.kept) < n_groups and not stopped_sweep:
-      raise ValueError(f"{self.plan.fn}: keep_params=True but the checkpoint holds no parameters"
+      raise ValueError(f"{self.plan.fn}: Execution(keep_params=True) but the checkpoint holds no parameters"
                        " of some groups")
     if not self.kept:
       return None, None, None

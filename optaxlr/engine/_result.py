@@ -217,7 +217,7 @@ class SweepResult:
         raise ValueError(f"SweepResult.{what}: the file's runs' state was not read; load it with "
                          "optaxlr.load(path, task=task, optimizer=optimizer)")
       raise ValueError(f"SweepResult.{what}: the sweep kept no state; run it with "
-                       "keep_params=True")
+                       "Execution(keep_params=True)")
     import jax
 
     i, s = self.index_of(config), self._seed_index(seed)

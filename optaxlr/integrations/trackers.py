@@ -35,7 +35,8 @@ Examples:
   >>> logdir = tempfile.mkdtemp()
   >>> with trackers.tensorboard_callback(logdir) as tb:
   ...   res = optaxlr.sweep(task, lambda h: optaxlr.sgd(h["lr"]), search.grid(lr=[0.01, 0.1]),
-  ...                       steps=8, batch_size=8, callback=tb, progress=False)
+  ...                       steps=8, batch_size=8, callback=tb,
+  ...                       execution=optaxlr.Execution(progress=False))
   >>> sorted(tb.runs)
   ['c0-s0', 'c1-s0']
 """
