@@ -567,13 +567,16 @@ def run(plan: Plan) -> Output:
         if not group_ends and plan.compact:
           # Stopped runs would keep computing (masked) in a vmapped program: move the live runs
           # into a smaller program, so that freed slots cost nothing.
-          size = max(n_dev, math.ceil(live.size / n_dev) * n_dev)
+          # A multiple of the configs computed at once (devices x vectorize), as the groups.
+          size = max(unit, math.ceil(live.size / unit) * unit)
           if size < len(slots):
             src = np.concatenate([live, np.full(size - live.size, live[0])])
             pad = np.arange(size) >= live.size
             carry = prog.steer(carry, jnp.asarray(src), jnp.asarray(pad), jnp.int32(done))
             hp_g_np = {k: v[src] for k, v in hp_g_np.items()}
             slots = np.where(pad, -1, slots[src])
+            if vec is not None:  # fewer config blocks under lax.map: the program for this size
+              prog = prog_for(segs, size)
             if multi:
               carry = place_carry(jax.tree.map(_core.to_host, carry))
             hp_g = put_hp(hp_g_np)
