@@ -156,9 +156,10 @@ def test_bad_strategy_arguments(factory, match):
 
 # -- a conv model with the default vectorize (config blocks under lax.map) ------------------
 
-def _cnn_kw():
-  task = optaxlr.tasks.digits(model="cnn", n=120, channels=(2, 2))
-  return task, dict(steps=4, eval_every=1, batch_size=8, progress=False)
+@pytest.fixture(scope="module")
+def digits_cnn():
+  """One task for both strategies: their programs of the same size compile once."""
+  return optaxlr.tasks.digits(model="cnn", n=120, channels=(2, 2))
 
 
 def adam(h):
@@ -166,12 +167,12 @@ def adam(h):
 
 
 @pytest.mark.parametrize("strategy", ["successive_halving", "hyperband"])
-def test_conv_model_with_default_vectorize_shrinks_its_blocks(strategy):
+def test_conv_model_with_default_vectorize_shrinks_its_blocks(strategy, digits_cnn):
   """Successive halving and Hyperband on the built-in CNN with the defaults: the program
   shrinks to the live runs in blocks of vectorize=1 (it crashed at the first rung: `cannot
   reshape ... (2, 1, 27, 0, 16)`), and every config kept to the end equals its standalone run
   (a sweep of that config alone)."""
-  task, kw = _cnn_kw()
+  task, kw = digits_cnn, dict(steps=4, eval_every=1, batch_size=8, progress=False)
   if strategy == "successive_halving":
     n, rule = 4, adapt.successive_halving("val/loss", eta=4, min_steps=1)  # 4 runs, then 1
   else:  # brackets of (2, 2) configs from step (2, 4): 4 runs, then 3
