@@ -372,3 +372,20 @@ def test_loader_mistakes_are_clear():
   m["switch"].factory = lambda seed: iter([{"x": x[:B], "y": big}] * 20)
   with pytest.raises(ValueError, match="int64 values in .* do not fit int32"):
     optaxlr.sweep(m["task"], adam, search.grid(lr=[1e-2]), **KW)
+
+
+def test_in_memory_tuples_and_tensors_are_named_and_converted():
+  """A tuple split (train=(x, y)) is named like tuple batches; torch tensors and int64 labels
+  in memory become the arrays JAX would make of them (int32 labels without x64)."""
+  import torch
+
+  (x, y), val = _digits(image=False)
+  task = Task.from_functions("t", mlp_init, mlp_apply, train=(torch.from_numpy(x), y),
+                             eval={"val": val})
+  assert sorted(task.train) == sorted(task.eval["val"]) == ["x", "y"]
+  np.testing.assert_array_equal(np.asarray(task.train["x"]), x)
+  np.testing.assert_array_equal(np.asarray(task.eval["val"]["y"]), val[1])
+  assert task.train["y"].dtype == jnp.int32
+  with pytest.raises(ValueError, match="split 'train' is a tuple of 3 arrays, but "
+                     "batch_keys=\\('x', 'y'\\) names 2"):
+    Task.from_functions("t", mlp_init, mlp_apply, train=(x, y, y))
