@@ -389,3 +389,26 @@ def test_in_memory_tuples_and_tensors_are_named_and_converted():
   with pytest.raises(ValueError, match="split 'train' is a tuple of 3 arrays, but "
                      "batch_keys=\\('x', 'y'\\) names 2"):
     Task.from_functions("t", mlp_init, mlp_apply, train=(x, y, y))
+
+
+def test_which_factories_are_called_per_epoch():
+  """factory(seed, epoch) is called again per epoch; a second parameter with a default that is
+  not named epoch is the user's own (never given an epoch count)."""
+  (x, y), _ = _digits(image=False)
+  calls = []
+
+  def per_epoch(seed, epoch):
+    calls.append((seed, epoch))
+    return [(x[:B], y[:B])]  # one batch per epoch
+
+  def own_default(seed, size=B):
+    calls.append((seed, size))
+    return [(x[:size], y[:size])] * 2
+
+  stream = Task.from_functions("t", mlp_init, mlp_apply, train=per_epoch).train(3)
+  assert [b["y"].shape for b in (next(stream), next(stream), next(stream))] == [(B,)] * 3
+  assert calls == [(3, 0), (3, 1), (3, 2)]
+  calls.clear()
+  stream = Task.from_functions("t", mlp_init, mlp_apply, train=own_default).train(5)
+  assert len([next(stream) for _ in range(5)]) == 5  # a re-iterable list, epoch after epoch
+  assert calls == [(5, B)]

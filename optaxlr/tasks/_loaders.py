@@ -48,15 +48,14 @@ def default_batch_keys(info: Mapping[str, Any], eval_splits: Mapping[str, Mappin
 
 
 def _takes_epoch(factory: Callable) -> bool:
-  """Whether ``factory`` takes ``(seed, epoch)``: two positional parameters (or ``*args``)."""
+  """Whether ``factory`` takes ``(seed, epoch)``: a second positional parameter that is
+  required or named ``epoch`` (``def make(seed, batch_size=64)`` is a one-argument factory)."""
   try:
     params = list(inspect.signature(factory).parameters.values())
   except (TypeError, ValueError):
     return False
-  if any(p.kind is p.VAR_POSITIONAL for p in params):
-    return False
   pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-  return len(pos) >= 2 or any(p.name == "epoch" for p in params)
+  return len(pos) >= 2 and (pos[1].default is pos[1].empty or pos[1].name == "epoch")
 
 
 class _Memo:
@@ -83,7 +82,8 @@ class BatchFactory:
     a list): each epoch is a fresh pass ``iter(loader)`` over the same object, as a user's own
     ``for epoch ...: for batch in loader`` loop does, so a ``DataLoader`` with a seeded
     ``generator`` reshuffles every epoch, reproducibly;
-  * ``factory(seed, epoch)`` (two parameters): called again for every epoch (``0, 1, ...``);
+  * ``factory(seed, epoch)`` (a second parameter, required or named ``epoch``): called again
+    for every epoch (``0, 1, ...``);
   * ``factory(seed)`` returns an iterator (a generator): it is read once; if it ends before the
     sweep's steps the sweep says so (make it endless, or use one of the above).
 
