@@ -133,13 +133,14 @@ def _import_module(where: str, target: str):
     raise UsageError(f"{where}: importing {target} raised {_raised(e)}") from None
 
 
-def load_user_task(option: str, spec: str):
+def load_user_task(option: str, spec: str, hparams: dict[str, float] | None = None):
   """The :class:`optaxlr.Task` returned by ``FUNCTION()`` of ``spec`` = ``MODULE:FUNCTION`` or
   ``path/to/file.py:FUNCTION`` (``FUNCTION`` may be dotted: ``module:Class.make``).
 
   A module is imported with the current directory on ``sys.path``, as ``python -m`` does; a
   file is loaded from its path, with its folder on ``sys.path``. The function is called once,
-  with no arguments, and what it returns is checked with :meth:`optaxlr.Task.validate`.
+  with no arguments, and what it returns is checked with :meth:`optaxlr.Task.validate`, with
+  ``hparams`` (one config's values: a model may read a swept dropout rate).
 
   Raises:
     UsageError: naming ``option``, ``spec`` and what is wrong: no such module or file, no such
@@ -186,9 +187,13 @@ def load_user_task(option: str, spec: str):
                      " expected an optaxlr.Task (e.g. from optaxlr.tasks or"
                      " optaxlr.Task.from_functions)")
   try:
-    task.validate()
+    task.validate(hparams)
   except ValueError as e:
-    raise UsageError(f"{where}: {attr}() returned a Task that fails its checks: {e}") from None
+    read = re.search(r"reads hyperparameter '([^']+)', which the space does not hold", str(e))
+    hint = (f"; sweep it with --space {read.group(1)}=VALUES (e.g. {read.group(1)}=0.1,0.3)"
+            if read and option == "--task" else "")
+    raise UsageError(f"{where}: {attr}() returned a Task that fails its checks: {e}{hint}"
+                     ) from None
   return task
 
 
@@ -204,7 +209,8 @@ def _check_task(args: argparse.Namespace, *, quick: bool, ranked: bool) -> None:
   if getattr(args, "quick", False):
     raise UsageError(f"--quick and --task {args.task} conflict: --quick shrinks the built-in"
                      " tasks' models and does not apply to a task of your own; drop --quick")
-  task = args.task_obj = load_user_task("--task", args.task)
+  axes = getattr(args, "axes", None) or {}
+  task = args.task_obj = load_user_task("--task", args.task, {k: v[0] for k, v in axes.items()})
   args.task_label = task.name or args.task
   if not ranked:
     return
@@ -458,30 +464,107 @@ def _read_space_file(path: str) -> dict[str, Any]:
   return raw
 
 
+def load_space(spec: str, optimizers: Sequence[str]
+               ) -> tuple[dict[str, list[float]], list[tuple[str, str]]]:
+  """The axes of one ``--space``: a TOML/YAML file, or ``NAME=VALUES`` (one axis,
+  ``dropout=0.1,0.3``, values in the forms of ``--lr``), and the names among them that no chosen
+  optimizer reads, with where they come from (model axes: :func:`_check_model_axes` checks
+  that the task's model reads them).
+
+  >>> load_space("dropout=0.1,0.3", ["adamw"])
+  ({'dropout': [0.1, 0.3]}, [('dropout', '--space dropout=0.1,0.3')])
+  """
+  if "=" in spec and not pathlib.Path(spec).is_file():
+    name, _, text = spec.partition("=")
+    name, where = name.strip(), f"--space {spec}"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+      raise UsageError(f"{where}: {name!r} is not an axis name; write NAME=VALUES, e.g. "
+                       "dropout=0.1,0.3")
+    raw = {name: text}
+  else:
+    where, raw = f"--space {spec}", _read_space_file(spec)
+  return _space_axes(where, raw, optimizers)
+
+
+def _space_axes(where: str, raw: dict[str, Any], optimizers: Sequence[str]
+                ) -> tuple[dict[str, list[float]], list[tuple[str, str]]]:
+  allowed = allowed_axes(optimizers)
+  axes, model = {}, []
+  for name, value in raw.items():
+    if name not in allowed:
+      if name in AXIS_RULES:
+        readers = [o for o in OPTIMIZERS if name in AXES_READ[OPTIMIZERS[o][2]]]
+        raise UsageError(f"{where}: unknown axis {name!r}; --optimizers {','.join(optimizers)}"
+                         f" read only: {', '.join(allowed)} ({name} is read only by "
+                         f"{', '.join(readers)})")
+      model.append((name, where))
+    axes[name] = _space_axis(where, name, value)
+    if name in AXIS_RULES:
+      _check_rule(f"{where}: {name}", name, axes[name])
+  return axes, model
+
+
+class _Reads(dict):
+  """A dict of hyperparameters that records which names are read."""
+
+  def __init__(self, values, seen: set[str]):
+    super().__init__(values)
+    self._seen = seen
+
+  def __getitem__(self, name):
+    self._seen.add(name)
+    return super().__getitem__(name)
+
+  def get(self, name, default=None):
+    self._seen.add(name)
+    return super().get(name, default)
+
+
+def _check_model_axes(args: argparse.Namespace, model_axes: Sequence[tuple[str, str]],
+                      optimizers: Sequence[str]) -> None:
+  """The axes no chosen optimizer reads must be read by the task's model (a dropout rate
+  through :func:`optaxlr.tasks.hparam`); checked with shapes only (``jax.eval_shape``)."""
+  if not model_axes:
+    return
+  import jax
+
+  task = args.task_obj
+  seen: set[str] = set()
+  if task.stateful:
+    hp = {k: np.float32(v[0]) for k, v in args.axes.items()}
+    batch = task.first_batch() if task.host_fed else task.train
+    probe = {k: v[:2] for k, v in batch.items()}
+    key = jax.random.PRNGKey(0)
+
+    def reads(p, s):
+      h = _Reads(hp, seen)
+      return task.step_loss(p, s, probe, key, h)[0], task.evaluate(p, s, probe, h)
+    jax.eval_shape(reads, jax.eval_shape(task.init, key), jax.eval_shape(task.initial_state, key))
+  for name, where in model_axes:
+    if name not in seen:
+      raise UsageError(
+          f"{where}: unknown axis {name!r}; --optimizers {','.join(optimizers)} read only: "
+          f"{', '.join(allowed_axes(optimizers))}, and the model of --task {args.task} does not "
+          f"read it (a model reads a swept value with optaxlr.tasks.hparam({name!r}) or a "
+          f"Dropout(..., hparam={name!r}))")
+
+
 def load_space_file(path: str, optimizers: Sequence[str]) -> dict[str, list[float]]:
   """The axes of a TOML/YAML space file, checked for the chosen ``optimizers``.
 
   An axis is a range string (``wd = "1e-5:1e-1:5"``), a number or a list of numbers
   (``lr = [1e-4, 1e-3]``); only the hyperparameters every chosen optimizer reads are allowed
-  (:func:`allowed_axes`), each with the values of ``AXIS_RULES``.
+  (:func:`allowed_axes`), each with the values of ``AXIS_RULES``. (``optaxlr sweep --space``
+  also takes the axes a task's model reads: :func:`load_space`.)
 
   Raises:
     UsageError: naming the file, the axis and what is allowed.
   """
   where = f"--space {path}"
-  raw = _read_space_file(path)
-  allowed = allowed_axes(optimizers)
-  axes = {}
-  for name, value in raw.items():
-    if name not in allowed:
-      note = ""
-      if name in AXIS_RULES:
-        readers = [o for o in OPTIMIZERS if name in AXES_READ[OPTIMIZERS[o][2]]]
-        note = f" ({name} is read only by {', '.join(readers)})"
-      raise UsageError(f"{where}: unknown axis {name!r}; --optimizers {','.join(optimizers)}"
-                       f" read only: {', '.join(allowed)}{note}")
-    axes[name] = _space_axis(where, name, value)
-    _check_rule(f"{where}: {name}", name, axes[name])
+  axes, model = _space_axes(where, _read_space_file(path), optimizers)
+  if model:
+    raise UsageError(f"{where}: unknown axis {model[0][0]!r}; --optimizers "
+                     f"{','.join(optimizers)} read only: {', '.join(allowed_axes(optimizers))}")
   return axes
 
 
@@ -1016,9 +1099,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "(default 1e-4:1e-1:1-3)")
   p.add_argument("--wd", type=_values, default="1e-5:1:6",
                  help="weight decays (>= 0), same forms (default 1e-5:1:6)")
-  p.add_argument("--space", help="TOML/YAML file of extra or overriding axes, e.g. lr = "
-                 "'1e-4:1e-2:5'; allowed axes: lr, wd, and momentum (in [0, 1)) when every "
-                 "optimizer is an SGD one")
+  p.add_argument("--space", action="append", metavar="FILE|NAME=VALUES",
+                 help="extra or overriding axes: a TOML/YAML file (e.g. lr = '1e-4:1e-2:5') or "
+                 "one axis NAME=VALUES (e.g. dropout=0.1,0.3); may be repeated. Allowed: lr, "
+                 "wd, momentum (in [0, 1)) when every optimizer is an SGD one, and the "
+                 "hyperparameters the task's model reads (optaxlr.tasks.hparam, a Dropout with "
+                 "hparam=)")
   p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="lr schedule (default cosine)")
   p.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
   p.add_argument("--batch-size", type=int, default=64,
@@ -1099,8 +1185,11 @@ def _check_sweep(args: argparse.Namespace) -> None:
   _check_rule("--lr", "lr", args.lr)
   _check_rule("--wd", "wd", args.wd)
   args.axes = {"lr": args.lr, "wd": args.wd}
-  if args.space:
-    args.axes.update(load_space_file(args.space, names))
+  model_axes: list[tuple[str, str]] = []
+  for spec in args.space or ():
+    axes, model = load_space(spec, names)
+    args.axes.update(axes)
+    model_axes += model
   configs = math.prod(len(v) for v in args.axes.values())
   _check_record_size(len(names) * configs * args.seeds, args.steps,
                      "steps, seeds, optimizers or grid values")
@@ -1108,6 +1197,7 @@ def _check_sweep(args: argparse.Namespace) -> None:
     _check_builds(f"--optimizers {name} with --schedule {args.schedule}",
                   make_optimizer(name, args.schedule, args.steps), args.axes)
   _check_task(args, quick=args.quick, ranked=True)
+  _check_model_axes(args, model_axes, names)
   _check_batch_size(args)
   _check_out(args.out)
 

@@ -152,3 +152,42 @@ def test_bad_settings_are_clear_errors(strategy, kwargs, match):
 def test_bad_strategy_arguments(factory, match):
   with pytest.raises(ValueError, match=match):
     factory()
+
+
+# -- a conv model with the default vectorize (config blocks under lax.map) ------------------
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+  """One task for both strategies: their programs of the same size compile once."""
+  return optaxlr.tasks.digits(model="cnn", n=120, channels=(2, 2))
+
+
+def adam(h):
+  return optax.adam(h["lr"])
+
+
+@pytest.mark.parametrize("strategy", ["successive_halving", "hyperband"])
+def test_conv_model_with_default_vectorize_shrinks_its_blocks(strategy, digits_cnn):
+  """Successive halving and Hyperband on the built-in CNN with the defaults: the program
+  shrinks to the live runs in blocks of vectorize=1 (it crashed at the first rung: `cannot
+  reshape ... (2, 1, 27, 0, 16)`), and every config kept to the end equals its standalone run
+  (a sweep of that config alone)."""
+  task, kw = digits_cnn, dict(steps=4, eval_every=1, batch_size=8, progress=False)
+  if strategy == "successive_halving":
+    n, rule = 4, adapt.successive_halving("val/loss", eta=4, min_steps=1)  # 4 runs, then 1
+  else:  # brackets of (2, 2) configs from step (2, 4): 4 runs, then 3
+    n, rule = adapt.hyperband_size(2, 2, 4), adapt.hyperband("val/loss", eta=2, min_steps=2,
+                                                             max_steps=4)
+  space = search.random(0, n, lr=search.log_uniform(1e-3, 1e-1))
+  res = optaxlr.sweep(task, adam, space, seeds=2, adapt=rule, **kw)
+  assert res.info["vectorize"] == 1  # the default on the CPU for a conv model
+  kept = np.flatnonzero((res.stop_reason == "completed").all(axis=0))
+  stopped = np.flatnonzero((res.stop_reason == "host").all(axis=0))
+  assert kept.size >= 1 and stopped.size >= 1 and kept.size + stopped.size == n
+  assert res.info["slot_steps"] < n * 4  # the stopped runs cost nothing after their rung
+  for c in kept:
+    alone = optaxlr.sweep(task, adam, search.grid(lr=[res.config(int(c))["lr"]]), seeds=2, **kw)
+    np.testing.assert_allclose(res.batch_loss[:, c], alone.batch_loss[:, 0], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(res.metrics["val/loss"][:, c], alone.metrics["val/loss"][:, 0],
+                               rtol=1e-5, atol=1e-6)

@@ -771,3 +771,79 @@ def test_user_task_module_is_found_in_the_current_directory_by_the_installed_com
   assert proc.stderr == ("optaxlr sweep: error: --task ut_proc:make: make() returned a value of"
                          " type str, expected an optaxlr.Task (e.g. from optaxlr.tasks or"
                          " optaxlr.Task.from_functions)\n"), proc.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# A model axis in --space: a task whose model reads a swept dropout rate.
+
+USER_DROPOUT_TASK = """\
+import numpy as np
+from flax import nnx
+from optaxlr.tasks import Dropout, Task
+
+
+class Net(nnx.Module):
+  def __init__(self, rngs):
+    self.lin = nnx.Linear(8, 3, rngs=rngs)
+    self.drop = Dropout(0.1, hparam="dropout", rngs=rngs)
+
+  def __call__(self, x):
+    return self.lin(self.drop(x))
+
+
+def make_task():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((96, 8)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1)
+  return Task.from_flax_nnx("drop", Net, train={"x": x[:64], "y": y[:64]},
+                            eval={"val": {"x": x[64:], "y": y[64:]}})
+"""
+
+
+def test_space_takes_a_model_axis_of_a_user_task(user_dir, capsys):
+  """--space dropout=0.1,0.3 with --task: the task (whose model reads hparam('dropout')) is
+  accepted and swept over the model axis; the numbers are optaxlr.sweep's on the same space."""
+  (user_dir / "ut_drop.py").write_text(USER_DROPOUT_TASK)
+  assert cli.main(["sweep", "--task", "ut_drop:make_task", "--optimizers", "adamw", "--wd", "0",
+                   "--lr", "1e-3,1e-2", "--space", "dropout=0.1,0.3", "--steps", "10",
+                   "--eval-every", "5", "--seeds", "1", "--batch-size", "16", "--no-progress",
+                   "--out", "o"]) == 0
+  got = optaxlr.load(user_dir / "o" / "sweep_adamw.npz")
+  import ut_drop
+
+  def adamw(h):
+    return optaxlr.adamw(optaxlr.schedules.cosine(h["lr"], 10), weight_decay=h["wd"],
+                         decay="decoupled")
+
+  want = optaxlr.sweep(ut_drop.make_task(), adamw,
+                       search.grid(lr=[1e-3, 1e-2], wd=[0.0], dropout=[0.1, 0.3]), steps=10,
+                       batch_size=16, seeds=1, eval_every=5, key=0, progress=False)
+  assert got.space.names == want.space.names == ("lr", "wd", "dropout")
+  _same(got, want)
+  # the dropout rate changes the numbers: the axis reached the model
+  assert not np.allclose(got.batch_loss[0, 0], got.batch_loss[0, 1])
+
+
+@pytest.mark.parametrize("space, message", [
+    (None, ("reads hyperparameter 'dropout', which the space does not hold; available: ['lr',"
+            " 'wd']", "; sweep it with --space dropout=VALUES (e.g. dropout=0.1,0.3)")),
+    ("foo=1,2", "--space foo=1,2: unknown axis 'foo'; --optimizers adam_l2,adamw read only: lr,"
+     " wd, and the model of --task ut_drop:make_task does not read it"),
+    ("3x=1", "--space 3x=1: '3x' is not an axis name; write NAME=VALUES"),
+    ("dropout=abc", "--space dropout=abc: dropout: 'abc' is not a number"),
+])
+def test_model_axis_mistakes_exit_2_with_one_line(space, message, user_dir, tripwire, capsys):
+  (user_dir / "ut_drop.py").write_text(USER_DROPOUT_TASK)
+  argv = ["sweep", "--task", "ut_drop:make_task", "--out", "o"]
+  if space is not None:
+    argv += ["--space", "dropout=0.1", "--space", space]
+  err = _usage_error(argv, capsys)
+  for part in (message,) if isinstance(message, str) else message:
+    assert part in err, err
+
+
+def test_a_model_axis_the_builtin_task_does_not_read_exits_2(tripwire, tmp_path, capsys):
+  err = _usage_error(["sweep", "--space", "dropout=0.1,0.3", "--out", str(tmp_path / "o")],
+                     capsys)
+  assert ("--space dropout=0.1,0.3: unknown axis 'dropout'; --optimizers adam_l2,adamw read "
+          "only: lr, wd, and the model of --task digits does not read it") in err, err

@@ -559,3 +559,93 @@ def test_objectives_against_numpy_and_optax():
   with pytest.raises(ValueError, match=r"mse: outputs and targets must have the same shape, got "
                                        r"\(5, 2\) and \(5,\)"):
     tasks.mse(jnp.zeros((5, 2)), jnp.zeros(5))
+
+
+# ------------------------------------------------------------------------------ hand-off
+class _DropNet(nnx.Module):
+  """A model whose dropout rate is a swept hyperparameter (constructor's rate 0.1)."""
+
+  def __init__(self, rngs):
+    self.lin = nnx.Linear(64, 10, rngs=rngs)
+    self.drop = tasks.Dropout(0.1, hparam="dropout", rngs=rngs)
+
+  def __call__(self, x):
+    return self.lin(self.drop(x))
+
+
+def _drop_task(**kw):
+  rng = np.random.default_rng(0)
+  data = {"x": rng.standard_normal((32, 64)).astype(np.float32),
+          "y": rng.integers(0, 10, 32)}
+  return Task.from_flax_nnx("drop", _DropNet, train=data, eval={"val": data}, **kw)
+
+
+def test_to_model_restores_the_swept_model_hyperparameters():
+  """The hand-off sets the config's dropout rate into the layer (it kept the constructor's
+  0.1): the restored layer drops a fraction 0.4 of its inputs and scales the others by
+  1 / 0.6, nnx.Dropout's formula written here in NumPy."""
+  task = _drop_task()
+  key = jax.random.key(5)  # a run's parameters and state (as res.params_of / model_state_of)
+  params, state = task.init(key), task.initial_state(key)
+  config = {"lr": np.float32(1e-2), "dropout": np.float32(0.4)}  # as res.config(i)
+  assert task.to_model(params, state).drop.rate == 0.1  # without hparams: the constructor's
+  model = task.to_model(params, state, hparams=config)
+  assert model.drop.rate == pytest.approx(0.4)
+  x = jnp.ones((200_000,))
+  tasks.reseed_nnx(model, jax.random.key(3))
+  out = np.asarray(model.drop(x))
+  kept = out[out != 0]
+  np.testing.assert_allclose(kept, 1 / 0.6, rtol=1e-6)
+  assert abs((out == 0).mean() - 0.4) < 0.005  # 200,000 Bernoulli draws: sd 0.0011
+  # the parameters are the run's (to_model rebuilt them, it did not re-initialise them)
+  np.testing.assert_array_equal(np.asarray(model.lin.kernel[...]),
+                                np.asarray(params["lin"]["kernel"][...]))
+  with pytest.raises(ValueError, match="Dropout at drop reads hyperparameter 'dropout', which "
+                     "hparams does not hold"):
+    task.to_model(params, state, hparams={"lr": 1e-2})
+  with pytest.raises(ValueError, match="hparams\\['dropout'\\] must be one number"):
+    task.to_model(params, state, hparams={"dropout": [0.1, 0.2]})
+  # configure= runs too, with the values as Python floats
+  seen = {}
+  configured = _drop_task(configure=lambda m, h: seen.update(h))
+  configured.to_model(configured.init(jax.random.key(0)), None, hparams={"dropout": 0.3})
+  assert seen == {"dropout": 0.3} and isinstance(seen["dropout"], float)
+
+
+def test_linen_to_model_refuses_hparams():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      return nn.Dropout(0.1, deterministic=not train)(nn.Dense(2)(x))
+
+  task = Task.from_linen("l", Net(), train={"x": _X, "y": _Y}, rng_streams=("dropout",),
+                         train_kwargs={"train": True})
+  params = task.init(jax.random.key(0))
+  assert set(task.to_model(params)) == {"params"}
+  with pytest.raises(ValueError, match="linen variables hold no hyperparameters"):
+    task.to_model(params, None, hparams={"dropout": 0.3})
+
+
+def test_set_opt_state_sets_the_optimizer_step():
+  """nnx.Optimizer.step equals the updates the run made (it stayed 0): read from optax's
+  update counts, or given; a state without counts needs step=."""
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  tx = optax.chain(optax.scale_by_adam(), optax.scale_by_schedule(optax.constant_schedule(-0.1)))
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(3):  # three updates, as a run of 3 steps made
+    _, state = tx.update(grads, state, params)
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  tasks.set_opt_state(opt, state)
+  assert int(opt.step[...]) == 3
+  tasks.set_opt_state(opt, state, step=7)
+  assert int(opt.step[...]) == 7
+  with pytest.raises(ValueError, match="step must be an integer >= 0"):
+    tasks.set_opt_state(opt, state, step=-1)
+  sgd = optax.sgd(0.1)
+  opt = nnx.Optimizer(model, sgd, wrt=nnx.Param)
+  with pytest.raises(ValueError, match="holds no update count.*pass step="):
+    tasks.set_opt_state(opt, sgd.init(params))
+  tasks.set_opt_state(opt, sgd.init(params), step=4)
+  assert int(opt.step[...]) == 4

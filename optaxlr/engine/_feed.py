@@ -1,29 +1,73 @@
-"""Host-fed training data: one stream of batches per seed, checked and stacked per chunk, read
-ahead in a thread while the device computes the previous chunk."""
+"""Host-fed minibatches: a task's batch streams read, checked and stacked per chunk.
+
+A task whose ``train`` is a factory ``seed -> iterator of batches`` (see
+:class:`optaxlr.tasks.Task`) is fed from the host: :class:`_Feed` opens one stream per seed,
+reads ``chunk_steps`` batches of each per chunk, checks them against the first batch (keys,
+shapes, dtypes after JAX's canonicalisation, finite values) and places them on the device; the
+next chunk's batches are read in a background thread while the current one runs.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from optaxlr.engine import _core
 
-__all__ = ["Feed"]
+__all__ = ["Feed", "canonical_array"]
+
+
+def canonical_array(where: str, key: str, value: Any) -> np.ndarray:
+  """``value`` as a NumPy array of the dtype JAX gives it (``jnp.asarray``'s canonicalisation:
+  with 64-bit mode off, ``int64`` becomes ``int32`` and ``float64`` becomes ``float32``).
+
+  NumPy's, torch's and grain's default ``int64`` labels are thus accepted. Integers that do not
+  fit the narrower type are an error (``jnp.asarray`` would wrap them silently); floats are
+  rounded, as everywhere in JAX.
+
+  Raises:
+    ValueError: an integer value outside the canonical type's range, naming ``where`` and
+      ``key``.
+
+  Examples:
+    >>> import numpy as np
+    >>> canonical_array("f", "y", np.arange(3, dtype=np.int64)).dtype  # x64 off
+    dtype('int32')
+  """
+  v = np.asarray(value)
+  dt = np.dtype(jax.dtypes.canonicalize_dtype(v.dtype))
+  if dt == v.dtype:
+    return v
+  if v.dtype.kind in "iu" and dt.kind in "iu" and v.size:
+    info = np.iinfo(dt)
+    lo, hi = v.min(), v.max()
+    if lo < info.min or hi > info.max:
+      raise ValueError(f"{where}, key {key!r}: {v.dtype} values in [{lo}, {hi}] do not fit "
+                       f"{dt} (JAX's dtype for {v.dtype} without jax_enable_x64); enable x64 "
+                       "or map the values into range")
+  return v.astype(dt)
 
 
 class Feed:
   """Host-fed minibatches: one iterator per seed (``plan.batches(seed)``), ``chunk_steps``
   batches per seed stacked per chunk, checked, and placed on the device; the next chunk's are
-  read in a background thread while the current one runs."""
+  read in a background thread while the current one runs.
+
+  A batch's dtypes are compared with the plan's (the first batch's, canonicalised as
+  ``jnp.asarray`` does: ``int64`` labels are ``int32`` without x64) after the same
+  canonicalisation; a key's raw dtype must also stay the one of the stream's first batch
+  (a stream that switches dtype midway is refused, not silently cast).
+  """
 
   def __init__(self, plan: Any, n_s: int, chunk_steps: int, steps: int, skip: int, sharding):
-    import concurrent.futures
-
     self.plan, self.n_s, self.chunk_steps, self.steps = plan, n_s, chunk_steps, steps
     self.sharding = sharding
     self.iters = []
+    self.raw_dtypes: dict[str, np.dtype] = {}
     for s in plan.seeds:
       it = plan.batches(s)
       try:
@@ -52,12 +96,20 @@ class Feed:
                        f"{sorted(spec)}")
     out = {}
     for k, (shape, dt) in spec.items():
-      v = np.asarray(batch[k])
+      raw = np.asarray(batch[k])
+      first = self.raw_dtypes.setdefault(k, raw.dtype)
+      if raw.dtype != first:
+        raise ValueError(f"{where}, key {k!r}: dtype {raw.dtype}, expected {first} (the "
+                         "stream's first batch)")
+      v = canonical_array(where, k, raw)
       if v.shape != (b, *shape):
+        hint = (" (a loader's last, partial batch? drop it: torch's drop_last=True, grain's "
+                "batch(..., drop_remainder=True))" if v.shape[1:] == tuple(shape) else "")
         raise ValueError(f"{where}, key {k!r}: shape {v.shape}, expected {(b, *shape)} "
-                         f"(batch_size={b})")
+                         f"(batch_size={b}){hint}")
       if v.dtype != dt:
-        raise ValueError(f"{where}, key {k!r}: dtype {v.dtype}, expected {dt}")
+        raise ValueError(f"{where}, key {k!r}: dtype {raw.dtype} (JAX: {v.dtype}), expected "
+                         f"{dt}")
       if v.dtype.kind == "f" and not np.isfinite(v).all():
         raise ValueError(f"{where}, key {k!r}: {int((~np.isfinite(v)).sum())} non-finite "
                          "value(s)")
@@ -72,7 +124,10 @@ class Feed:
       except StopIteration:
         raise ValueError(
             f"{self.plan.fn}: the batch stream of seed {self.plan.seeds[i]} ended after "
-            f"{self.step} batches; the sweep needs {self.steps} (steps) per seed") from None
+            f"{self.step} batches; the sweep needs {self.steps} (steps) per seed: make the "
+            "stream endless, or let train(seed) return a re-iterable loader (a torch "
+            "DataLoader, a list: one pass per epoch) or take the epoch, train(seed, epoch) "
+            "(see optaxlr.tasks.Task)") from None
       rows.append(self._check(i, batch))
     self.step += 1
     return rows
@@ -103,5 +158,3 @@ class Feed:
     if self._next is not None:
       self._next.cancel()
     self._pool.shutdown(wait=True)
-
-

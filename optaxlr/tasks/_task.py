@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import contextvars
 import dataclasses
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optaxlr.tasks import _loaders
 from optaxlr.tasks import _objectives
 
 __all__ = ["Task", "Batch", "reseed_nnx", "stream_key", "set_opt_state", "hparam", "Dropout"]
@@ -23,7 +25,22 @@ Batch = dict[str, jax.Array]
 """A dict of arrays sharing a leading example axis, e.g. ``{"x": (N, d), "y": (N,)}``."""
 
 
-def _as_batch(fn: str, split: str, batch: Any) -> dict[str, jax.Array]:
+def _as_batch(fn: str, split: str, batch: Any, keys: tuple[str, ...] | None = None,
+              why_no_keys: str = "") -> dict[str, jax.Array]:
+  """A split as ``{key: jax.Array}``: a dict as is, a tuple/list of arrays named by ``keys``;
+  dtypes as ``jnp.asarray`` gives them (integers checked to fit, see
+  :func:`optaxlr.engine._feed.canonical_array`)."""
+  from optaxlr.engine._feed import canonical_array  # local: the engine imports tasks lazily
+
+  if isinstance(batch, (tuple, list)) and batch and not any(isinstance(v, Mapping) for v in batch):
+    if keys is None:
+      raise ValueError(f"{fn}: split {split!r} is a {type(batch).__name__} of {len(batch)} "
+                       f"arrays and the task cannot tell their names ({why_no_keys}); pass "
+                       "batch_keys= naming them in order, e.g. batch_keys=('x', 'y'), or a dict")
+    if len(batch) != len(keys):
+      raise ValueError(f"{fn}: split {split!r} is a {type(batch).__name__} of {len(batch)} "
+                       f"arrays, but batch_keys={keys!r} names {len(keys)}")
+    batch = dict(zip(keys, batch))
   if not isinstance(batch, Mapping) or not batch:
     raise TypeError(f"{fn}: split {split!r} must be a non-empty dict of arrays, got "
                     f"{type(batch).__name__}")
@@ -31,8 +48,37 @@ def _as_batch(fn: str, split: str, batch: Any) -> dict[str, jax.Array]:
   for k, v in batch.items():
     if not isinstance(k, str):
       raise TypeError(f"{fn}: split {split!r} has a non-string key {k!r}")
-    out[k] = jnp.asarray(v)
+    out[k] = jnp.asarray(canonical_array(f"{fn}: split {split!r}", k, _loaders.to_numpy(v)))
   return out
+
+
+def _own(train: Any) -> Any:
+  """A copy of an in-memory dict split (the caller's dict is not kept); anything else as is."""
+  return dict(train) if isinstance(train, Mapping) else train
+
+
+def _check_train(fn: str, train: Any) -> Any:
+  """Refuses, at once, a ``train`` a sweep cannot read: a one-shot iterator (a generator
+  object: reading it to look at it would consume it, and ``dict()`` of an endless one never
+  returns) or a loader object instead of a factory returning one."""
+  if isinstance(train, Mapping) or isinstance(train, _loaders.BatchFactory):
+    return train
+  if _loaders.is_one_shot(train):
+    raise TypeError(
+        f"{fn}: train is a {type(train).__name__} object, a one-shot iterator; a sweep reads "
+        "each seed's stream from its start (again after a checkpoint), which a one-shot "
+        "iterator cannot give; pass a factory instead: train=lambda seed: make_batches(seed) "
+        "(a new iterator per call)")
+  if callable(train) or (isinstance(train, (tuple, list)) and train
+                         and not any(isinstance(v, Mapping) for v in train)):
+    return train  # a batch factory, or in-memory arrays named by batch_keys
+  if isinstance(train, collections.abc.Iterable):
+    raise TypeError(
+        f"{fn}: train is a {type(train).__name__} object (a loader); pass a factory returning "
+        "it, seeded: train=lambda seed: make_loader(seed), so that every seed has its own "
+        "stream and a resumed sweep can read it again")
+  raise TypeError(f"{fn}: train must be a dict of arrays or a batch factory seed -> iterable "
+                  f"of batches, got {type(train).__name__}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,7 +91,19 @@ class Task:
     loss: ``(params, batch) -> scalar`` mean training loss; pure, jit/vmap-safe.
     metrics: ``(params, batch) -> {name: scalar}``, e.g. ``loss``, ``accuracy``, ``error``.
     train: the training split; the engine takes minibatches by indexing every array with an
-      index array along the leading axis.
+      index array along the leading axis. Or a batch factory ``seed -> iterable of batches``
+      (data fed from the host: a generator function, a torch ``DataLoader``, grain, tf.data's
+      ``as_numpy_iterator()``), stored wrapped in a ``BatchFactory`` (its ``factory`` is the
+      given function): each batch a dict of arrays or a tuple/list named by ``batch_keys``,
+      torch tensors converted with ``.numpy()``, dtypes compared after JAX's canonicalisation
+      (NumPy's and torch's ``int64`` labels are ``int32`` without x64). A finite loader gives
+      one epoch per pass: a re-iterable (a ``DataLoader``, a grain dataset, a list) is
+      iterated again for each epoch, like a user's own epoch loop (a ``DataLoader`` with a
+      seeded ``generator`` reshuffles each epoch, reproducibly); a factory taking
+      ``(seed, epoch)`` is called again for each epoch; a generator returned by
+      ``factory(seed)`` is read once (endless, or the sweep says it ended). A generator
+      *object* (or any one-shot iterator) is refused at once: a sweep reads each seed's stream
+      from its start, again after a checkpoint. The same seed must give the same batches.
     eval: held-out splits by name (``"val"``, ``"test"``), each a batch like ``train``.
     info: free-form description; keys the library reads: ``num_classes`` (labels checked
       by :meth:`validate`), ``y_key`` (the label key, default ``"y"``), ``x_key``, and
@@ -63,8 +121,16 @@ class Task:
       the config's hyperparameters (traced scalars: a dropout rate, label smoothing).
     eval_metrics: ``(params, model_state, batch, hparams) -> {name: scalar}`` in evaluation
       mode.
-    to_model: ``(params, model_state) -> model`` (the adapters: an ``nnx.Module`` or linen
-      variables), to hand a sweep's run back to the framework.
+    to_model: ``(params, model_state, hparams=None) -> model`` (the adapters: an
+      ``nnx.Module`` or linen variables), to hand a sweep's run back to the framework; for
+      nnx, ``hparams=res.config(i)`` sets the config's swept model hyperparameters into the
+      layers (a :class:`Dropout`'s ``hparam=`` rate, ``configure=``), else the model keeps
+      its constructor's values.
+    batch_keys: the names of the items of tuple/list batches (a torch ``TensorDataset``'s
+      ``[x, y]``), in order, e.g. ``("x", "y")``; also names a tuple ``train`` or eval split
+      given in memory. Default: ``(info["x_key"], info["y_key"])`` when the task names them
+      (the adapters do: ``x_key`` / ``y_key``), ``("x", "y")`` when the eval splits hold
+      exactly those keys; otherwise a tuple batch is an error asking for ``batch_keys``.
 
   A stateful task's :attr:`loss` and :attr:`metrics` evaluate in evaluation mode with the
   initial model state (for quick checks); the engine uses :meth:`step_loss` and
@@ -99,6 +165,7 @@ class Task:
   eval_metrics: Callable[..., dict[str, jax.Array]] | None = dataclasses.field(default=None,
                                                                               repr=False)
   to_model: Callable[..., Any] | None = dataclasses.field(default=None, repr=False)
+  batch_keys: tuple[str, ...] | None = None
 
   def __post_init__(self):
     given = [n for n in ("init_state", "train_loss", "eval_metrics")
@@ -107,12 +174,35 @@ class Task:
       missing = sorted({"init_state", "train_loss", "eval_metrics"} - set(given))
       raise ValueError(f"Task: a task with model state gives init_state, train_loss and "
                        f"eval_metrics together; {given} given, {missing} missing")
-    if not (callable(self.train) and not isinstance(self.train, Mapping)):
-      object.__setattr__(self, "train", _as_batch("Task", "train", self.train))
+    train = _check_train("Task", self.train)
+    keys = self.batch_keys
+    if keys is not None:
+      if isinstance(keys, str) or not isinstance(keys, Sequence) or not keys or not all(
+          isinstance(k, str) and k for k in keys) or len(set(keys)) != len(keys):
+        raise ValueError(f"Task: batch_keys must be a tuple of distinct non-empty strings, one "
+                         f"name per item of a tuple batch, got batch_keys={keys!r}")
+      keys = tuple(keys)
+      object.__setattr__(self, "batch_keys", keys)
     if not isinstance(self.eval, Mapping):
       raise TypeError(f"Task: eval must be a dict of splits, got {type(self.eval).__name__}")
-    object.__setattr__(self, "eval", {s: _as_batch("Task", s, b) for s, b in self.eval.items()})
-    object.__setattr__(self, "info", dict(self.info))
+    info = dict(self.info)
+    default, why = _loaders.default_batch_keys(info, {
+        s: b for s, b in self.eval.items() if isinstance(b, Mapping)})
+    names = keys or default
+    if isinstance(train, _loaders.BatchFactory):
+      train = train.factory  # dataclasses.replace: wrapped again with this task's keys
+    if callable(train) and not isinstance(train, Mapping):
+      train = _loaders.BatchFactory(f"Task {self.name!r}", train, keys, default, why)
+    else:
+      if keys is not None and isinstance(train, Mapping):
+        raise ValueError(f"Task: batch_keys={keys!r} names the items of tuple batches, but "
+                         f"train is a dict (its keys {sorted(train)} are the names); drop "
+                         "batch_keys")
+      train = _as_batch("Task", "train", train, names, why)
+    object.__setattr__(self, "train", train)
+    object.__setattr__(self, "eval", {s: _as_batch("Task", s, b, names, why)
+                                      for s, b in self.eval.items()})
+    object.__setattr__(self, "info", info)
 
   # ------------------------------------------------------------------ the engine's view
   @property
@@ -333,12 +423,13 @@ class Task:
       apply: Callable[[PyTree, jax.Array], jax.Array],
       loss: _objectives.LossSpec = "cross_entropy",
       *,
-      train: Mapping[str, Any],
+      train: Mapping[str, Any] | Callable[..., Any],
       eval: Mapping[str, Mapping[str, Any]] | None = None,  # noqa: A002
       info: Mapping[str, Any] | None = None,
       metrics: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None = None,
       x_key: str = "x",
       y_key: str = "y",
+      batch_keys: Sequence[str] | None = None,
   ) -> Task:
     """A task from ``init(key) -> params`` and ``apply(params, x) -> outputs``.
 
@@ -349,7 +440,9 @@ class Task:
       loss: ``"cross_entropy"`` (integer labels, logits ``(B, K)``), ``"logistic"`` (binary,
         labels in ``{0, 1}`` or ``{-1, +1}``, one score per example), ``"mse"``, or a callable
         ``(outputs, targets) -> scalar``.
-      train: the training batch, e.g. ``{"x": ..., "y": ...}``.
+      train: the training batch, e.g. ``{"x": ..., "y": ...}``, or a batch factory
+        ``seed -> iterable of batches`` (see :class:`Task`: a generator function, a torch
+        ``DataLoader``, a grain dataset; tuple batches are named ``(x_key, y_key)``).
       eval: held-out splits.
       info: free-form description. With ``loss="cross_entropy"`` :meth:`validate` checks the
         labels against ``num_classes`` if given, else against the number of outputs of
@@ -357,8 +450,12 @@ class Task:
       metrics: extra ``(outputs, targets) -> {name: scalar}`` merged into the standard ones.
       x_key: the inputs' key in a batch.
       y_key: the targets' key in a batch.
+      batch_keys: the names of the items of tuple batches, in order; default
+        ``(x_key, y_key)``.
     """
-    objective, standard = _objectives.resolve(loss, f"Task.from_functions({name!r})")
+    fn = f"Task.from_functions({name!r})"
+    train = _check_train(fn, train)
+    objective, standard = _objectives.resolve(loss, fn)
 
     def loss_fn(params, batch):
       return objective(apply(params, batch[x_key]), batch[y_key])
@@ -377,8 +474,8 @@ class Task:
     # jit-wrapped so that eager calls (a user's, or a quick check) compile once instead of
     # dispatching op by op; inside the engine's jit / vmap / grad they inline as usual.
     return cls(name=name, init=jax.jit(init), loss=jax.jit(loss_fn),
-               metrics=jax.jit(metrics_fn), train=dict(train), eval=dict(eval or {}),
-               info=info, apply=apply)
+               metrics=jax.jit(metrics_fn), train=_own(train), eval=dict(eval or {}),
+               info=info, apply=apply, batch_keys=batch_keys)
 
   @classmethod
   def from_flax_nnx(
@@ -387,13 +484,14 @@ class Task:
       model_fn: Callable[[Any], Any],
       loss: _objectives.LossSpec = "cross_entropy",
       *,
-      train: Mapping[str, Any],
+      train: Mapping[str, Any] | Callable[..., Any],
       eval: Mapping[str, Mapping[str, Any]] | None = None,  # noqa: A002
       info: Mapping[str, Any] | None = None,
       metrics: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None = None,
       configure: Callable[[Any, Mapping[str, jax.Array]], None] | None = None,
       x_key: str = "x",
       y_key: str = "y",
+      batch_keys: Sequence[str] | None = None,
   ) -> Task:
     """A task from a ``flax.nnx`` model factory ``model_fn(rngs) -> nnx.Module``.
 
@@ -422,6 +520,7 @@ class Task:
     from flax import nnx  # local: keep `import optaxlr` light
 
     fn = f"Task.from_flax_nnx({name!r})"
+    train = _check_train(fn, train)
     if configure is not None and not callable(configure):
       raise TypeError(f"{fn}: configure must be a function (model, hparams) -> None, got "
                       f"{type(configure).__name__}")
@@ -449,9 +548,10 @@ class Task:
         return nnx.merge(graphdef, params, nnx.State({}), nnx.State({}))(x)
 
       task = cls.from_functions(name, init, apply, loss, train=train, eval=eval, info=base_info,
-                                metrics=metrics, x_key=x_key, y_key=y_key)
-      return dataclasses.replace(task, to_model=lambda params, state=(): nnx.merge(
-          graphdef, params, nnx.State({}), nnx.State({})))
+                                metrics=metrics, x_key=x_key, y_key=y_key, batch_keys=batch_keys)
+      return dataclasses.replace(task, to_model=lambda params, state=(), hparams=None: (
+          _restore_hparams(fn, nnx.merge(graphdef, params, nnx.State({}), nnx.State({})),
+                           hparams, None)))
 
     # The RNG streams' variables are rebuilt from a template every step (their keys are
     # replaced by reseeding), so they are not part of the carried model state.
@@ -488,10 +588,12 @@ class Task:
       out = forward(model, batch[x_key], hparams)
       return _eval_values(standard, objective, takes_hp, metrics, out, batch[y_key], hparams)
 
-    def to_model(params, state=None):
-      """The ``nnx.Module`` with these parameters and model state (training mode)."""
+    def to_model(params, state=None, hparams=None):
+      """The ``nnx.Module`` with these parameters and model state (training mode), and the
+      config's model hyperparameters ``hparams`` set into its layers (see
+      :func:`_restore_hparams`)."""
       model = merged(params, init_state(jax.random.key(0)) if state is None else state)
-      return model
+      return _restore_hparams(fn, model, hparams, configure)
 
     def eval_apply(params, x):
       model = merged(params, init_state(jax.random.key(0)))
@@ -508,7 +610,8 @@ class Task:
       return eval_metrics(params, init_state(jax.random.key(0)), batch, {})
 
     return cls(name=name, init=jax.jit(init), loss=jax.jit(loss_fn), metrics=jax.jit(metrics_fn),
-               train=dict(train), eval=dict(eval or {}), info=base_info, apply=eval_apply,
+               train=_own(train), eval=dict(eval or {}), info=base_info, apply=eval_apply,
+               batch_keys=batch_keys,
                init_state=jax.jit(init_state), train_loss=train_loss, eval_metrics=eval_metrics,
                to_model=to_model)
 
@@ -519,7 +622,7 @@ class Task:
       module: Any,
       loss: _objectives.LossSpec = "cross_entropy",
       *,
-      train: Mapping[str, Any],
+      train: Mapping[str, Any] | Callable[..., Any],
       eval: Mapping[str, Mapping[str, Any]] | None = None,  # noqa: A002
       info: Mapping[str, Any] | None = None,
       metrics: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None = None,
@@ -528,6 +631,7 @@ class Task:
       eval_kwargs: Mapping[str, Any] | None = None,
       x_key: str = "x",
       y_key: str = "y",
+      batch_keys: Sequence[str] | None = None,
   ) -> Task:
     """A task from a ``flax.linen`` module: ``params = module.init(key, x[:1])["params"]``.
 
@@ -543,12 +647,19 @@ class Task:
       eval_kwargs: keyword arguments of ``__call__`` in evaluation (``{"train": False}``).
     """
     fn = f"Task.from_linen({name!r})"
+    train = _check_train(fn, train)
     if isinstance(rng_streams, str) or not all(isinstance(r, str) for r in rng_streams):
       raise ValueError(f"{fn}: rng_streams must be a sequence of stream names, got "
                        f"rng_streams={rng_streams!r}")
     streams = tuple(rng_streams)
     tkw, ekw = dict(train_kwargs or {}), dict(eval_kwargs or {})
-    x0 = jnp.asarray(train[x_key])[:1]
+    if callable(train) and not isinstance(train, Mapping):  # a batch factory: its first batch
+      probe = cls(name=name, init=lambda key: None, loss=lambda p, b: 0.0,
+                  metrics=lambda p, b: {}, train=train, info={"x_key": x_key, "y_key": y_key},
+                  batch_keys=batch_keys)
+      x0 = probe.first_batch(0)[x_key][:1]
+    else:
+      x0 = _as_batch(fn, "train", train, tuple(batch_keys or (x_key, y_key)))[x_key][:1]
 
     def rngs_for(key):  # "params" draws from the init key itself, as module.init(key, x)
       return {"params": key, **{s: stream_key(key, s) for s in streams}}
@@ -567,7 +678,7 @@ class Task:
 
       task = cls.from_functions(name, init, apply, loss, train=train, eval=eval,
                                 info={"framework": "flax.linen", **dict(info or {})},
-                                metrics=metrics, x_key=x_key, y_key=y_key)
+                                metrics=metrics, x_key=x_key, y_key=y_key, batch_keys=batch_keys)
       return dataclasses.replace(task, to_model=lambda params, state=(): {"params": params})
     objective, standard = _objectives.resolve(loss, fn)
     takes_hp = _takes_hparams(loss)
@@ -610,10 +721,64 @@ class Task:
             **({"labels": _LABELS[loss]} if isinstance(loss, str) and loss in _LABELS else {}),
             **({"rng_streams": list(streams)} if streams else {}), **dict(info or {})}
     return cls(name=name, init=jax.jit(init_p), loss=jax.jit(loss_fn), metrics=jax.jit(metrics_fn),
-               train=dict(train), eval=dict(eval or {}), info=info, apply=eval_apply,
+               train=_own(train), eval=dict(eval or {}), info=info, apply=eval_apply,
+               batch_keys=batch_keys,
                init_state=jax.jit(init_state), train_loss=train_loss, eval_metrics=eval_metrics,
-               to_model=lambda params, state=None: {"params": params, **(
-                   init_state(jax.random.key(0)) if state is None else state)})
+               to_model=lambda params, state=None, hparams=None: _linen_variables(
+                   fn, params, init_state(jax.random.key(0)) if state is None else state,
+                   hparams))
+
+
+def _linen_variables(fn: str, params: Any, state: Any, hparams: Any) -> dict:
+  """A linen run's variables ``{"params": ..., **state}``; linen variables hold no
+  hyperparameters (a module reads them at apply time), so ``hparams`` is refused."""
+  if hparams is not None:
+    raise ValueError(f"{fn}: to_model(params, state, hparams=...): linen variables hold no "
+                     "hyperparameters (a linen module reads them with optaxlr.tasks.hparam at "
+                     "apply time, inside a sweep only); pass them to your module yourself "
+                     "(e.g. as a call argument) and drop hparams=")
+  return {"params": params, **state}
+
+
+def _restore_hparams(fn: str, model: Any, hparams: Mapping[str, Any] | None,
+                     configure: Callable | None) -> Any:
+  """Sets a config's model hyperparameters into an ``nnx`` model handed back from a sweep.
+
+  Every :class:`Dropout` with ``hparam=name`` gets ``rate = hparams[name]`` (the swept rate,
+  not the constructor's), and ``configure(model, hparams)`` (the task's, if any) runs with the
+  values as Python floats. Names the model does not read (the optimizer's ``lr``, ``wd``) are
+  not the model's business and are left alone. A model that reads :func:`hparam` in its own
+  code keeps reading the default it gives there, outside a sweep.
+
+  Raises:
+    ValueError: a Dropout reads a name ``hparams`` lacks, or a value is not a scalar.
+  """
+  if hparams is None:
+    return model
+  from flax import nnx
+
+  if not isinstance(hparams, Mapping):
+    raise TypeError(f"{fn}: to_model: hparams must be a dict of one config's values (e.g. "
+                    f"res.config(i)), got {type(hparams).__name__}")
+  values = {}
+  for k, v in hparams.items():
+    a = np.asarray(v)
+    if a.shape != () or a.dtype.kind not in "biuf":
+      raise ValueError(f"{fn}: to_model: hparams[{k!r}] must be one number (one config's "
+                       f"value), got {v!r}")
+    values[k] = a.item()
+  drop_cls = __getattr__("Dropout") if "Dropout" not in globals() else globals()["Dropout"]
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, drop_cls) and node.hparam is not None:
+      if node.hparam not in values:
+        where = ".".join(str(p) for p in path) or "(the model)"
+        raise ValueError(f"{fn}: to_model: the Dropout at {where} reads hyperparameter "
+                         f"{node.hparam!r}, which hparams does not hold (its names: "
+                         f"{sorted(values)})")
+      node.rate = float(values[node.hparam])
+  if configure is not None:
+    configure(model, values)
+  return model
 
 
 _HPARAMS: contextvars.ContextVar = contextvars.ContextVar("optaxlr_hparams", default=None)
@@ -754,13 +919,22 @@ def __getattr__(name: str):
   raise AttributeError(name)
 
 
-def set_opt_state(optimizer: Any, opt_state: Any) -> None:
+def set_opt_state(optimizer: Any, opt_state: Any, step: int | None = None) -> None:
   """Puts an optax state (``SweepResult.opt_state_of(...)``) into an ``nnx.Optimizer`` built
   with the same transformation, so that training continues exactly where the sweep's run
-  stopped (``nnx.Optimizer(model, optimizer(hparams), wrt=nnx.Param)``).
+  stopped (``nnx.Optimizer(model, optimizer(hparams), wrt=nnx.Param)``), and sets the
+  optimizer's update counter ``optimizer.step`` to the updates the run made.
+
+  Args:
+    optimizer: the ``nnx.Optimizer``.
+    opt_state: the run's optax state.
+    step: the updates the run made (``res.info["steps"]`` for a run that was not stopped);
+      default: read from the state's update counts (the ``count`` fields of optax's states:
+      Adam's, a schedule's), which must exist and agree.
 
   Raises:
-    ValueError: the state's structure or shapes differ from the optimizer's.
+    ValueError: the state's structure or shapes differ from the optimizer's; no ``step`` and
+      the state holds no (or disagreeing) update counts; ``step`` not an integer >= 0.
   """
   from flax import nnx
   from flax.nnx.training.optimizer import to_opt_state
@@ -772,4 +946,18 @@ def set_opt_state(optimizer: Any, opt_state: Any) -> None:
     raise ValueError("set_opt_state: the state does not fit this optimizer (another "
                      "transformation or model?): structure "
                      f"{jax.tree.structure(new)} vs {jax.tree.structure(current)}")
+  if step is None:
+    counts = sorted({int(np.asarray(leaf)) for path, leaf in
+                     jax.tree_util.tree_flatten_with_path(new)[0]
+                     if path and getattr(path[-1], "name", None) == "count"
+                     and np.shape(leaf) == ()})
+    if len(counts) != 1:
+      what = "no update count" if not counts else f"update counts that disagree ({counts})"
+      raise ValueError(f"set_opt_state: the state holds {what}, so optimizer.step cannot be "
+                       "read from it; pass step= (the updates the run made, e.g. "
+                       "res.info['steps'])")
+    step = counts[0]
+  elif isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+    raise ValueError(f"set_opt_state: step must be an integer >= 0, got step={step!r}")
   optimizer.opt_state = nnx.data(to_opt_state(new))
+  optimizer.step[...] = jnp.asarray(step, optimizer.step[...].dtype)
