@@ -172,7 +172,7 @@ def test_conv_model_with_default_vectorize_shrinks_its_blocks(strategy, digits_c
   shrinks to the live runs in blocks of vectorize=1 (it crashed at the first rung: `cannot
   reshape ... (2, 1, 27, 0, 16)`), and every config kept to the end equals its standalone run
   (a sweep of that config alone)."""
-  task, kw = digits_cnn, dict(steps=4, eval_every=1, batch_size=8, progress=False)
+  task, kw = digits_cnn, dict(steps=4, eval_every=1, batch_size=8, execution=optaxlr.Execution(progress=False))
   if strategy == "successive_halving":
     n, rule = 4, adapt.successive_halving("val/loss", eta=4, min_steps=1)  # 4 runs, then 1
   else:  # brackets of (2, 2) configs from step (2, 4): 4 runs, then 3

@@ -817,7 +817,8 @@ def test_space_takes_a_model_axis_of_a_user_task(user_dir, capsys):
 
   want = optaxlr.sweep(ut_drop.make_task(), adamw,
                        search.grid(lr=[1e-3, 1e-2], wd=[0.0], dropout=[0.1, 0.3]), steps=10,
-                       batch_size=16, seeds=1, eval_every=5, key=0, progress=False)
+                       batch_size=16, seeds=1, eval_every=5, key=0,
+                       execution=optaxlr.Execution(progress=False))
   assert got.space.names == want.space.names == ("lr", "wd", "dropout")
   _same(got, want)
   # the dropout rate changes the numbers: the axis reached the model

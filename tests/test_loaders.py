@@ -22,7 +22,7 @@ from optaxlr.engine import model_key, run_keys
 from optaxlr.tasks import Dropout, Task, reseed_nnx
 
 B, N_TRAIN, STEPS = 16, 64, 10  # 4 batches per epoch: 10 steps read 2.5 epochs
-KW = dict(steps=STEPS, eval_every=STEPS, progress=False)
+KW = dict(steps=STEPS, eval_every=STEPS, execution=optaxlr.Execution(progress=False))
 
 
 def _digits(image: bool):
@@ -272,8 +272,10 @@ def test_torch_loader_resumes_bitwise_from_a_checkpoint(tmp_path):
     if event.chunk == 1:
       raise RuntimeError("killed")
   with pytest.raises(RuntimeError, match="killed"):
-    optaxlr.sweep(m["task"], adam, space, checkpoint_dir=tmp_path / "c", callback=boom, **kw)
-  resumed = optaxlr.sweep(m["task"], adam, space, checkpoint_dir=tmp_path / "c", **kw)
+    optaxlr.sweep(m["task"], adam, space, callback=boom,
+                  **{**kw, "execution": optaxlr.Execution(progress=False, checkpoint_dir=tmp_path / "c")})
+  resumed = optaxlr.sweep(m["task"], adam, space, **{
+      **kw, "execution": optaxlr.Execution(progress=False, checkpoint_dir=tmp_path / "c")})
   np.testing.assert_array_equal(resumed.batch_loss, full.batch_loss)
   np.testing.assert_array_equal(resumed.metrics["val/loss"], full.metrics["val/loss"])
 
