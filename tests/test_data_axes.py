@@ -3,6 +3,8 @@ sweeps / in-memory sweeps and scikit-learn's KFold."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import optax
 import pytest
@@ -12,6 +14,11 @@ from optaxlr import search
 from optaxlr.engine import batch_indices, fold_split, run_keys
 from optaxlr.tasks import Task
 
+
+
+def with_ex(kw, **ex):
+  """``kw`` with its ``execution`` updated by ``ex`` (the Execution settings of one call)."""
+  return {**kw, "execution": dataclasses.replace(kw.get("execution") or optaxlr.Execution(), **ex)}
 
 def _task(n=120):
   return optaxlr.tasks.teacher_student(n_train=n, n_val=40, n_test=40)
@@ -189,11 +196,11 @@ def test_host_fed_resumes_from_a_checkpoint(tmp_path):
       raise RuntimeError("killed")
   with pytest.raises(RuntimeError, match="killed"):
     optaxlr.sweep(task, sgd, space, sync_every=5, callback=boom,
-                  **KW, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "c"))
-  resumed = optaxlr.sweep(task, sgd, space, sync_every=5, **KW, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "c"))
+                  **with_ex(KW, checkpoint_dir=tmp_path / "c"))
+  resumed = optaxlr.sweep(task, sgd, space, sync_every=5, **with_ex(KW, checkpoint_dir=tmp_path / "c"))
   np.testing.assert_array_equal(resumed.batch_loss, full.batch_loss)
   np.testing.assert_array_equal(resumed.metrics["val/loss"], full.metrics["val/loss"])
   # another stream (other first batch) is refused
   other = _stream_task(_task(), 16, 10, key=7)
   with pytest.raises(ValueError, match="data"):
-    optaxlr.sweep(other, sgd, space, sync_every=5, **KW, execution=optaxlr.Execution(checkpoint_dir=tmp_path / "c"))
+    optaxlr.sweep(other, sgd, space, sync_every=5, **with_ex(KW, checkpoint_dir=tmp_path / "c"))

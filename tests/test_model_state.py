@@ -33,6 +33,11 @@ class BNNet(nnx.Module):
     return self.head(x)
 
 
+
+def with_ex(kw, **ex):
+  """``kw`` with its ``execution`` updated by ``ex`` (the Execution settings of one call)."""
+  return {**kw, "execution": dataclasses.replace(kw.get("execution") or optaxlr.Execution(), **ex)}
+
 def _digits(n_train=96, n_val=40):
   from sklearn.datasets import load_digits
 
@@ -119,16 +124,16 @@ def test_vectorized_blocks_equal_fully_vmapped():
   task = optaxlr.tasks.teacher_student(n_train=64, n_val=32, n_test=32)
   space = search.grid(lr=[3e-3, 1e-2], wd=[0.0, 1e-2])
   kw = dict(steps=6, batch_size=16, seeds=2, eval_every=3, execution=optaxlr.Execution(progress=False))
-  full = optaxlr.sweep(task, opt, space, **kw, execution=optaxlr.Execution(vectorize=None))
+  full = optaxlr.sweep(task, opt, space, **with_ex(kw, vectorize=None))
   assert full.info["vectorize"] is None
   auto = optaxlr.sweep(task, opt, space, **kw)
   assert auto.info["vectorize"] is None  # no convolution: fully vectorised
   for v in (1, 2):
-    r = optaxlr.sweep(task, opt, space, **kw, execution=optaxlr.Execution(vectorize=v))
+    r = optaxlr.sweep(task, opt, space, **with_ex(kw, vectorize=v))
     np.testing.assert_allclose(r.batch_loss, full.batch_loss, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(r.metrics["val/loss"], full.metrics["val/loss"], rtol=2e-5)
   three = optaxlr.sweep(task, opt, search.grid(lr=[3e-3, 1e-2, 2e-2], wd=[0.0]), 
-                        **kw, execution=optaxlr.Execution(vectorize=2))  # padded to a multiple of 2
+                        **with_ex(kw, vectorize=2))  # padded to a multiple of 2
   np.testing.assert_allclose(three.batch_loss[:, :2], full.batch_loss[:, [0, 2]], rtol=2e-5,
                              atol=1e-6)
 
@@ -140,7 +145,7 @@ def test_eval_in_pieces_equals_one_piece():
   whole = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), space, **kw)
   n_val = len(task.eval["val"]["y"])
   assert n_val % 7
-  pieces = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), space, **kw, execution=optaxlr.Execution(eval_batch_size=7))
+  pieces = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), space, **with_ex(kw, eval_batch_size=7))
   for k, v in whole.metrics.items():
     np.testing.assert_allclose(pieces.metrics[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
@@ -150,7 +155,7 @@ def test_mixed_precision_bfloat16():
   space = search.grid(lr=[3e-3, 1e-2])
   kw = dict(steps=30, batch_size=32, eval_every=10, execution=optaxlr.Execution(progress=False, keep_params=True))
   f32 = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw)
-  bf16 = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw, execution=optaxlr.Execution(compute_dtype="bfloat16"))
+  bf16 = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **with_ex(kw, compute_dtype="bfloat16"))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16.params))  # master weights
   assert bf16.batch_loss.dtype == np.float32
   # not the same numbers (bfloat16 has an 8-bit mantissa), but the same training
@@ -158,7 +163,7 @@ def test_mixed_precision_bfloat16():
   np.testing.assert_allclose(bf16.metrics["val/loss"][..., -1], f32.metrics["val/loss"][..., -1],
                              rtol=0.1)
   with pytest.raises(ValueError, match="compute_dtype must be"):
-    optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw, execution=optaxlr.Execution(compute_dtype="float16"))
+    optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **with_ex(kw, compute_dtype="float16"))
 
 
 def test_continued_run_equals_the_sweep_carried_on():

@@ -288,7 +288,7 @@ def test_bad_optimizer_setting_and_bad_data_raise_before_compiling():
 
 
 def test_too_little_memory_is_a_clear_error(monkeypatch):
-  from optaxlr.engine import _driver
+  from optaxlr.engine import _layout as _driver  # device memory is read by the layout
 
   monkeypatch.setattr(_driver, "device_memory_bytes", lambda device: 1024)
   with pytest.raises(ValueError, match="more than half of the device memory"):
@@ -299,7 +299,7 @@ def test_groups_are_sized_from_the_compiled_program(monkeypatch, x64):
   """With a memory limit below what all configs need, the configs are split into groups whose
   compiled program (activations and evaluation included) fits in half the limit, and the
   numbers do not change."""
-  from optaxlr.engine import _driver
+  from optaxlr.engine import _layout as _driver  # device memory is read by the layout
 
   task = make_task()
   space = search.grid(lr=[1e-3, 1e-2, 3e-2], wd=[0.0, 1e-3])
