@@ -4,6 +4,8 @@ run back to flax.nnx. References are standalone flax.nnx / optax loops written h
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
