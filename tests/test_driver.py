@@ -366,3 +366,35 @@ def test_no_engine_function_is_over_150_lines_and_the_driver_loop_is_short():
         sizes[f"{path.name}:{node.name}"] = node.end_lineno - node.lineno + 1 - doc
   assert max(sizes.values()) <= 150, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
   assert sizes["_driver.py:run"] <= 120, sizes["_driver.py:run"]
+
+
+def test_lr_find_on_a_batchnorm_cnn_that_reads_a_swept_dropout():
+  """The first-hour case: a flax.nnx CNN with BatchNorm and a Dropout reading the swept rate,
+  range-tested with the rate as an axis (lr_find used to fail: the model's hyperparameters
+  never reached its checks)."""
+  from flax import nnx
+
+  from optaxlr.tasks import Dropout
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(1, 4, kernel_size=(3, 3), use_bias=False, rngs=rngs)
+      self.bn = nnx.BatchNorm(4, rngs=rngs)
+      self.drop = Dropout(0.1, hparam="dropout", rngs=rngs)
+      self.head = nnx.Linear(4 * 36, 3, rngs=rngs)
+
+    def __call__(self, x):
+      x = jax.nn.relu(self.bn(self.conv(x)))
+      return self.head(self.drop(x.reshape(x.shape[0], -1)))
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(48, 6, 6, 1)).astype(np.float32)
+  y = rng.integers(0, 3, size=48)  # int64 labels, as NumPy makes them
+  task = Task.from_flax_nnx("cnn", Net, train={"x": x[:32], "y": y[:32]},
+                            eval={"val": {"x": x[32:], "y": y[32:]}})
+  res = optaxlr.lr_find(task, lambda h: optax.adam(h["lr"]), search.grid(dropout=[0.0, 0.5]),
+                        steps=12, batch_size=8, min_lr=1e-4, max_lr=1.0)
+  assert res.loss.shape == (1, 2, 12) and np.isfinite(res.loss[..., :4]).all()
+  assert not np.allclose(res.loss[0, 0], res.loss[0, 1], equal_nan=True)  # the rate is read
+  with pytest.raises(ValueError, match=r"reads hyperparameter 'dropout', which the space does not hold"):
+    optaxlr.lr_find(task, lambda h: optax.adam(h["lr"]), steps=12, batch_size=8)
