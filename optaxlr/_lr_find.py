@@ -831,7 +831,7 @@ def lr_find_grid(
     optimizer: Optimizer,
     space: Any = None,
     *,
-    lrs: Any,
+    lrs: Any = None,
     steps: int = 100,
     batch_size: int | None = None,
     seeds: int | Sequence[int] | None = None,
@@ -859,8 +859,8 @@ def lr_find_grid(
   Args:
     task: an :class:`optaxlr.Task`.
     optimizer: ``hparams -> transform`` reading ``hparams["lr"]``, as :func:`optaxlr.sweep`.
-    lrs: the rates to try, a 1-D array of positive values (e.g. ``search.logspace(1e-4, 1,
-      9)``); sorted increasingly in the result.
+    lrs: the rates to try (keyword, required), a 1-D array of positive values (e.g.
+      ``search.logspace(1e-4, 1, 9)``); sorted increasingly in the result.
     steps: steps per run.
     batch_size: minibatch size; default ``min(128, number of training examples)``.
     seeds: number of seeds or their values.
@@ -896,6 +896,8 @@ def lr_find_grid(
     raise TypeError(f"{fn}: space (the third argument, as in sweep and lr_find) must be an "
                     f"optaxlr.search space or a dict, got {type(space).__name__}; the rates to "
                     "try are the keyword lrs=[...]")
+  if lrs is None:
+    raise TypeError(f"{fn}: lrs=[...] (the learning rates to try) is required")
   lrs_np = np.asarray(lrs, dtype=np.float64) if not isinstance(lrs, (str, bytes)) else np.asarray([])
   if lrs_np.ndim != 1 or lrs_np.size == 0:
     raise ValueError(f"{fn}: lrs must be a non-empty 1-D sequence, got shape {lrs_np.shape}")

@@ -34,7 +34,7 @@ def optimizer(h):
 
 def run(task, callback, **kw):
   kw = {"steps": STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY, "sync_every": 10,
-        "seeds": 1, "progress": False, **kw}
+        "seeds": 1, "execution": optaxlr.Execution(progress=False), **kw}
   return optaxlr.sweep(task, optimizer, SPACE, callback=callback, **kw)
 
 

@@ -14,9 +14,11 @@ from optaxlr.engine._driver import ChunkEvent
 from optaxlr.engine._driver import Control
 from optaxlr.engine._engine import sweep
 from optaxlr.engine._execution import Execution
+from optaxlr.engine._result import GridEdgeWarning
 from optaxlr.engine._result import RunSettings
 from optaxlr.engine._result import SweepResult
 from optaxlr.engine._result import Timings
+from optaxlr.engine._result import grid_edges
 from optaxlr.engine._result import load
 from optaxlr.engine._rules import STOP_REASONS
 from optaxlr.engine._rules import EarlyStop
@@ -32,6 +34,7 @@ __all__ = [
     "Control",
     "EarlyStop",
     "Execution",
+    "GridEdgeWarning",
     "PlateauDone",
     "RangeTest",
     "Rule",
@@ -43,6 +46,7 @@ __all__ = [
     "clear_cache",
     "epoch_permutation",
     "fold_split",
+    "grid_edges",
     "key_data",
     "load",
     "model_key",

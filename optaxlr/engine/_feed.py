@@ -16,40 +16,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from optaxlr._validate import canonical_array
 from optaxlr.engine import _core
 
-__all__ = ["Feed", "canonical_array"]
-
-
-def canonical_array(where: str, key: str, value: Any) -> np.ndarray:
-  """``value`` as a NumPy array of the dtype JAX gives it (``jnp.asarray``'s canonicalisation:
-  with 64-bit mode off, ``int64`` becomes ``int32`` and ``float64`` becomes ``float32``).
-
-  NumPy's, torch's and grain's default ``int64`` labels are thus accepted. Integers that do not
-  fit the narrower type are an error (``jnp.asarray`` would wrap them silently); floats are
-  rounded, as everywhere in JAX.
-
-  Raises:
-    ValueError: an integer value outside the canonical type's range, naming ``where`` and
-      ``key``.
-
-  Examples:
-    >>> import numpy as np
-    >>> canonical_array("f", "y", np.arange(3, dtype=np.int64)).dtype  # x64 off
-    dtype('int32')
-  """
-  v = np.asarray(value)
-  dt = np.dtype(jax.dtypes.canonicalize_dtype(v.dtype))
-  if dt == v.dtype:
-    return v
-  if v.dtype.kind in "iu" and dt.kind in "iu" and v.size:
-    info = np.iinfo(dt)
-    lo, hi = v.min(), v.max()
-    if lo < info.min or hi > info.max:
-      raise ValueError(f"{where}, key {key!r}: {v.dtype} values in [{lo}, {hi}] do not fit "
-                       f"{dt} (JAX's dtype for {v.dtype} without jax_enable_x64); enable x64 "
-                       "or map the values into range")
-  return v.astype(dt)
+__all__ = ["Feed"]
 
 
 class Feed:

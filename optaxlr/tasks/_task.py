@@ -29,8 +29,8 @@ def _as_batch(fn: str, split: str, batch: Any, keys: tuple[str, ...] | None = No
               why_no_keys: str = "") -> dict[str, jax.Array]:
   """A split as ``{key: jax.Array}``: a dict as is, a tuple/list of arrays named by ``keys``;
   dtypes as ``jnp.asarray`` gives them (integers checked to fit, see
-  :func:`optaxlr.engine._feed.canonical_array`)."""
-  from optaxlr.engine._feed import canonical_array  # local: the engine imports tasks lazily
+  :func:`optaxlr._validate.canonical_array`)."""
+  from optaxlr._validate import canonical_array
 
   if isinstance(batch, (tuple, list)) and batch and not any(isinstance(v, Mapping) for v in batch):
     if keys is None:
