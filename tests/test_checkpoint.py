@@ -91,15 +91,16 @@ def _kill_at_chunk(script, folder, dtype, chunk, delay):
   last one. The child cannot pass the next chunk's callback on its own, so where it dies is
   chosen by the test (somewhere between that chunk's callback and the next: the commit's file
   writes, the next chunk's compute), never by how fast the machine is."""
-  proc = subprocess.Popen([sys.executable, str(script), str(folder), dtype], env=_env(),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True)
+  log = script.with_name("child-stderr.txt")  # a file, not a pipe: the child never blocks on it
+  with open(log, "w") as err:
+    proc = subprocess.Popen([sys.executable, str(script), str(folder), dtype], env=_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
   try:
     line = proc.stdout.readline()
-    assert line.strip() == "READY", line
+    assert line.strip() == "READY", (line, log.read_text()[-3000:])
     for i in range(chunk):
       line = proc.stdout.readline()
-      assert line.strip() == "CHUNK", f"chunk {i} of {chunk}: {line!r}"
+      assert line.strip() == "CHUNK", (f"chunk {i} of {chunk}: {line!r}", log.read_text()[-3000:])
       proc.stdin.write("go\n")
       proc.stdin.flush()
     time.sleep(delay)
