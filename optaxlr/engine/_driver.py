@@ -273,6 +273,16 @@ def run(plan: Plan) -> Output:
   def place_carry(carry_np):
     return jax.tree.map(lambda x: _core.put(x, run_sh if np.ndim(x) >= 2 else repl), carry_np)
 
+  def replace_carry(carry):
+    """A carry changed on the host side of the program (steered, compacted) put back with the
+    program's shardings: the steering program returns it replicated, and the chunk program,
+    compiled for sharded inputs, refuses that on more than one device."""
+    if multi:
+      return place_carry(jax.tree.map(_core.to_host, carry))
+    if n_dev > 1:
+      return jax.device_put(carry, jax.tree.map(lambda x: run_sh if x.ndim >= 2 else repl, carry))
+    return carry
+
   # Groups: start with every config (a multiple of the device count, and of the configs
   # vectorised at once), shrink to what the compiled program says fits in half of the device
   # memory.
@@ -550,6 +560,7 @@ def run(plan: Plan) -> Output:
             raise TypeError(f"{plan.fn}: callback must return None, True or an optaxlr.Control, got "
                             f"{type(ctrl).__name__}")
           carry, hp_g_np, log = _apply_control(plan.fn, prog, ctrl, carry, hp_g_np, slots, done)
+          carry = replace_carry(carry)
           if log:
             log["group"], log["chunk"] = g, c
             steering.append(log)
@@ -574,8 +585,7 @@ def run(plan: Plan) -> Output:
             carry = prog.steer(carry, jnp.asarray(src), jnp.asarray(pad), jnp.int32(done))
             hp_g_np = {k: v[src] for k, v in hp_g_np.items()}
             slots = np.where(pad, -1, slots[src])
-            if multi:
-              carry = place_carry(jax.tree.map(_core.to_host, carry))
+            carry = replace_carry(carry)
             hp_g = put_hp(hp_g_np)
         if group_ends and plan.keep_params:
           kept = (carry.params, carry.opt_state, carry.model_state)
