@@ -71,9 +71,26 @@ class Adapt:
     return np.where(np.isfinite(m), m, np.inf)
 
 
-def _check_mode(fn: str, mode: str) -> None:
-  if mode not in ("min", "max"):
-    raise ValueError(f"{fn}: mode must be 'min' or 'max', got mode={mode!r}")
+def _natural_mode(metric: str) -> str | None:
+  """The direction a metric's name implies, by the library's rule (``SweepResult.best``, the
+  plots, the Optuna bridge): an accuracy (``"acc"`` in its last part) is maximised, a
+  ``"loss"`` or ``"error"`` minimised; ``None`` for other names."""
+  last = str(metric).split("/")[-1]
+  return "max" if "acc" in last else "min" if last in ("loss", "error") else None
+
+
+def _check_mode(fn: str, mode: str | None, metric: str) -> str:
+  """``mode``, or the one the metric's name implies (``"min"`` when it implies none); an
+  explicit mode against the metric's name is an error."""
+  if mode is not None and mode not in ("min", "max"):
+    raise ValueError(f"{fn}: mode must be 'min', 'max' or None (from the metric's name), got"
+                     f" mode={mode!r}")
+  natural = _natural_mode(metric)
+  if mode is not None and natural is not None and mode != natural:
+    word = {"min": "minimised", "max": "maximised"}
+    raise ValueError(f"{fn}: mode={mode!r} conflicts with metric={metric!r}, which is to be"
+                     f" {word[natural]}; drop mode or pass mode={natural!r}")
+  return mode or natural or "min"
 
 
 def _check_int(fn: str, name: str, v: Any, low: int) -> int:
@@ -165,7 +182,8 @@ class SuccessiveHalving(Adapt):
             "rungs": self.rungs}
 
 
-def successive_halving(metric: str, eta: int = 3, min_steps: int = 1, mode: str = "min") -> SuccessiveHalving:
+def successive_halving(metric: str, eta: int = 3, min_steps: int = 1,
+                       mode: str | None = None) -> SuccessiveHalving:
   """Successive halving (Jamieson & Talwalkar 2016) inside one program.
 
   Every config trains ``min_steps`` steps; then the best ``1/eta`` of the live configs (mean
@@ -177,7 +195,9 @@ def successive_halving(metric: str, eta: int = 3, min_steps: int = 1, mode: str 
     metric: an evaluated metric (``"val/error"``, ``"val/loss"``).
     eta: the reduction factor, an int ``>= 2``.
     min_steps: the steps of the first rung.
-    mode: ``"min"`` or ``"max"`` (accuracies).
+    mode: ``"min"`` or ``"max"``; ``None`` (the default) takes it from the metric's name the
+      way :meth:`optaxlr.SweepResult.best` does (``"max"`` for an accuracy, else ``"min"``);
+      an explicit mode against the name (``mode="min"`` on ``"val/acc"``) is an error.
 
   Examples:
     >>> sh = successive_halving("val/loss", eta=3, min_steps=10)
@@ -185,14 +205,14 @@ def successive_halving(metric: str, eta: int = 3, min_steps: int = 1, mode: str 
     (3, (10,))
   """
   fn = "successive_halving"
-  _check_mode(fn, mode)
+  mode = _check_mode(fn, mode, metric)
   eta = _check_int(fn, "eta", eta, 2)
   min_steps = _check_int(fn, "min_steps", min_steps, 1)
   return SuccessiveHalving(metric=metric, eta=eta, min_steps=(min_steps,), sizes=None, mode=mode)
 
 
 def hyperband(metric: str, eta: int = 3, min_steps: int = 1, max_steps: int | None = None,
-              mode: str = "min") -> SuccessiveHalving:
+              mode: str | None = None) -> SuccessiveHalving:
   """Hyperband (Li et al. 2018): its brackets of successive halving side by side in one program.
 
   With ``R = max_steps / min_steps`` and ``s_max = floor(log_eta(R))``, bracket
@@ -207,7 +227,7 @@ def hyperband(metric: str, eta: int = 3, min_steps: int = 1, max_steps: int | No
     ((27, 12, 6, 4), (1, 3, 9, 27))
   """
   fn = "hyperband"
-  _check_mode(fn, mode)
+  mode = _check_mode(fn, mode, metric)
   eta = _check_int(fn, "eta", eta, 2)
   min_steps = _check_int(fn, "min_steps", min_steps, 1)
   if max_steps is None:
@@ -263,6 +283,16 @@ class PBT(Adapt):
                        f"{sorted(hparams)}")
     if n_configs < 2:
       raise ValueError(f"{fn}: a population needs at least 2 configs, got {n_configs}")
+    # An integer column is a categorical axis (held as an index) or a count: multiplying it
+    # would give an index that the traced switch silently clips.
+    ints = sorted(n for n in self.perturb if np.asarray(hparams[n]).dtype.kind in "iub")
+    if ints:
+      raise ValueError(f"{fn}: perturb names {ints}, integer or categorical axes, which cannot be"
+                       " multiplied; put them in resample (search.choice of their values) instead")
+    self._ints = {n for n in hparams if np.asarray(hparams[n]).dtype.kind in "iub"}
+    # The declared bounds of a hyperparameter: those of its resample distribution.
+    self._bounds = {n: (float(d.lo), float(d.hi)) for n, d in self.resample.items()
+                    if hasattr(d, "lo") and hasattr(d, "hi")}
     self._rng = np.random.default_rng(self.seed)
     self._steps = steps
     self.events = []
@@ -296,13 +326,19 @@ class PBT(Adapt):
       for name in self.perturb:
         low, high = self.perturb[name]
         values[name] = float(hp[name][src]) * float(self._rng.choice([low, high]))
+        if name in self._bounds:  # kept inside its declared range
+          values[name] = float(np.clip(values[name], *self._bounds[name]))
       for name, dist in self.resample.items():
         if name in values and self._rng.random() >= self.resample_probability:
           continue
         import jax
 
         key = jax.random.PRNGKey(int(self._rng.integers(2**31)))
-        values[name] = float(np.asarray(dist.sample(key, 1))[0])
+        drawn = np.asarray(dist.sample(key, 1))[0]
+        if name in self._ints:  # a categorical index or a count: an integer, never a float
+          values[name] = int(drawn)
+        else:
+          values[name] = float(drawn)
       copy[dst] = src
       new[dst] = values
       self.events.append({"step": event.step, "dst": int(dst), "src": src, "hparams": values,
@@ -350,14 +386,16 @@ class PBT(Adapt):
 def pbt(metric: str, interval: int, *, quantile: float = 0.25,
         perturb: Mapping[str, tuple[float, float]] | None = None,
         resample: Mapping[str, Any] | None = None, resample_probability: float = 0.25,
-        mode: str = "min", seed: int = 0) -> PBT:
+        mode: str | None = None, seed: int = 0) -> PBT:
   """Population-based training (Jaderberg et al. 2017) inside one program.
 
   Every ``interval`` steps the configs are ranked by the mean over seeds of ``metric``; each of
   the worst ``quantile`` *exploits* a config drawn from the best ``quantile`` (copies its
   parameters, optimizer state and hyperparameters: one :class:`optaxlr.Control`) and
   *explores*: every hyperparameter in ``perturb`` is multiplied by ``low`` or ``high`` (drawn
-  with equal chance; Jaderberg et al. use 0.8 and 1.2), and every one in ``resample`` is drawn
+  with equal chance; Jaderberg et al. use 0.8 and 1.2) and kept inside the range of its
+  ``resample`` distribution when it has one (an integer or categorical axis cannot be
+  perturbed: an error), and every one in ``resample`` is drawn
   anew from its :mod:`optaxlr.search` distribution (with probability ``resample_probability``
   when it is also perturbed). The trajectory of every config is in ``res.info["adapt"]`` and
   :meth:`PBT.schedule` turns it into a schedule to replay.
@@ -368,7 +406,7 @@ def pbt(metric: str, interval: int, *, quantile: float = 0.25,
     0.25
   """
   fn = "pbt"
-  _check_mode(fn, mode)
+  mode = _check_mode(fn, mode, metric)
   interval = _check_int(fn, "interval", interval, 1)
   if isinstance(quantile, bool) or not 0 < float(quantile) <= 0.5:
     raise ValueError(f"{fn}: quantile must be in (0, 0.5], got quantile={quantile!r}")

@@ -55,10 +55,14 @@ SCRIPT = textwrap.dedent(
     task = make_task()
     print("READY", flush=True)
     kw = {kw!r}
-    if len(sys.argv) <= 3:  # random kills: a long run, announcing each chunk
+    callback = None
+    if len(sys.argv) <= 3:  # kills chosen by the test: a long run that waits at each chunk
       kw.update(steps=120, eval_every=2)
-    run(task, adamw, search.zip(**{space!r}), checkpoint_dir=folder,
-        callback=lambda e: print("CHUNK", flush=True), **kw)
+      def callback(event):  # announces the chunk, then waits until the test says "go"
+        print("CHUNK", flush=True)
+        if sys.stdin.readline().strip() != "go":
+          raise SystemExit("the test closed stdin")
+    run(task, adamw, search.zip(**{space!r}), checkpoint_dir=folder, callback=callback, **kw)
     print("DONE", flush=True)
     """
 )
@@ -81,19 +85,30 @@ def _env():
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def _kill_at_random(script, folder, dtype, delay):
-  """Starts the sweep in a subprocess and SIGKILLs it ``delay`` seconds after it is ready."""
-  proc = subprocess.Popen([sys.executable, str(script), str(folder), dtype], env=_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  line = proc.stdout.readline()
-  assert line.strip() == "READY", proc.stderr.read()[-2000:]
-  line = proc.stdout.readline()  # the first chunk ran (and compiling is over)
-  assert line.strip() in ("CHUNK", ""), line
-  time.sleep(delay)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-  proc.stdout.close()
-  proc.stderr.close()
+def _kill_at_chunk(script, folder, dtype, chunk, delay):
+  """Runs the sweep in a subprocess that waits at every chunk's callback for the test's "go";
+  the test lets ``chunk`` chunks through, then SIGKILLs it ``delay`` seconds after releasing the
+  last one. The child cannot pass the next chunk's callback on its own, so where it dies is
+  chosen by the test (somewhere between that chunk's callback and the next: the commit's file
+  writes, the next chunk's compute), never by how fast the machine is."""
+  log = script.with_name("child-stderr.txt")  # a file, not a pipe: the child never blocks on it
+  with open(log, "w") as err:
+    proc = subprocess.Popen([sys.executable, str(script), str(folder), dtype], env=_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+  try:
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", (line, log.read_text()[-3000:])
+    for i in range(chunk):
+      line = proc.stdout.readline()
+      assert line.strip() == "CHUNK", (f"chunk {i} of {chunk}: {line!r}", log.read_text()[-3000:])
+      proc.stdin.write("go\n")
+      proc.stdin.flush()
+    time.sleep(delay)
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
+    proc.stdin.close()
+    proc.stdout.close()
 
 
 def _assert_same(a, b):
@@ -113,13 +128,24 @@ def test_sigkill_at_random_instants_then_resume_is_bitwise_equal(tmp_path, dtype
   rng = random.Random(int(dtype))
   kw = {**KW, "steps": 120, "eval_every": 2}
   positions = []
+  events = []
   with jax.enable_x64(dtype == "64"):
-    reference = run(make_task(), adamw, search.zip(**SPACE), **kw)
+    reference = run(make_task(), adamw, search.zip(**SPACE), callback=events.append, **kw)
+    n_chunks = len(events)
     # The same folder killed again and again: each process resumes the previous one's state.
+    # The test picks the chunk of each kill (at least 2, so that every kill moves the folder on
+    # by a commit; at least one chunk is left after it, so the child is still waiting when the
+    # kill comes) and a delay after it.
     for _ in range(5):
-      _kill_at_random(script, folder, dtype, rng.uniform(0.0, 0.3))
+      done = 0
+      if (folder / "manifest.json").exists():
+        done = len(json.loads((folder / "manifest.json").read_text())["chunks"])
+      assert n_chunks - done >= 3, f"too few chunks left to kill in: {done} of {n_chunks} done"
+      chunk = rng.randint(2, min(n_chunks - done - 1, 6))
+      _kill_at_chunk(script, folder, dtype, chunk, rng.uniform(0.0, 0.05))
       manifest = json.loads((folder / "manifest.json").read_text())
       positions.append((tuple(manifest["position"]), manifest["finished"]))
+      assert not manifest["finished"], positions
     assert len(set(positions)) >= 3, f"the kills landed at too few places: {positions}"
     resumed = run(make_task(), adamw, search.zip(**SPACE), **kw, execution=optaxlr.Execution(checkpoint_dir=folder))
   _assert_same(reference, resumed)

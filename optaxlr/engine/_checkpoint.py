@@ -16,7 +16,9 @@ Every file is written under a temporary name and renamed once complete, and the 
 names only complete files with their hashes: a process killed anywhere leaves either the old
 commit or the new one. Files that no commit names (leftovers of a killed write) are removed
 when the folder is opened. A manifest that does not parse, a file whose hash does not match,
-or a fingerprint that differs is a ``ValueError`` naming the folder and what differs.
+or a fingerprint that differs is a ``ValueError`` naming the folder and what differs. A
+fingerprint that could not hash some of the code's values (``"unverified(...)"``, see
+:mod:`optaxlr.engine._fingerprint`) refuses to resume unless ``resume_unverified_code=True``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from optaxlr.engine._fingerprint import UNVERIFIED
 
 __all__ = ["CheckpointStore", "CheckpointError"]
 
@@ -75,7 +79,12 @@ def _sha(data: bytes) -> str:
 class CheckpointStore:
   """The checkpoint folder of one sweep (see the module docstring)."""
 
-  def __init__(self, folder: str | os.PathLike, fingerprint: Mapping[str, Any], *, writer: bool = True):
+  def __init__(self, folder: str | os.PathLike, fingerprint: Mapping[str, Any], *, writer: bool = True,
+               resume_unverified_code: bool = False):
+    if not isinstance(resume_unverified_code, bool):
+      raise TypeError(f"sweep: resume_unverified_code must be True or False, got"
+                      f" {resume_unverified_code!r}")
+    self.resume_unverified_code = resume_unverified_code
     self.folder = pathlib.Path(folder)
     self.fingerprint = json.loads(json.dumps(dict(fingerprint), sort_keys=True, default=str))
     self.writer = writer
@@ -122,6 +131,14 @@ class CheckpointStore:
       raise self._error(
           f"holds a different sweep ({', '.join(diff)} differ: {details}); use another folder or delete it"
       )
+    unverified = {k: v for k, v in self.fingerprint.items()
+                  if isinstance(v, str) and v.startswith(UNVERIFIED)}
+    if unverified and not self.resume_unverified_code:
+      what = "; ".join(f"{k} reads {v[len(UNVERIFIED):v.rindex('):')]}" for k, v in sorted(unverified.items()))
+      raise self._error(
+          f"cannot tell whether this sweep's code is the checkpoint's: {what}, which cannot be"
+          " hashed; pass execution=optaxlr.Execution(resume_unverified_code=True) to resume anyway (you vouch that the code is"
+          " unchanged), or use another folder")
     try:
       self.chunks = list(manifest["chunks"])
       self.state = manifest["state"]

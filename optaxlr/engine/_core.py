@@ -598,10 +598,16 @@ CACHE_SIZE = 8
 
 
 def get_program(task, optimizer, objective, spec: Spec, *, donate: bool) -> _Compiled:
-  """The cached program of ``(task, optimizer, objective, spec)`` (functions by identity).
+  """The cached program of ``(task, optimizer, objective, spec)``.
 
-  At most :data:`CACHE_SIZE` programs are kept (least recently used dropped first)."""
-  key = (task, optimizer, objective, spec, donate, bool(jax.config.jax_enable_x64))
+  Functions are keyed by object and by their code's identity (:func:`_fingerprint.code_id`:
+  bytecode, the names they call, the globals, closures, partial arguments, dicts and class
+  attributes they read), so a changed global compiles again. At most :data:`CACHE_SIZE`
+  programs are kept (least recently used dropped first)."""
+  from optaxlr.engine import _fingerprint
+
+  key = (task, optimizer, objective, spec, donate, bool(jax.config.jax_enable_x64),
+         _fingerprint.code_id(task, optimizer, objective, local=True))
   try:
     hash(key)
   except TypeError:

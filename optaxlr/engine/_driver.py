@@ -85,6 +85,7 @@ class Plan:
   start_step: int = 0  # steps already trained (continuing a kept sweep): numbering starts there
   init_from: Any = None  # (params, opt_state, model_state) leaves (S, C, ...) to start from
   host_state: Any = None  # a steering strategy's state_dict/load_state_dict, checkpointed
+  resume_unverified_code: bool = False  # resume although part of the code could not be hashed
 
 
 @dataclasses.dataclass
@@ -237,7 +238,8 @@ def _open_checkpoint(plan: Plan, group: int, rec: Recorder):
   if plan.checkpoint_dir is None:
     return None, (0, 0), None
   ckpt = CheckpointStore(plan.checkpoint_dir, {**plan.fingerprint, "group_size": group},
-                         writer=jax.process_index() == 0)
+                         writer=jax.process_index() == 0,
+                         resume_unverified_code=plan.resume_unverified_code)
   try:
     ckpt.open()
     host_state = None

@@ -746,6 +746,7 @@ def sweep(
       segment_defs=layout["segment_defs"], fold_splits=layout["fold_splits"],
       batches=task.train if task.host_fed else None, batch_spec=layout["batch_spec"],
       start_step=start_step, init_from=init_from, host_state=adapt,
+      resume_unverified_code=execution.resume_unverified_code,
   )
   if execution.checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(

@@ -47,6 +47,9 @@ class Execution:
       ``(seed, config)`` axes).
     update_ratio: record ``||update|| / ||params||`` of the last step before each evaluation
       as the metric ``"train/update_ratio"`` (the seeds' rule of thumb: about 1e-3).
+    resume_unverified_code: resume a checkpoint even though part of the code (a task or
+      optimizer function reading something that cannot be hashed) could not be fingerprinted:
+      you vouch that the code is the same. Default ``False``: such a resume is refused.
 
   Examples:
     >>> import optaxlr
@@ -67,6 +70,7 @@ class Execution:
   progress: bool = True
   keep_params: bool = False
   update_ratio: bool = True
+  resume_unverified_code: bool = False
 
   def __post_init__(self):
     fn = "Execution"
@@ -103,7 +107,7 @@ class Execution:
     if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
       raise ValueError(f"{fn}: checkpoint_dir must be a path (str or os.PathLike), got "
                        f"checkpoint_dir={self.checkpoint_dir!r}")
-    for name in ("progress", "keep_params", "update_ratio"):
+    for name in ("progress", "keep_params", "update_ratio", "resume_unverified_code"):
       _validate.check_flag(fn, name, getattr(self, name))
 
   def replace(self, **changes: Any) -> "Execution":

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import pathlib
+import shutil
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -429,26 +433,59 @@ class SweepResult:
     """Writes the result to ``path`` (a ``.npz`` file with a JSON header); see :func:`load`.
 
     A result that kept its runs' state (``keep_params=True``) also writes the parameters,
-    optimizer states and model states with orbax-checkpoint to the folder ``<path>.state``
-    (written to a temporary folder and renamed into place); :func:`load` with the task and the
-    optimizer reads them back."""
+    optimizer states and model states with orbax-checkpoint into the folder ``<path>.state``.
+
+    The save is one atomic unit, also over an existing result: the state goes to a new
+    sub-folder of ``<path>.state`` under a name no file refers to yet, then the ``.npz`` is
+    written to a temporary file and renamed over ``path`` (the one commit point), and only then
+    are the previous state and leftovers removed. A process killed at any instant leaves a
+    ``path`` that loads the old result or the new one, never the numbers of one with the state
+    of the other. The numbers' fingerprint (a SHA-256 of every array) is written into the header
+    and into the state, and :func:`load` checks both, so a state folder copied from another
+    result is refused.
+
+    Args:
+      path: the file to write; ``.npz`` is appended when it has another suffix.
+
+    Returns:
+      The path written.
+
+    Raises:
+      ValueError: ``path`` is an existing folder, or cannot be written (the ``OSError`` is
+        chained); nothing is left behind.
+
+    Examples:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> import optaxlr
+      >>> from optaxlr import search
+      >>> res = optaxlr.SweepResult(
+      ...     space=search.grid(lr=[0.1, 0.01]), seeds=np.array([0]),
+      ...     batch_loss=np.ones((1, 2, 3)), metrics={}, eval_steps=np.array([], np.int64),
+      ...     diverged_at=np.full((1, 2), -1), stopped_at=np.full((1, 2), -1))
+      >>> folder = tempfile.mkdtemp()
+      >>> res.save(os.path.join(folder, "r")).name
+      'r.npz'
+      >>> res.save(folder)
+      Traceback (most recent call last):
+      ...
+      ValueError: save: path='...' is an existing folder; give a file name such as '.../result.npz'
+    """
     path = pathlib.Path(path)
+    if path.is_dir():
+      raise ValueError(f"save: path={str(path)!r} is an existing folder; give a file name such as"
+                       f" {str(path / 'result.npz')!r}")
     if path.suffix != ".npz":
       path = path.with_suffix(".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state_info = None
-    if self.params is not None:
-      state_info = _save_state(path, (self.params, self.opt_state, self.model_state))
-    header = {
-        "format": "optaxlr.SweepResult/1",
-        "axes": [
-            {"dim": a.dim, "names": list(a.names)} for a in self.space.axes
-        ],
-        "fixed": self.space.fixed,
-        "metrics": list(self.metrics),
-        "info": self.info,
-        **({"state": state_info} if state_info else {}),
-    }
+    if path.is_dir():
+      raise ValueError(f"save: path={str(path)!r} is an existing folder; give a file name such as"
+                       f" {str(path.parent / 'result.npz')!r}")
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"no write permission in {str(path.parent)!r}")
+    except OSError as e:
+      raise ValueError(f"save: path={str(path)!r} cannot be written ({type(e).__name__}: {e})") from e
     arrays = {
         "seeds": self.seeds,
         "batch_loss": self.batch_loss,
@@ -456,14 +493,37 @@ class SweepResult:
         "diverged_at": self.diverged_at,
         "stopped_at": self.stopped_at,
         "stop_reason": np.asarray(self.stop_reason).astype("U16"),
-        "header": np.frombuffer(json.dumps(header, default=str).encode(), np.uint8),
     }
     for i, axis in enumerate(self.space.axes):
       arrays.update({f"axis{i}:{k}": np.asarray(v) for k, v in axis.values.items()})
     arrays.update({f"metric:{k}": v for k, v in self.metrics.items()})
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    fingerprint = _numbers_id(arrays)
+    state_info = None
+    try:
+      if self.params is not None:
+        state_info = _save_state(path, (self.params, self.opt_state, self.model_state), fingerprint)
+      header = {
+          "format": _FORMAT,
+          "axes": [
+              {"dim": a.dim, "names": list(a.names)} for a in self.space.axes
+          ],
+          "fixed": self.space.fixed,
+          "metrics": list(self.metrics),
+          # state_file is what load() found next to the file it read, not part of the result
+          "info": {k: v for k, v in self.info.items() if k != "state_file"},
+          "fingerprint": fingerprint,
+          **({"state": state_info} if state_info else {}),
+      }
+      arrays["header"] = np.frombuffer(json.dumps(header, default=str).encode(), np.uint8)
+      buf = io.BytesIO()
+      np.savez_compressed(buf, **arrays)
+      _write_file(path, buf.getvalue())  # the commit point
+    except OSError as e:
+      if state_info is not None:
+        _remove(_state_dir(path) / state_info["id"])
+      raise ValueError(f"save: path={str(path)!r} cannot be written ({type(e).__name__}: {e})") from e
+    _clean_state_dir(path, keep=state_info["id"] if state_info else None)
     return path
 
   # -- plots -------------------------------------------------------------------------------
@@ -477,6 +537,11 @@ class SweepResult:
 
 
 _FORMAT = "optaxlr.SweepResult/1"
+
+
+def _short_repr(v: Any) -> str:
+  r = repr(v)
+  return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _bad_file(path: pathlib.Path, what: str) -> ValueError:
@@ -562,25 +627,81 @@ def _read_header(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict[str,
   return header
 
 
-def _save_state(path: pathlib.Path, trees) -> dict:
-  import shutil
+def _numbers_id(arrays: Mapping[str, np.ndarray]) -> str:
+  """The numbers' fingerprint: a SHA-256 of every array's name, dtype, shape and bytes."""
+  m = hashlib.sha256()
+  for k in sorted(arrays):
+    a = np.ascontiguousarray(arrays[k])
+    m.update(repr((k, a.dtype.str, a.shape)).encode())
+    m.update(a.tobytes())
+  return m.hexdigest()[:32]
 
-  import jax
+
+def _state_dir(path: pathlib.Path) -> pathlib.Path:
+  return path.with_name(path.name + ".state")
+
+
+# The file-system steps of a save, as functions of their own so that the fault-injection test
+# can kill a process at any of them (tests/test_save.py).
+def _write_file(path: pathlib.Path, data: bytes) -> None:
+  from optaxlr.engine import _checkpoint
+
+  _checkpoint._fsync_write(path, data)  # temporary file, fsync, rename, fsync of the folder
+
+
+def _remove(path: pathlib.Path) -> None:
+  if path.is_dir() and not path.is_symlink():
+    shutil.rmtree(path, ignore_errors=True)
+  elif path.exists() or path.is_symlink():
+    path.unlink(missing_ok=True)
+
+
+def _write_state(folder: pathlib.Path, tree: dict) -> None:
   import orbax.checkpoint as ocp
 
+  # A synchronous checkpointer, closed here: orbax's default asynchronous one creates the folder
+  # in a thread, and when that fails the main thread waits 300 s for a signal that never comes
+  # (the "hang at exit" of a failed save).
+  ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  try:
+    ckptr.save(folder.absolute(), args=ocp.args.StandardSave(tree))
+  finally:
+    ckptr.close()
+
+
+def _save_state(path: pathlib.Path, trees, fingerprint: str) -> dict:
+  """Writes the runs' state to a new sub-folder of ``<path>.state`` that no file refers to yet."""
+  import jax
+
+  container = _state_dir(path)
+  if container.exists() and (not container.is_dir() or (container / "_CHECKPOINT_METADATA").exists()):
+    # A file, or the state of a result saved before sub-folders (which its .npz names directly):
+    # moved aside; the old .npz has no state until the new one is committed (a kill in between
+    # leaves a clear "state folder is missing" error, never a mix).
+    os.replace(container, container.with_name(f"{container.name}.old-{uuid.uuid4().hex[:8]}"))
+  container.mkdir(exist_ok=True)
+  sid = f"s-{uuid.uuid4().hex[:12]}"
   leaves = [[np.asarray(x) for x in jax.tree.leaves(t)] for t in trees]
-  final = path.with_name(path.name + ".state")
-  tmp = path.with_name(path.name + ".state.tmp")
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  ckpt = ocp.StandardCheckpointer()
-  ckpt.save(tmp.absolute(), {"params": leaves[0], "opt_state": leaves[1], "model_state": leaves[2]})
-  ckpt.wait_until_finished()
-  if final.exists():
-    shutil.rmtree(final)
-  os.replace(tmp, final)
-  return {"dir": final.name, "leaves": [len(x) for x in leaves],
-          "shapes": [[list(a.shape) for a in x] for x in leaves]}
+  tree = {"params": leaves[0], "opt_state": leaves[1], "model_state": leaves[2],
+          "fingerprint": np.frombuffer(fingerprint.encode(), np.uint8).copy()}
+  _write_state(container / sid, tree)
+  return {"dir": container.name, "id": sid, "fingerprint": fingerprint,
+          "leaves": [len(x) for x in leaves], "shapes": [[list(a.shape) for a in x] for x in leaves]}
+
+
+def _clean_state_dir(path: pathlib.Path, keep: str | None) -> None:
+  """After a commit: removes the previous state, leftovers of killed saves, and the folder
+  ``<path>.state`` itself when the result has no state."""
+  container = _state_dir(path)
+  for old in path.parent.glob(f"{container.name}.old-*"):
+    _remove(old)
+  _remove(path.with_name(path.name + ".tmp"))
+  if container.is_dir():
+    for p in sorted(container.iterdir()):
+      if p.name != keep:
+        _remove(p)
+    if keep is None:
+      _remove(container)
 
 
 def _load_state(path: pathlib.Path, header: dict, space, task, optimizer) -> tuple:
@@ -591,12 +712,25 @@ def _load_state(path: pathlib.Path, header: dict, space, task, optimizer) -> tup
 
   info = header["state"]
   folder = path.with_name(info["dir"])
+  if "id" in info:  # since states are written to sub-folders; before, the folder itself
+    folder = folder / info["id"]
   if not folder.is_dir():
-    raise _bad_file(path, f"is incomplete: its runs' state folder {folder.name!r} is missing")
+    raise _bad_file(path, f"is incomplete: its runs' state folder {str(folder.relative_to(path.parent))!r}"
+                          " is missing")
+  ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
   try:
-    raw = ocp.StandardCheckpointer().restore(folder.absolute())
+    raw = ckptr.restore(folder.absolute())
   except Exception as e:  # noqa: BLE001 -- a damaged orbax folder
     raise _bad_file(path, f"has a damaged state folder {folder.name!r} ({type(e).__name__})") from e
+  finally:
+    ckptr.close()
+  if "fingerprint" in info:
+    theirs = raw.get("fingerprint") if isinstance(raw, Mapping) else None
+    theirs = bytes(np.asarray(theirs, np.uint8)).decode(errors="replace") if theirs is not None else None
+    if theirs != info["fingerprint"] or info["fingerprint"] != header.get("fingerprint"):
+      raise _bad_file(path, f"has a state folder {str(folder.relative_to(path.parent))!r} that belongs"
+                            f" to another result (its numbers' fingerprint is {theirs!r}, this file's"
+                            f" is {info['fingerprint']!r}); save the result again")
   hp = search.encode({k: np.asarray(v)[:1] for k, v in space.columns.items()}, space.categories)
   hp = {k: v[0] for k, v in hp.items()}
   opt = search.with_categories(optimizer, space.categories)
@@ -645,9 +779,21 @@ def load(path: str | os.PathLike, *, task: Any = None, optimizer: Any = None) ->
   """
   from optaxlr import search
 
+  if task is not None and not (callable(getattr(task, "init", None))
+                               and callable(getattr(task, "initial_state", None))):
+    raise TypeError(f"load: task must be the sweep's optaxlr Task (with init and initial_state),"
+                    f" got {type(task).__name__} {_short_repr(task)}")
+  if optimizer is not None and not callable(optimizer):
+    raise TypeError(f"load: optimizer must be the sweep's function hyperparameters ->"
+                    f" optax.GradientTransformation, got {type(optimizer).__name__}"
+                    f" {_short_repr(optimizer)}")
   path = pathlib.Path(path)
   arrays = _read_npz(path)
   header = _read_header(path, arrays)
+  if "fingerprint" in header:
+    numbers = _numbers_id({k: v for k, v in arrays.items() if k != "header"})
+    if numbers != header["fingerprint"]:
+      raise _bad_file(path, "is damaged: its arrays do not match the fingerprint in its header")
 
   def need(key: str, ndim: int, kinds: str) -> np.ndarray:
     if key not in arrays:

@@ -167,6 +167,12 @@ def apply_control(fn, prog, ctrl: Control, carry, hp_g_np, slots, step):
       if v.dtype.kind not in "biuf" or v.dtype == bool or (v.dtype.kind == "f" and not np.isfinite(v).all()):
         raise ValueError(f"{fn}: Control.set_hparams sets {k}={v!r} for config {i}: not a finite"
                          " number (a categorical axis takes the index of its value)")
+      # The space's own checks (a learning rate > 0, finite in the sweep's dtype...), on the
+      # value as the sweep will hold it.
+      from optaxlr.engine._engine import check_hparams
+
+      check_hparams(f"{fn}: Control.set_hparams for config {i}",
+                    {k: v.reshape(1).astype(np.result_type(v.dtype, hp[k].dtype))}, 1)
       hp[k][j] = v.astype(hp[k].dtype)
   changed = bool(ctrl.copy or ctrl.set_hparams or stop.any())
   if not changed:
