@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from optaxlr import _validate
 from optaxlr.engine import ChunkEvent, Control
 
 __all__ = ["Adapt", "successive_halving", "hyperband", "pbt", "SuccessiveHalving", "PBT"]
@@ -71,32 +72,18 @@ class Adapt:
     return np.where(np.isfinite(m), m, np.inf)
 
 
-def _natural_mode(metric: str) -> str | None:
-  """The direction a metric's name implies, by the library's rule (``SweepResult.best``, the
-  plots, the Optuna bridge): an accuracy (``"acc"`` in its last part) is maximised, a
-  ``"loss"`` or ``"error"`` minimised; ``None`` for other names."""
-  last = str(metric).split("/")[-1]
-  return "max" if "acc" in last else "min" if last in ("loss", "error") else None
-
-
 def _check_mode(fn: str, mode: str | None, metric: str) -> str:
   """``mode``, or the one the metric's name implies (``"min"`` when it implies none); an
   explicit mode against the metric's name is an error."""
   if mode is not None and mode not in ("min", "max"):
     raise ValueError(f"{fn}: mode must be 'min', 'max' or None (from the metric's name), got"
                      f" mode={mode!r}")
-  natural = _natural_mode(metric)
+  natural = _validate.natural_mode(str(metric))
   if mode is not None and natural is not None and mode != natural:
     word = {"min": "minimised", "max": "maximised"}
     raise ValueError(f"{fn}: mode={mode!r} conflicts with metric={metric!r}, which is to be"
                      f" {word[natural]}; drop mode or pass mode={natural!r}")
   return mode or natural or "min"
-
-
-def _check_int(fn: str, name: str, v: Any, low: int) -> int:
-  if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < low:
-    raise ValueError(f"{fn}: {name} must be an int >= {low}, got {name}={v!r}")
-  return int(v)
 
 
 @dataclasses.dataclass
@@ -206,8 +193,8 @@ def successive_halving(metric: str, eta: int = 3, min_steps: int = 1,
   """
   fn = "successive_halving"
   mode = _check_mode(fn, mode, metric)
-  eta = _check_int(fn, "eta", eta, 2)
-  min_steps = _check_int(fn, "min_steps", min_steps, 1)
+  eta = _validate.check_int(fn, "eta", eta, 2)
+  min_steps = _validate.check_int(fn, "min_steps", min_steps, 1)
   return SuccessiveHalving(metric=metric, eta=eta, min_steps=(min_steps,), sizes=None, mode=mode)
 
 
@@ -228,11 +215,11 @@ def hyperband(metric: str, eta: int = 3, min_steps: int = 1, max_steps: int | No
   """
   fn = "hyperband"
   mode = _check_mode(fn, mode, metric)
-  eta = _check_int(fn, "eta", eta, 2)
-  min_steps = _check_int(fn, "min_steps", min_steps, 1)
+  eta = _validate.check_int(fn, "eta", eta, 2)
+  min_steps = _validate.check_int(fn, "min_steps", min_steps, 1)
   if max_steps is None:
     raise ValueError(f"{fn}: max_steps is required (the sweep's steps)")
-  max_steps = _check_int(fn, "max_steps", max_steps, min_steps)
+  max_steps = _validate.check_int(fn, "max_steps", max_steps, min_steps)
   sizes, starts = hyperband_brackets(eta, min_steps, max_steps)
   sh = SuccessiveHalving(metric=metric, eta=eta, min_steps=starts, sizes=sizes, mode=mode,
                          name="hyperband")
@@ -407,7 +394,7 @@ def pbt(metric: str, interval: int, *, quantile: float = 0.25,
   """
   fn = "pbt"
   mode = _check_mode(fn, mode, metric)
-  interval = _check_int(fn, "interval", interval, 1)
+  interval = _validate.check_int(fn, "interval", interval, 1)
   if isinstance(quantile, bool) or not 0 < float(quantile) <= 0.5:
     raise ValueError(f"{fn}: quantile must be in (0, 0.5], got quantile={quantile!r}")
   perturb = dict(perturb or {})

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from optaxlr import _validate
+
 __all__ = ["SweepResult", "load", "GridEdgeWarning", "grid_edges"]
 
 
@@ -311,7 +313,7 @@ class SweepResult:
       ``{"index": i, "hparams": {...}, metric: mean, metric + "_std": std over seeds}``.
     """
     if mode is None:
-      mode = "max" if "acc" in metric.split("/")[-1] else "min"
+      mode = _validate.default_mode(metric)
     vals = self.summary(metric, at=at, mode=mode)
     mean = vals.mean(axis=0)  # NaN if any seed diverged
     if np.all(np.isnan(mean)):
@@ -385,7 +387,7 @@ class SweepResult:
     rows = []
     hp = self.hparams
     summaries = {
-        m: self.summary(m, at=at, mode="max" if "acc" in m.split("/")[-1] else "min")
+        m: self.summary(m, at=at, mode=_validate.default_mode(m))
         for m in self.metrics
     }
     for c in range(self.num_configs):

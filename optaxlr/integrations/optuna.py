@@ -224,8 +224,7 @@ def _mode(study: Any, metric: str, mode: str | None) -> str:
                        f"{word[study_mode]!r}; create the study with "
                        f"direction={word[mode]!r} or drop mode")
     return mode
-  last = metric.split("/")[-1]
-  natural = "max" if "acc" in last else "min" if last in ("loss", "error") else None
+  natural = _validate.natural_mode(metric)
   if natural is not None and natural != study_mode:
     raise ValueError(
         f"{_FN}: the study's direction is {word[study_mode]!r} but metric={metric!r} is to be "
