@@ -792,10 +792,6 @@ def load(path: str | os.PathLike, *, task: Any = None, optimizer: Any = None) ->
   path = pathlib.Path(path)
   arrays = _read_npz(path)
   header = _read_header(path, arrays)
-  if "fingerprint" in header:
-    numbers = _numbers_id({k: v for k, v in arrays.items() if k != "header"})
-    if numbers != header["fingerprint"]:
-      raise _bad_file(path, "is damaged: its arrays do not match the fingerprint in its header")
 
   def need(key: str, ndim: int, kinds: str) -> np.ndarray:
     if key not in arrays:
@@ -838,8 +834,8 @@ def load(path: str | os.PathLike, *, task: Any = None, optimizer: Any = None) ->
       params, opt_state, model_state = _load_state(path, header, space, task, optimizer)
   elif task is not None or optimizer is not None:
     raise ValueError(f"load: {str(path)!r} holds no runs' state (the sweep ran without "
-                     "keep_params=True); drop task= and optimizer=")
-  return SweepResult(
+                     "Execution(keep_params=True)); drop task= and optimizer=")
+  result = SweepResult(
       space=space,
       seeds=seeds,
       batch_loss=shaped("batch_loss", batch_loss, (n_s, n_c, batch_loss.shape[-1]),
@@ -854,3 +850,10 @@ def load(path: str | os.PathLike, *, task: Any = None, optimizer: Any = None) ->
       stop_reason=stop_reason,
       params=params, opt_state=opt_state, model_state=model_state,
   )
+  # After the structural checks (which name what is wrong): numbers changed in place.
+  if "fingerprint" in header:
+    numbers = _numbers_id({k: v for k, v in arrays.items() if k != "header"})
+    if numbers != header["fingerprint"]:
+      raise _bad_file(path, "is damaged: its arrays do not match the fingerprint in its header")
+  return result
+
