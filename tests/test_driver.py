@@ -173,17 +173,22 @@ LR_FIND_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kill_at", [1, 6])
-def test_lr_find_resumes_after_a_sigkill_bitwise(tmp_path, kill_at):
-  script = tmp_path / "lr_find_run.py"
-  script.write_text(LR_FIND_SCRIPT.format(tests=str(TESTS)))
-  folder = tmp_path / "ckpt"
+def _killed_child(tmp_path, script_text: str, *args: str) -> None:
+  """Runs ``script_text`` in a subprocess that SIGKILLs itself at a point the test chose."""
+  script = tmp_path / "child.py"
+  script.write_text(script_text.format(tests=str(TESTS)))
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent),
                                                       os.environ.get("PYTHONPATH", "")]),
          "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, str(script), str(folder), str(kill_at)], env=env,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                       text=True, timeout=300)
   assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kill_at", [1, 6])
+def test_lr_find_resumes_after_a_sigkill_bitwise(tmp_path, kill_at):
+  folder = tmp_path / "ckpt"
+  _killed_child(tmp_path, LR_FIND_SCRIPT, str(folder), str(kill_at))
   kw = dict(steps=40, seeds=2, min_lr=1e-4, max_lr=10.0, sync_every=4)
   reference = optaxlr.lr_find(linreg_task(), sgd, search.grid(batch_size=[8, 16]), **kw)
   resumed = optaxlr.lr_find(linreg_task(), sgd, search.grid(batch_size=[8, 16]), **kw,
@@ -331,15 +336,8 @@ def adaptive_sweep(strategy: str, **kw):
 @pytest.mark.parametrize("strategy, kill_at", [("sh", 1), ("sh", 3), ("pbt", 2)])
 def test_adaptive_sweeps_resume_after_a_sigkill_with_the_same_decisions(tmp_path, strategy,
                                                                          kill_at):
-  script = tmp_path / "adapt_run.py"
-  script.write_text(ADAPT_SCRIPT.format(tests=str(TESTS)))
   folder = tmp_path / "ckpt"
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent),
-                                                      os.environ.get("PYTHONPATH", "")]),
-         "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, str(script), str(folder), strategy, str(kill_at)],
-                       env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+  _killed_child(tmp_path, ADAPT_SCRIPT, str(folder), strategy, str(kill_at))
   reference = adaptive_sweep(strategy, execution=QUIET)
   resumed = adaptive_sweep(strategy, execution=optaxlr.Execution(checkpoint_dir=folder,
                                                                  progress=False))
