@@ -398,3 +398,9 @@ def test_lr_find_on_a_batchnorm_cnn_that_reads_a_swept_dropout():
   assert not np.allclose(res.loss[0, 0], res.loss[0, 1], equal_nan=True)  # the rate is read
   with pytest.raises(ValueError, match=r"reads hyperparameter 'dropout', which the space does not hold"):
     optaxlr.lr_find(task, lambda h: optax.adam(h["lr"]), steps=12, batch_size=8)
+
+
+def test_a_negative_batch_size_in_an_axis_is_an_error_not_the_default_batch():
+  with pytest.raises(ValueError, match=r"sweep: the 'batch_size' axis must hold ints >= 1"):
+    optaxlr.sweep(linreg_task(), sgd, search.grid(lr=[0.1], batch_size=[-1, 8]), steps=4,
+                  execution=QUIET)
