@@ -193,20 +193,6 @@ def default_mode(metric: str) -> str:
   return natural_mode(metric) or "min"
 
 
-def metric_mode(fn: str, metric: str, mode: str | None = None) -> str:
-  """The direction in which ``metric`` improves: ``mode`` when given (``"min"`` or ``"max"``),
-  else ``"max"`` for accuracies and ``"min"`` otherwise. A ``mode`` against the metric's
-  natural direction (``mode="min"`` on an accuracy) is an error: it would keep the worst runs."""
-  natural = natural_mode(metric)
-  if mode is None:
-    return natural or "min"
-  one_of(fn, "mode", mode, ("min", "max"))
-  if natural is not None and mode != natural:
-    raise ValueError(f"{fn}: mode={mode!r} contradicts metric={metric!r}, which improves "
-                     f"toward its {natural}imum; pass mode={natural!r} or leave mode unset")
-  return mode
-
-
 class renamed:
   """A context in which a validation error raised by ``inner`` (its message starts with
   ``"inner: "``) is re-raised naming ``outer``, the entry point the user called: the views of
@@ -224,8 +210,6 @@ class renamed:
       exc.args = (self.outer + exc.args[0][len(self.inner):], *exc.args[1:])
     return False
 
-
-int_in = check_int  # the name the Optuna bridge uses
 
 
 def canonical_array(where: str, key: str, value: Any) -> np.ndarray:

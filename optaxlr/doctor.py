@@ -301,8 +301,8 @@ def with_train_eval(task: Any, n: int = 512, *, seed: int = 0,
   fn = "with_train_eval"
   if not isinstance(task, Task):
     raise TypeError(f"{fn}: task must be an optaxlr.Task, got {type(task).__name__}")
-  _validate.int_in(fn, "n", n, 1)
-  _validate.int_in(fn, "seed", seed, 0)
+  _validate.check_int(fn, "n", n, 1)
+  _validate.check_int(fn, "seed", seed, 0)
   if not isinstance(split, str) or not split or "/" in split or split in task.eval \
       or split == "train":
     raise ValueError(f"{fn}: split must be a new split name without '/', not 'train' or one of "

@@ -52,14 +52,6 @@ check_int = _validate.check_int
 seed_list = _validate.seed_list
 
 
-def check_devices(fn: str, devices: Any) -> list:
-  """``devices`` checked (``None``: every device); the rule lives in :class:`Execution`."""
-  try:
-    return Execution(devices=devices).device_list()
-  except ValueError as e:
-    raise ValueError(str(e).replace("Execution:", f"{fn}:", 1)) from None
-
-
 def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> None:
   for name, arr in space_arrays.items():
     if arr.shape[:1] != (n,):
@@ -764,16 +756,15 @@ def sweep(
         **({"adapt": _adapt_identity(adapt)} if adapt is not None else {}),
     )
   out = _driver.run(plan)
-  return _result(space, seeds_l, task, out, adapt, n_cfg, steps, {
+  return _result(space, seeds_l, out, adapt, n_cfg, steps, {
       "task": getattr(task, "name", ""), "batch_size": batch_size, "eval_every": eval_every,
       "start_step": start_step, "vectorize": vectorize,
       "eval_batch_size": execution.eval_batch_size, "compute_dtype": execution.compute_dtype,
       "host_fed": task.host_fed, "sync_every": sync_every, "log_every": log_every})
 
 
-def _result(space, seeds_l, task, out, adapt, n_cfg, steps, settings) -> SweepResult:
+def _result(space, seeds_l, out, adapt, n_cfg, steps, settings) -> SweepResult:
   """The driver's output labelled as a :class:`SweepResult`."""
-  del task
   metrics = dict(out.metrics)
   if out.update_ratio is not None:
     metrics["train/update_ratio"] = out.update_ratio

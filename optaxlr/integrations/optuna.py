@@ -251,7 +251,7 @@ def _check_sweep_kwargs(task: Any, metric: str, sweep_kwargs: Mapping[str, Any])
     raise TypeError(f"{_FN}: task must be an optaxlr.Task, got {type(task).__name__}")
   batch_size = sweep_kwargs.get("batch_size")
   if batch_size is not None:
-    _validate.int_in(_FN, "batch_size", batch_size, 1, task.n_train)
+    _validate.check_int(_FN, "batch_size", batch_size, 1, task.n_train)
   split = metric.split("/")[0] if isinstance(metric, str) else None
   if split is None or "/" not in metric or split not in (*task.eval, "train"):
     raise ValueError(f"{_FN}: metric must be 'split/name' with split one of the task's "
@@ -410,9 +410,9 @@ def optimize(
                     f"{type(study).__name__}")
   if not callable(optimizer):
     raise TypeError(f"{_FN}: optimizer must be a function hparams -> optax.GradientTransformation")
-  n_trials = _validate.int_in(_FN, "n_trials", n_trials, 1)
-  trials_per_sweep = _validate.int_in(_FN, "trials_per_sweep", trials_per_sweep, 1)
-  _validate.int_in(_FN, "steps", steps, 1)
+  n_trials = _validate.check_int(_FN, "n_trials", n_trials, 1)
+  trials_per_sweep = _validate.check_int(_FN, "trials_per_sweep", trials_per_sweep, 1)
+  _validate.check_int(_FN, "steps", steps, 1)
   seeds = _validate.seed_list(_FN, seeds)
   if not isinstance(prune, (bool, np.bool_)):
     raise TypeError(f"{_FN}: prune must be True or False, got prune={prune!r}")
