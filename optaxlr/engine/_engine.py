@@ -99,7 +99,10 @@ def read_axes(fn: str, probe: Probe, optimizer, objective, configs: list[dict], 
       raise TypeError(f"{fn}: optimizer must be a function hparams -> optax.GradientTransformation"
                       f" (e.g. lambda h: optax.sgd(h['lr'])), it returned {type(tx).__name__}")
   task, params_shape = probe.task, probe.params
-  hp_one = {k: jax.ShapeDtypeStruct((), np.asarray(v).dtype) for k, v in {**configs[0], **extra}.items()}
+  # Canonical dtypes (float64 -> float32 under x64-off), as the program sees them; JAX >= 0.11
+  # warns on a float64 ShapeDtypeStruct it cannot honour.
+  hp_one = {k: jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
+            for k, v in {**configs[0], **extra}.items()}
   try:
     opt_shape = jax.eval_shape(lambda p, h: optimizer(h).init(p), params_shape, hp_one)
   except Exception as e:  # noqa: BLE001 -- re-raised with context
@@ -277,7 +280,8 @@ def check_loss(fn: str, probe: Probe, batch_size: int,
   """Checks the loss on a batch of ``batch_size`` and returns that batch's shapes."""
   like = probe.task.train if train_like is None else train_like
   batch_shape = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), dict(like)
+      lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), jax.dtypes.canonicalize_dtype(a.dtype)),
+      dict(like)
   )
   try:
     _, loss_shape = probe.loss_jaxpr(batch_shape)
