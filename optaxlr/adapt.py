@@ -40,6 +40,11 @@ class Adapt:
 
   metric: str
   mode: str
+  # How the sweep sizes the smaller program it moves the live runs into when some stop:
+  # "exact" (the fewest slots; for a strategy with few, known sizes such as successive
+  # halving) or "pow2" (a power of two of the vectorised unit; for one whose live count takes
+  # every value, such as a pruner: at most log2(configs) + 1 programs to compile).
+  compact_sizes: str = "exact"
 
   def start(self, *, n_configs: int, steps: int, eval_every: int, sync_every: int,
             hparams: Mapping[str, np.ndarray]) -> None:

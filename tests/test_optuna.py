@@ -46,13 +46,13 @@ def _reference_step(params, opt_state, data_key, t, lr, momentum, task):
   return optax.apply_updates(params, updates), opt_state
 
 
-def reference(task, lr, momentum, seed):
+def reference(task, lr, momentum, seed, steps=STEPS):
   """The final val/loss of one run written out as a plain optax loop (the keys and minibatches
   of optaxlr.run_keys / batch_indices, as every row of a sweep)."""
   init_key, data_key = optaxlr.run_keys(0, seed)
   params = jax.jit(task.init)(init_key)
   opt_state = optax.sgd(lr, momentum=momentum).init(params)
-  for t in range(STEPS):
+  for t in range(steps):
     params, opt_state = _reference_step(params, opt_state, data_key, t, lr, momentum, task=task)
   return float(jax.jit(task.metrics)(params, task.eval["val"])["loss"])
 
@@ -201,6 +201,50 @@ def test_the_study_pruner_stops_trials_between_chunks(task, x64):
                                        r"sweep's adapt= strategy"):
     ox.optimize(study2, task, switched, dists, n_trials=1,
                 adapt=optaxlr.adapt.successive_halving("val/loss"), **KW)
+
+
+class _OnePerEvaluation(optuna.pruners.BasePruner):
+  """Prunes one more trial of the second round at each evaluation (trial 8 + k at evaluation
+  k + 1; trial 15 is kept), whatever the values: the live count takes every value from 8
+  down to 1."""
+
+  def prune(self, study, trial):
+    step = trial.last_step
+    return 8 <= trial.number < 15 and step is not None and trial.number - 8 < step // EVAL_EVERY
+
+
+def test_pruned_rounds_compile_power_of_two_program_sizes(task, x64, monkeypatch):
+  """A pruner may leave any number of trials: the bridge moves the live ones into programs of
+  8, 4, 2 and 1 slots (not 7, 6, 5, 3), and the trial that survives is told what a standalone
+  run of its parameters gives."""
+  from optaxlr.engine import _core
+
+  sizes = []
+  orig = _core._Compiled.compiled_chunk
+
+  def spy(self, *args):
+    sizes.append(int(args[0].alive.shape[1]))
+    return orig(self, *args)
+
+  monkeypatch.setattr(_core._Compiled, "compiled_chunk", spy)
+  steps = 8 * EVAL_EVERY
+  study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), pruner=_OnePerEvaluation())
+  lrs = [0.01 * (k + 1) for k in range(8)]
+  for lr in lrs + lrs:
+    study.enqueue_trial({"lr": lr, "opt": "sgd"})
+  kw = {**KW, "steps": steps, "trials_per_sweep": 8}
+  first, second = ox.optimize(study, task, switched, {**DISTS, "lr": FloatD(1e-3, 0.3, log=True)},
+                              n_trials=16, **kw)
+  assert first.pruned == () and second.pruned == tuple(range(8, 15))
+  # (the memory plan also asks for the first chunk's executable once per round)
+  second_sizes = sizes[-8:]  # the second round's 8 chunks
+  assert sorted(set(sizes)) == [1, 2, 4, 8], sizes
+  # live after chunk k: 8 - k (the pruner stops one per evaluation); pow2 sizes, never 7/6/5/3
+  assert second_sizes == [8, 8, 8, 8, 4, 4, 2, 1], second_sizes
+  survivor = study.trials[15]
+  assert survivor.state == TrialState.COMPLETE
+  ref = [reference(task, lrs[7], 0.0, seed, steps=steps) for seed in (0, 1)]
+  np.testing.assert_allclose(survivor.value, np.mean(ref), rtol=1e-12)
 
 
 def test_a_failing_sweep_leaves_no_trial_running(task):

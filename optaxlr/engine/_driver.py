@@ -73,6 +73,10 @@ class Plan:
   keep_params: bool = False
   end_when_all_stopped: bool = True
   compact: bool = False  # move live runs into a smaller program when runs stop (adaptive search)
+  # "exact": the smallest multiple of the unit that holds the live runs (successive halving's
+  # few, known sizes); "pow2": a power-of-two number of units, so that a strategy whose live
+  # count takes every value (a pruner) compiles at most log2(configs) + 1 programs.
+  compact_sizes: str = "exact"
   one_group: bool = False  # every config must fit in one program (adaptive search compares them)
   vectorize: int | None = None  # configs vmapped at once per device (blocks under lax.map)
   eval_batch: int | None = None  # evaluate in pieces of this many examples
@@ -180,7 +184,8 @@ def run(plan: Plan) -> Output:
         all_stopped = plan.end_when_all_stopped and live.size == 0
         group_ends = c + 1 == n_chunks or all_stopped or stop_all
         if not group_ends and plan.compact:
-          prog, carry, slots, hp_np = _compact(lay, prog, segs, carry, slots, hp_np, live, done)
+          prog, carry, slots, hp_np = _compact(lay, prog, segs, carry, slots, hp_np, live, done,
+                                               plan.compact_sizes)
           hp_g = lay.put_hp(hp_np)
         if group_ends and plan.keep_params:
           treedef = _keep(carry, slots, chunk, rec, g)
@@ -308,11 +313,15 @@ def _steer(plan, lay, prog, ctrl, carry, hp_np, chunk: ChunkRecord, rec: Recorde
   return carry, hp_np, _core.to_host(carry.alive), bool(ctrl.stop_sweep)
 
 
-def _compact(lay: Layout, prog, segs, carry, slots, hp_np, live, done):
+def _compact(lay: Layout, prog, segs, carry, slots, hp_np, live, done, sizes: str = "exact"):
   """Stopped runs would keep computing (masked) in a vmapped program: moves the live runs
   into a smaller program (a multiple of the devices x the configs vectorised at once, its
-  blocks recounted), so that freed slots cost nothing."""
-  size = max(lay.unit, math.ceil(live.size / lay.unit) * lay.unit)
+  blocks recounted), so that freed slots cost nothing. ``sizes="pow2"`` rounds the number of
+  units up to a power of two (at most half the slots compute masked; far fewer programs)."""
+  units = max(1, math.ceil(live.size / lay.unit))
+  if sizes == "pow2":
+    units = 1 << (units - 1).bit_length()
+  size = units * lay.unit
   if size >= len(slots):
     return prog, carry, slots, hp_np
   src = np.concatenate([live, np.full(size - live.size, live[0])])

@@ -462,6 +462,9 @@ def _check_adapt(fn: str, adapt: Any, names, execution: Execution, layout: dict,
     raise ValueError(f"{fn}: adapt= does not take a 'batch_size' or 'fold' axis yet")
   if start_from is not None:
     raise ValueError(f"{fn}: start_from= does not combine with adapt=")
+  if getattr(adapt, "compact_sizes", "exact") not in ("exact", "pow2"):
+    raise ValueError(f"{fn}: adapt.compact_sizes must be 'exact' or 'pow2', got "
+                     f"{getattr(adapt, 'compact_sizes')!r}")
   if adapt.metric not in names:
     raise ValueError(f"{fn}: adapt metric {adapt.metric!r} is not an evaluated metric; "
                      f"available: {sorted(names)}")
@@ -737,6 +740,7 @@ def sweep(
       max_group_size=execution.max_group_size, checkpoint_dir=execution.checkpoint_dir,
       progress=execution.progress, callback=callback, keep_params=execution.keep_params,
       compact=adapt is not None and not hasattr(adapt, "interval"), one_group=adapt is not None,
+      compact_sizes=getattr(adapt, "compact_sizes", "exact"),
       vectorize=vectorize, eval_batch=execution.eval_batch_size,
       compute_dtype=execution.compute_dtype, segment_of=layout["segment_of"],
       segment_defs=layout["segment_defs"], fold_splits=layout["fold_splits"],

@@ -74,6 +74,9 @@ class _Pruning(adapt_mod.Adapt):
   """
 
   name = "optuna_pruner"
+  # Any number of trials may be pruned at a chunk: power-of-two program sizes bound the
+  # compilations at log2(trials_per_sweep) + 1 per study (reused by later rounds).
+  compact_sizes = "pow2"
 
   def __init__(self, trials: Sequence[Any], metric: str, mode: str):
     self.trials = list(trials)
@@ -360,9 +363,11 @@ def optimize(
   ``TrialState.PRUNED``, and the sweep moves the live trials into a smaller program so that it
   costs nothing afterwards (the pruner runs as the sweep's ``adapt=`` strategy, so ``adapt=``
   cannot be passed as well, a ``callback=`` of yours may observe but not steer, and every trial
-  of a round must fit one program). Each number of live trials is one more compiled program
-  (cached for the next rounds): on a CPU and a short study that can cost more than the
-  pruned steps save (BENCHMARKS.md); ``prune=False`` trains every trial to the end. Optuna's pruners
+  of a round must fit one program). The smaller programs hold a power of two of trials (8
+  trials: 8, 4, 2, 1; a pruned trial's slot may compute masked until the live count halves),
+  so a study compiles at most log2(trials_per_sweep) + 1 programs, cached for the next rounds;
+  on a CPU and a short study that can still cost more than the pruned steps save
+  (BENCHMARKS.md); ``prune=False`` trains every trial to the end. Optuna's pruners
   compare a trial with the trials already *finished*, so the first round (and, with
   ``MedianPruner(n_startup_trials=k)``, every round until ``k`` trials are complete) is never
   pruned. A trial the pruner stops at its last evaluation is pruned, as in Optuna's loop.
