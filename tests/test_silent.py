@@ -1,0 +1,161 @@
+"""Issue 20, "nothing silent": the smaller cases that trained on quietly or crashed deep inside
+(two configs equal in float32, a step counter past int32, a stream factory without a seed, a
+bad label after the first batch, a stateful model rebuilt without its state) are each one clear
+error before compute, naming the value."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import optaxlr
+from optaxlr import search
+from optaxlr.tasks import Task
+
+KW = dict(execution=optaxlr.Execution(progress=False))
+
+
+def _init(key):
+  return {"w": jax.random.normal(key, (4, 3)) * 0.1}
+
+
+def _apply(p, x):
+  return x @ p["w"]
+
+
+_RNG = np.random.default_rng(0)
+_X = _RNG.standard_normal((32, 4)).astype(np.float32)
+_Y = _RNG.integers(0, 3, 32)
+
+
+def _never_called(h):
+  raise AssertionError("the sweep compiled: the check came too late")
+
+
+def _small_task():
+  return Task.from_functions("t", _init, _apply, "cross_entropy", train={"x": _X, "y": _Y},
+                             eval={"val": {"x": _X, "y": _Y}})
+
+
+# -- (a) configs equal after the cast to float32 -------------------------------------------
+
+def test_configs_equal_in_float32_are_refused_naming_both():
+  assert np.float32(1e-3) == np.float32(1e-3 + 1e-12) and 1e-3 != 1e-3 + 1e-12  # the premise
+  space = search.zip(lr=[1e-2, 1e-3, 1e-3 + 1e-12])
+  with pytest.raises(ValueError, match=r"sweep: configs 1 and 2 differ \(lr=0\.001 vs "
+                     r"0\.001000000001\) but are equal in float32"):
+    optaxlr.sweep(_small_task(), lambda h: optax.sgd(h["lr"]), space, steps=2, **KW)
+
+
+def test_configs_distinct_in_float32_or_repeated_as_given_run():
+  """Values one float32 ulp apart stay distinct configs; a value repeated as given is the
+  user's own repeat (not a float32 collapse) and runs."""
+  lr = np.float32(1e-3)
+  space = search.zip(lr=[float(lr), float(np.nextafter(lr, np.float32(1))), 1e-2, 1e-2])
+  res = optaxlr.sweep(_small_task(), lambda h: optax.sgd(h["lr"]), space, steps=2, **KW)
+  assert res.metrics["val/loss"].shape[1] == 4
+
+
+# -- (b) steps past the int32 step counter -------------------------------------------------
+
+@pytest.mark.parametrize("steps", [10**11, 2**31])
+def test_steps_past_int32_are_refused_naming_the_limit(steps):
+  with pytest.raises(ValueError, match=rf"sweep: steps={steps} .* past 2147483647 = 2\*\*31 - 1"):
+    optaxlr.sweep(_small_task(), _never_called, {"lr": [0.1]}, steps=steps, **KW)
+
+
+def test_steps_padded_past_int32_by_the_last_chunk_are_refused():
+  from optaxlr.engine._engine import check_step_range
+
+  check_step_range("sweep", 2**31 - 1)  # the last step numbered 2**31 - 1: allowed
+  with pytest.raises(ValueError, match="reach step 2147483650, past 2147483647"):
+    check_step_range("sweep", 2**31 - 3, start_step=0, sync_every=10)  # padded to 2**31 + 2
+  with pytest.raises(ValueError, match="from step 10"):
+    check_step_range("sweep", 2**31 - 5, start_step=10)
+
+
+# -- (c) a stream factory that takes no seed ------------------------------------------------
+
+def _no_seed():
+  while True:
+    yield {"x": _X[:8], "y": _Y[:8]}
+
+
+def _keyword_seed(*, seed):
+  yield from _no_seed()
+
+
+def _three_required(seed, epoch, shard):
+  yield from _no_seed()
+
+
+@pytest.mark.parametrize("factory", [_no_seed, _keyword_seed, _three_required])
+def test_a_factory_without_a_positional_seed_is_refused_at_the_task(factory):
+  with pytest.raises(TypeError, match=rf"train must be a batch factory called as train\(seed\) "
+                     rf"or train\(seed, epoch\), but {factory.__name__}\(.*\) cannot be"):
+    Task.from_functions("t", _init, _apply, train=factory, eval={"val": {"x": _X, "y": _Y}})
+
+
+def test_factories_that_take_a_seed_are_accepted():
+  for f in (lambda seed: _no_seed(), lambda seed, epoch: _no_seed(),
+            lambda *a: _no_seed(), lambda seed, batch_size=8: _no_seed()):
+    task = Task.from_functions("t", _init, _apply, train=f, eval={"val": {"x": _X, "y": _Y}})
+    assert task.host_fed and set(task.first_batch(0)) == {"x", "y"}
+
+
+# -- (d) a label out of range after the first batch ----------------------------------------
+
+@pytest.mark.parametrize("bad", [5, -1])
+def test_a_bad_label_in_a_later_batch_is_a_data_error_naming_the_batch(bad):
+  """Without the check the run was reported "diverged" (label 5 gives a NaN loss) or trained
+  silently (label -1 read as the last class)."""
+  def make(seed):
+    i = 0
+    while True:
+      y = _Y[:8].copy()
+      if i == 3:
+        y[2] = bad
+      i += 1
+      yield {"x": _X[:8], "y": y}
+
+  task = Task.from_functions("t", _init, _apply, "cross_entropy", train=make,
+                             eval={"val": {"x": _X, "y": _Y}})
+  with pytest.raises(ValueError, match=rf"sweep: the batch stream of seed 0, batch 3, split "
+                     rf"'train', key 'y': labels must be in \[0, 3\), got {bad} in example 2"):
+    optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), {"lr": [0.1]}, steps=6, eval_every=6,
+                  sync_every=6, **KW)
+
+
+# -- (e) to_model without the state of a stateful model ------------------------------------
+
+class _BN(nnx.Module):
+  def __init__(self, rngs):
+    self.lin = nnx.Linear(4, 3, rngs=rngs)
+    self.bn = nnx.BatchNorm(3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.lin(x))
+
+
+class _LinenBN(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.BatchNorm(use_running_average=not train)(nn.Dense(3)(x))
+
+
+def test_to_model_without_the_state_of_a_batchnorm_model_is_refused():
+  data = {"x": _X, "y": _Y}
+  tasks = [Task.from_flax_nnx("bn", _BN, train=data, eval={"val": data}),
+           Task.from_linen("lbn", _LinenBN(), train=data, eval={"val": data},
+                           train_kwargs={"train": True})]
+  for task in tasks:
+    key = jax.random.key(1)
+    params, state = task.init(key), task.initial_state(key)
+    with pytest.raises(ValueError, match=r"to_model\(params, state=None\): this model holds "
+                       r"state \(e\.g\. BatchNorm's running statistics\)"):
+      task.to_model(params)
+    task.to_model(params, state)  # with the run's state: fine
