@@ -159,3 +159,66 @@ def test_to_model_without_the_state_of_a_batchnorm_model_is_refused():
                        r"state \(e\.g\. BatchNorm's running statistics\)"):
       task.to_model(params)
     task.to_model(params, state)  # with the run's state: fine
+
+
+# -- (f) load with a foreign task or optimizer, a state that does not match its file --------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  task = optaxlr.tasks.teacher_student(n_train=32, n_val=16, n_test=16)
+  opt = lambda h: optax.adam(h["lr"])  # noqa: E731
+  res = optaxlr.sweep(task, opt, search.grid(lr=[1e-2, 1e-3]), steps=4, batch_size=8,
+                      eval_every=2, execution=optaxlr.Execution(progress=False, keep_params=True))
+  return task, opt, res, res.save(tmp_path_factory.mktemp("saved") / "r.npz")
+
+
+def _raises(x):
+  raise ZeroDivisionError("boom")
+
+
+@pytest.mark.parametrize("optimizer, why", [
+    (lambda h: optax.adam(h["learning_rate"]), "KeyError: 'learning_rate'"),
+    (lambda h: 3, "AttributeError: 'int' object has no attribute 'init'"),
+    (_raises, "ZeroDivisionError: boom")])
+def test_load_with_a_foreign_optimizer_is_one_error(saved, optimizer, why):
+  task, _, _, path = saved
+  with pytest.raises(ValueError, match=r"load: .*r\.npz': optimizer\(hparams\)\.init\(params\) "
+                     rf"fails on the saved hyperparameters \['lr'\] .*{why}"):
+    optaxlr.load(path, task=task, optimizer=optimizer)
+
+
+def test_load_with_a_task_whose_init_fails_is_one_error(saved):
+  task, opt, _, path = saved
+
+  class Broken:
+    init = staticmethod(_raises)
+    initial_state = staticmethod(lambda key: {})
+
+  with pytest.raises(ValueError, match=r"task\.init fails, so the saved state cannot be matched"):
+    optaxlr.load(path, task=Broken(), optimizer=opt)
+
+
+def test_load_refuses_a_state_that_does_not_match_its_digest(saved, tmp_path):
+  """The header records a digest of the state's arrays: the state loaded back is checked
+  against it (a state damaged in place, or rewritten, is refused; the numbers' fingerprint
+  does not cover the header, so the digest is edited there)."""
+  import io
+  import json
+  import shutil
+
+  task, opt, res, path = saved
+  back = optaxlr.load(path, task=task, optimizer=opt)
+  for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(res.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  copy = tmp_path / "r.npz"
+  shutil.copy(path, copy)
+  shutil.copytree(str(path) + ".state", str(copy) + ".state")
+  with np.load(io.BytesIO(copy.read_bytes())) as z:
+    arrays = {k: z[k] for k in z.files}
+  header = json.loads(arrays["header"].tobytes())
+  header["state"]["digest"] = "0" * 32
+  arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+  np.savez(copy, **arrays)
+  with pytest.raises(ValueError, match=r"has a damaged state folder .*: its arrays do not match "
+                     "the digest in the file's header"):
+    optaxlr.load(copy, task=task, optimizer=opt)
