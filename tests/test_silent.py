@@ -222,3 +222,42 @@ def test_load_refuses_a_state_that_does_not_match_its_digest(saved, tmp_path):
   with pytest.raises(ValueError, match=r"has a damaged state folder .*: its arrays do not match "
                      "the digest in the file's header"):
     optaxlr.load(copy, task=task, optimizer=opt)
+
+
+# -- (g) the command line: a value past float32, a host-fed task --------------------------
+
+def _cli_usage_error(argv, capsys) -> str:
+  from optaxlr import cli
+
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  captured = capsys.readouterr()
+  assert e.value.code == 2, captured
+  err = captured.err
+  assert err.count("\n") == 1 and "Traceback" not in err, f"not one line: {err!r}"
+  return err
+
+
+@pytest.mark.parametrize("lr", ["1e39", "1e-3,1e39"])
+def test_cli_lr_past_float32_is_one_line_exit_2(lr, capsys, tmp_path):
+  err = _cli_usage_error(["sweep", "--lr", lr, "--steps", "4", "--out", str(tmp_path)], capsys)
+  assert "--lr values must be at most 3.40282e+38 (float32, the dtype the sweep computes in), " \
+         "got 1e+39" in err
+
+
+def _stream(seed):
+  while True:
+    yield {"x": _X[:8], "y": _Y[:8]}
+
+
+def host_fed_task():
+  """A ``MODULE:FUNCTION`` task for the command line, fed by a stream."""
+  return Task.from_functions("hf", _init, _apply, "cross_entropy", train=_stream,
+                             eval={"val": {"x": _X, "y": _Y}})
+
+
+@pytest.mark.parametrize("command", [["sweep", "--steps", "4"], ["lr-find"]])
+def test_cli_host_fed_task_is_one_line_exit_2(command, capsys, tmp_path):
+  err = _cli_usage_error([*command, "--task", f"{__file__}:host_fed_task", "--out",
+                          str(tmp_path)], capsys)
+  assert "the task's training data is a stream (train(seed) -> batches)" in err
