@@ -763,7 +763,7 @@ def sweep(
   if adapt is not None:
     _check_adapt(fn, adapt, names, execution, layout, start_from)
     adapt.start(n_configs=n_cfg, steps=steps, eval_every=eval_every, sync_every=sync_every,
-                hparams=hp_np)
+                hparams=hp_np, categories=categories)
     callback = _with_adapt(fn, adapt, callback)
   start_step, init_from = 0, None
   if start_from is not None:
