@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,8 +47,10 @@ class Adapt:
   compact_sizes: str = "exact"
 
   def start(self, *, n_configs: int, steps: int, eval_every: int, sync_every: int,
-            hparams: Mapping[str, np.ndarray]) -> None:
-    """Checks the sweep's settings (a ``ValueError`` naming what does not fit) and resets."""
+            hparams: Mapping[str, np.ndarray],
+            categories: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Checks the sweep's settings (a ``ValueError`` naming what does not fit) and resets.
+    ``hparams`` holds a categorical axis as int indices into ``categories[name]``."""
     raise NotImplementedError
 
   def __call__(self, event: ChunkEvent) -> Control | None:
@@ -110,7 +112,8 @@ class SuccessiveHalving(Adapt):
   name: str = "successive_halving"
   rungs: list = dataclasses.field(default_factory=list)
 
-  def start(self, *, n_configs, steps, eval_every, sync_every, hparams):
+  def start(self, *, n_configs, steps, eval_every, sync_every, hparams, categories=None):
+    del categories  # halving reads no hyperparameter values
     fn = self.name
     sizes = self.sizes if self.sizes is not None else (n_configs,)
     max_steps = getattr(self, "_max_steps", None)
@@ -263,7 +266,7 @@ class PBT(Adapt):
   seed: int
   events: list = dataclasses.field(default_factory=list)
 
-  def start(self, *, n_configs, steps, eval_every, sync_every, hparams):
+  def start(self, *, n_configs, steps, eval_every, sync_every, hparams, categories=None):
     fn = "pbt"
     if self.interval % sync_every:
       raise ValueError(f"{fn}: interval={self.interval} must be a multiple of sync_every="
@@ -282,6 +285,17 @@ class PBT(Adapt):
       raise ValueError(f"{fn}: perturb names {ints}, integer or categorical axes, which cannot be"
                        " multiplied; put them in resample (search.choice of their values) instead")
     self._ints = {n for n in hparams if np.asarray(hparams[n]).dtype.kind in "iub"}
+    # A categorical axis is resampled by its values' names (search.choice of a subset of the
+    # axis's categories), each drawn name set as its index into the axis's categories.
+    self._categories = {n: tuple(c) for n, c in dict(categories or {}).items()}
+    for name, dist in self.resample.items():
+      if name not in self._categories:
+        continue
+      cats = self._categories[name]
+      drawn = getattr(dist, "values", None)
+      if drawn is None or not all(isinstance(v, str) and v in cats for v in drawn):
+        raise ValueError(f"{fn}: resample[{name!r}] must be search.choice of the categorical "
+                         f"axis's values {list(cats)} (by name), got {dist!r}")
     # The declared bounds of a hyperparameter: those of its resample distribution.
     self._bounds = {n: (float(d.lo), float(d.hi)) for n, d in self.resample.items()
                     if hasattr(d, "lo") and hasattr(d, "hi")}
@@ -314,7 +328,7 @@ class PBT(Adapt):
       if dst in top:
         continue
       src = int(self._rng.choice(top))
-      values = {}
+      values, names = {}, {}
       for name in self.perturb:
         low, high = self.perturb[name]
         values[name] = float(hp[name][src]) * float(self._rng.choice([low, high]))
@@ -327,13 +341,17 @@ class PBT(Adapt):
 
         key = jax.random.PRNGKey(int(self._rng.integers(2**31)))
         drawn = np.asarray(dist.sample(key, 1))[0]
-        if name in self._ints:  # a categorical index or a count: an integer, never a float
+        if name in self._categories:  # a name: set as its index into the axis's categories
+          names[name] = str(drawn)
+          values[name] = self._categories[name].index(str(drawn))
+        elif name in self._ints:  # a count: an integer, never a float
           values[name] = int(drawn)
         else:
           values[name] = float(drawn)
       copy[dst] = src
       new[dst] = values
-      self.events.append({"step": event.step, "dst": int(dst), "src": src, "hparams": values,
+      self.events.append({"step": event.step, "dst": int(dst), "src": src,
+                          "hparams": {**values, **names},
                           "score_dst": float(score[dst]), "score_src": float(score[src]),
                           **({"dst_diverged": True} if dst in dead else {})})
       traj = [(s, dict(h)) for s, h in self.trajectory[src]]
@@ -389,7 +407,10 @@ def pbt(metric: str, interval: int, *, quantile: float = 0.25,
   ``resample`` distribution when it has one (an integer or categorical axis cannot be
   perturbed: an error), and every one in ``resample`` is drawn
   anew from its :mod:`optaxlr.search` distribution (with probability ``resample_probability``
-  when it is also perturbed). The trajectory of every config is in ``res.info["adapt"]`` and
+  when it is also perturbed). A categorical axis (``search.grid(opt=["sgd", "adam"])``) is
+  resampled by name: ``resample={"opt": search.choice(["sgd", "adam"])}`` (a subset of the
+  axis's values; the exploit record shows the name drawn, the trajectory its index into
+  ``space.categories["opt"]``). The trajectory of every config is in ``res.info["adapt"]`` and
   :meth:`PBT.schedule` turns it into a schedule to replay.
 
   Examples:

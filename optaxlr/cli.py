@@ -212,6 +212,10 @@ def _check_task(args: argparse.Namespace, *, quick: bool, ranked: bool) -> None:
   axes = getattr(args, "axes", None) or {}
   task = args.task_obj = load_user_task("--task", args.task, {k: v[0] for k, v in axes.items()})
   args.task_label = task.name or args.task
+  if task.host_fed:
+    raise UsageError(f"--task {args.task}: the task's training data is a stream (train(seed) -> "
+                     "batches); the command line samples minibatches from in-memory arrays "
+                     "(--batch-size); sweep a stream from Python with optaxlr.sweep")
   if not ranked:
     return
   if "val" not in task.eval:
@@ -383,11 +387,18 @@ AXIS_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_rule(where: str, name: str, vals: list[float]) -> None:
   ok, allowed = AXIS_RULES[name]
   bad = [v for v in vals if not ok(v)]
   if bad:
     raise UsageError(f"{where} values must be {allowed}, got {bad[0]:g} in {vals}")
+  big = [v for v in vals if abs(v) > FLOAT32_MAX]
+  if big:
+    raise UsageError(f"{where} values must be at most {FLOAT32_MAX:.6g} (float32, the dtype the "
+                     f"sweep computes in), got {big[0]:g}")
 
 
 def allowed_axes(optimizers: Sequence[str]) -> tuple[str, ...]:

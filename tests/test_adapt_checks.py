@@ -100,3 +100,40 @@ def test_pbt_refuses_to_multiply_an_integer_or_categorical_axis():
   with pytest.raises(ValueError, match=r"pbt: perturb names \['opt'\], integer or categorical axes,"
                                        r" which cannot be multiplied; put them in resample"):
     run(task, opt, space, steps=8, eval_every=4, adapt=p)
+
+
+def _switch_opt(h):
+  return search.switch(h["opt"], {"sgd": optax.sgd(h["lr"]), "adam": optax.adam(h["lr"])})
+
+
+def test_pbt_resamples_a_categorical_axis_by_name():
+  """resample={"opt": search.choice(["sgd", "adam"])} draws names; each exploited config
+  trains on with the drawn name's index into space.categories["opt"] (read back from the
+  slot's final hyperparameters), and the exploit record shows the name."""
+  task = make_task()
+  space = search.zip(lr=[1e-2, 3e-2, 1e-1, 3e-1], opt=["sgd", "adam", "sgd", "adam"])
+  cats = space.categories["opt"]
+  assert list(cats) == ["sgd", "adam"]
+  p = adapt.pbt("val/loss", interval=4, quantile=0.5,
+                resample={"opt": search.choice(["sgd", "adam"])}, resample_probability=1.0,
+                seed=1)
+  res = run(task, _switch_opt, space, steps=16, eval_every=4, adapt=p)
+  ex = res.info["adapt"]["exploits"]
+  assert ex, "no exploit happened"
+  assert {e["hparams"]["opt"] for e in ex} <= {"sgd", "adam"}
+  last = {}
+  for e in ex:
+    last[e["dst"]] = e["hparams"]["opt"]
+  final = res.info["hparams_final"]["opt"]
+  for dst, name in last.items():
+    assert final[dst] == ["sgd", "adam"].index(name), (dst, name, final)
+
+
+@pytest.mark.parametrize("dist", [search.choice([0, 1]), search.choice(["sgd", "rmsprop"]),
+                                  search.uniform(0.0, 1.0)])
+def test_pbt_refuses_a_categorical_resample_not_by_the_axis_names(dist):
+  space = search.zip(lr=[1e-2, 3e-2], opt=["sgd", "adam"])
+  p = adapt.pbt("val/loss", interval=4, resample={"opt": dist})
+  with pytest.raises(ValueError, match=r"pbt: resample\['opt'\] must be search.choice of the "
+                     r"categorical axis's values \['sgd', 'adam'\] \(by name\)"):
+    run(make_task(), _switch_opt, space, steps=8, eval_every=4, adapt=p)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 
+import _child
 import optaxlr
 from optaxlr import search
 from optaxlr.tasks import Task
@@ -76,13 +77,13 @@ def _script(tmp_path) -> pathlib.Path:
 
 def _env():
   root = str(TESTS.parent)
-  # Subprocesses share a persistent compilation cache: each compiles the sweep once, not every
-  # time it is started again.
-  cache = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"optaxlr-test-jax-cache-{os.getuid()}"
-  return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-          "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  # Subprocesses share a persistent compilation cache (this session's own): each compiles the
+  # sweep once, not every time it is started again.
+  return _child.env({"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                     "JAX_PLATFORMS": "cpu",
+                     "JAX_COMPILATION_CACHE_DIR": str(_child.compilation_cache()),
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 
 def _kill_at_chunk(script, folder, dtype, chunk, delay):
@@ -159,9 +160,8 @@ def test_sigkill_inside_each_write_then_resume_is_bitwise_equal(tmp_path, n, fra
   and every gap between them."""
   script = _script(tmp_path)
   folder = tmp_path / "ckpt"
-  out = subprocess.run([sys.executable, str(script), str(folder), "32", str(n), str(frac)],
-                       env=_env(), capture_output=True, text=True, timeout=300)
-  assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+  out = _child.run([sys.executable, str(script), str(folder), "32", str(n), str(frac)], _env())
+  _child.assert_killed(out, (n, frac))
   reference = run(make_task(), adamw, search.zip(**SPACE), **KW)
   resumed = run(make_task(), adamw, search.zip(**SPACE), **KW, execution=optaxlr.Execution(checkpoint_dir=folder))
   _assert_same(reference, resumed)

@@ -177,12 +177,10 @@ def _killed_child(tmp_path, script_text: str, *args: str) -> None:
   """Runs ``script_text`` in a subprocess that SIGKILLs itself at a point the test chose."""
   script = tmp_path / "child.py"
   script.write_text(script_text.format(tests=str(TESTS)))
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent),
-                                                      os.environ.get("PYTHONPATH", "")]),
-         "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
-                       text=True, timeout=300)
-  assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+  env = _child.env({"PYTHONPATH": os.pathsep.join([str(PACKAGE.parent),
+                                                   os.environ.get("PYTHONPATH", "")]),
+                    "JAX_PLATFORMS": "cpu"})
+  _child.assert_killed(_child.run([sys.executable, str(script), *args], env), args)
 
 
 @pytest.mark.parametrize("kill_at", [1, 6])

@@ -40,6 +40,9 @@ __all__ = ["sweep", "batch_indices", "run_keys", "model_key", "fold_split", "Ear
 _NOT_SUPPORTED_AXES = {
     "steps": "the number of steps is the sweep's steps=, not an axis",
 }
+# The step counter (the program's and optax's ``count``) is int32: the last step a run may
+# number, padding of the last chunk included.
+MAX_STEP = 2**31 - 1
 # Axes the core itself reads: the minibatch size and the cross-validation fold of a config.
 CORE_AXES = ("batch_size", "fold")
 
@@ -76,6 +79,33 @@ def check_hparams(fn: str, space_arrays: Mapping[str, np.ndarray], n: int) -> No
       if np.any(arr <= 0):
         bad = int(np.flatnonzero(arr <= 0)[0])
         raise ValueError(f"{fn}: {name} must be > 0, config {bad} has {name}={arr[bad].item()!r}")
+
+
+def check_distinct(fn: str, hp_np: Mapping[str, np.ndarray], n: int) -> None:
+  """Refuses two configs that differ in the space but are equal in the dtype the sweep
+  computes in (float32 without x64: ``lr=1e-3`` and ``1e-3 + 1e-12``): they would train
+  identically under two labels. Configs equal in the space itself are the user's own repeats."""
+  if n < 2 or not hp_np or jax.config.jax_enable_x64:
+    return
+  floats = [k for k, v in hp_np.items() if np.issubdtype(v.dtype, np.floating)]
+  if not floats:
+    return
+  def rows(cast):
+    cols = [np.asarray(hp_np[k], np.float32 if (cast and k in floats) else hp_np[k].dtype)
+            .reshape(n, -1).view(np.uint8).reshape(n, -1) for k in sorted(hp_np)]
+    return np.concatenate(cols, axis=1)
+  cast = rows(True)
+  _, first, inverse = np.unique(cast, axis=0, return_index=True, return_inverse=True)
+  inverse = np.asarray(inverse).reshape(-1)
+  orig = rows(False)
+  for i in range(n):
+    j = int(first[inverse[i]])
+    if j != i and not np.array_equal(orig[i], orig[j]):
+      diff = [k for k in floats if not np.array_equal(hp_np[k][i], hp_np[k][j])]
+      vals = ", ".join(f"{k}={hp_np[k][j].tolist()!r} vs {hp_np[k][i].tolist()!r}" for k in diff)
+      raise ValueError(f"{fn}: configs {j} and {i} differ ({vals}) but are equal in float32, the "
+                       "dtype the sweep computes in: they would train identically. Remove one, "
+                       "space the values further apart, or enable jax_enable_x64")
 
 
 def read_axes(fn: str, probe: Probe, optimizer, objective, configs: list[dict], names: Sequence[str],
@@ -209,6 +239,18 @@ def split_seeds(fn: str, space, seeds, folds_ok: bool = False) -> tuple[Any, lis
       raise ValueError(f"{fn}: the space holds only seeds; add at least one hyperparameter axis")
     return search.Space(rest, space.fixed), seed_list(fn, seed_axis.values[search.SEED].tolist())
   return space, seed_list(fn, 1 if seeds is None else seeds)
+
+
+def check_step_range(fn: str, steps: int, start_step: int = 0, sync_every: int = 1) -> None:
+  """Refuses a sweep whose steps (numbered from ``start_step``, the last chunk padded to
+  ``sync_every``) pass the int32 step counter of the program and of optax's schedules: they
+  would wrap around to negative steps."""
+  last = start_step + math.ceil(steps / sync_every) * sync_every
+  if last > MAX_STEP:
+    raise ValueError(f"{fn}: steps={steps} (from step {start_step}, the last chunk padded to "
+                     f"sync_every={sync_every}) reach step {last}, past {MAX_STEP} = 2**31 - 1, "
+                     "the limit of the int32 step counter (the program's and optax's schedules' "
+                     "count)")
 
 
 def intervals(fn: str, steps: int, eval_every: Any, sync_every: Any, log_every: Any) -> tuple[int, int, int]:
@@ -679,6 +721,7 @@ def sweep(
     space, seeds_l = split_seeds(fn, space, seeds, folds_ok=True)
   axes = () if space is None else space.names
   steps = check_int(fn, "steps", steps, 1)
+  check_step_range(fn, steps)
   from optaxlr.tasks import Task
 
   if not isinstance(task, Task):
@@ -708,6 +751,7 @@ def sweep(
   objective = _search.with_categories(objective, categories)
   n_cfg = 1 if space is None else len(space)
   check_hparams(fn, hp_np, n_cfg)
+  check_distinct(fn, hp_np, n_cfg)
   hp0 = {**{k: v[0] for k, v in hp_np.items()}, **{k: v[0] for k, v in ramp_np.items()}}
   task.validate(hparams=hp0)
   layout = _layout(fn, task, space, hp_np, batch_size, seeds_l, n_cfg)
@@ -726,11 +770,12 @@ def sweep(
   if adapt is not None:
     _check_adapt(fn, adapt, names, execution, layout, start_from)
     adapt.start(n_configs=n_cfg, steps=steps, eval_every=eval_every, sync_every=sync_every,
-                hparams=hp_np)
+                hparams=hp_np, categories=categories)
     callback = _with_adapt(fn, adapt, callback)
   start_step, init_from = 0, None
   if start_from is not None:
     start_step, init_from = _check_start_from(fn, start_from, n_cfg, seeds_l, shapes, probe)
+  check_step_range(fn, steps, start_step, sync_every)
   plan = _driver.Plan(
       fn=fn, task=task, optimizer=optimizer, objective=objective, hparams=hp_np, ramp=ramp_np,
       seeds=seeds_l, key=key, steps=steps, batch_size=batch_size, eval_every=eval_every,

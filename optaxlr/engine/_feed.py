@@ -38,6 +38,9 @@ class Feed:
     self.sharding = sharding
     self.iters = []
     self.raw_dtypes: dict[str, np.dtype] = {}
+    # labels out of range after the first batch: a data error naming the batch, not a
+    # "diverged" run (optax's cross-entropy reads label -1 as the last class, K as NaN)
+    self.check_labels = plan.task.label_check()
     for s in plan.seeds:
       it = plan.batches(s)
       try:
@@ -84,6 +87,7 @@ class Feed:
         raise ValueError(f"{where}, key {k!r}: {int((~np.isfinite(v)).sum())} non-finite "
                          "value(s)")
       out[k] = v
+    self.check_labels(where, out)
     return out
 
   def _one_step(self) -> list[dict]:

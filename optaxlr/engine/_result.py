@@ -688,7 +688,15 @@ def _save_state(path: pathlib.Path, trees, fingerprint: str) -> dict:
           "fingerprint": np.frombuffer(fingerprint.encode(), np.uint8).copy()}
   _write_state(container / sid, tree)
   return {"dir": container.name, "id": sid, "fingerprint": fingerprint,
-          "leaves": [len(x) for x in leaves], "shapes": [[list(a.shape) for a in x] for x in leaves]}
+          "leaves": [len(x) for x in leaves], "shapes": [[list(a.shape) for a in x] for x in leaves],
+          "digest": _state_id(leaves)}
+
+
+def _state_id(leaves: Sequence[Sequence[np.ndarray]]) -> str:
+  """The runs' state's fingerprint (params, opt_state, model_state leaves in order): a state
+  folder damaged in place (a truncated orbax chunk may still restore) is refused."""
+  return _numbers_id({f"{t}/{i:06d}": np.asarray(a) for t, x in enumerate(leaves)
+                      for i, a in enumerate(x)})
 
 
 def _clean_state_dir(path: pathlib.Path, keep: str | None) -> None:
@@ -733,12 +741,28 @@ def _load_state(path: pathlib.Path, header: dict, space, task, optimizer) -> tup
       raise _bad_file(path, f"has a state folder {str(folder.relative_to(path.parent))!r} that belongs"
                             f" to another result (its numbers' fingerprint is {theirs!r}, this file's"
                             f" is {info['fingerprint']!r}); save the result again")
+  names = ("params", "opt_state", "model_state")
+  if "digest" in info:
+    got = [list(raw[name]) if n else [] for name, n in zip(names, info["leaves"])]
+    if _state_id(got) != info["digest"]:
+      raise _bad_file(path, f"has a damaged state folder {str(folder.relative_to(path.parent))!r}: "
+                            "its arrays do not match the digest in the file's header")
   hp = search.encode({k: np.asarray(v)[:1] for k, v in space.columns.items()}, space.categories)
   hp = {k: v[0] for k, v in hp.items()}
   opt = search.with_categories(optimizer, space.categories)
-  params_like = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  shapes = (params_like, jax.eval_shape(lambda p: opt(hp).init(p), params_like),
-            jax.eval_shape(task.initial_state, jax.random.PRNGKey(0)))
+  try:
+    params_like = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    state_like = jax.eval_shape(task.initial_state, jax.random.PRNGKey(0))
+  except Exception as e:  # noqa: BLE001 -- re-raised with context
+    raise ValueError(f"load: {str(path)!r}: task.init fails, so the saved state cannot be matched "
+                     f"to it (is task= the sweep's task?): {type(e).__name__}: {e}") from e
+  try:
+    opt_like = jax.eval_shape(lambda p: opt(hp).init(p), params_like)
+  except Exception as e:  # noqa: BLE001 -- re-raised with context
+    raise ValueError(f"load: {str(path)!r}: optimizer(hparams).init(params) fails on the saved "
+                     f"hyperparameters {sorted(hp)} (is optimizer= the sweep's?): "
+                     f"{type(e).__name__}: {e}") from e
+  shapes = (params_like, opt_like, state_like)
   out = []
   for name, like, n_leaves in zip(("params", "opt_state", "model_state"), shapes, info["leaves"]):
     leaves = list(raw[name]) if n_leaves else []

@@ -58,6 +58,26 @@ def _takes_epoch(factory: Callable) -> bool:
   return len(pos) >= 2 and (pos[1].default is pos[1].empty or pos[1].name == "epoch")
 
 
+def _check_takes_seed(fn: str, factory: Callable) -> None:
+  """Refuses a factory that cannot be called as ``factory(seed)``: one without a positional
+  parameter (``def make():``, ``def make(*, seed)``) or with more than two required ones."""
+  try:
+    params = list(inspect.signature(factory).parameters.values())
+  except (TypeError, ValueError):  # a builtin without a signature: called as is
+    return
+  if any(p.kind == p.VAR_POSITIONAL for p in params):
+    return
+  pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  required = [p for p in params if p.default is p.empty
+              and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  name = getattr(factory, "__qualname__", type(factory).__name__)
+  if not pos or len(required) > 2 or any(p.kind == p.KEYWORD_ONLY for p in required):
+    raise TypeError(f"{fn}: train must be a batch factory called as train(seed) or "
+                    f"train(seed, epoch), but {name}{inspect.signature(factory)} cannot be "
+                    "(a seed must be its first positional parameter; each seed has its own "
+                    "stream): write def make(seed): ... and seed your shuffling with it")
+
+
 class _Memo:
   """The last one-shot iterator a factory returned (a weak reference), to refuse a factory
   that returns the same one for every seed."""
@@ -93,6 +113,7 @@ class BatchFactory:
 
   def __init__(self, fn: str, factory: Callable, batch_keys: Sequence[str] | None,
                default_keys: tuple[str, ...] | None, why_no_keys: str):
+    _check_takes_seed(fn, factory)
     self.fn = fn
     self.factory = factory
     self.batch_keys = None if batch_keys is None else tuple(batch_keys)

@@ -323,6 +323,13 @@ class Task:
       self._validate_labels(where, split, batch, classes)
     self._validate_functions(where, splits, dict(hparams or {}))
 
+  def label_check(self) -> Callable[[str, Batch], None]:
+    """``check(where, batch)``: the label checks of :meth:`validate` for a host-fed batch
+    (labels in ``[0, K)``, or binary), ``K`` found once; a bad label raises ``ValueError``
+    starting with ``where`` (the sweep names the seed's stream and the batch)."""
+    classes = self._num_classes(self.first_batch() if self.host_fed else self.train)
+    return lambda where, batch: self._validate_labels(where, "train", batch, classes)
+
   def _num_classes(self, train: Batch) -> tuple[int | None, str]:
     """``(K, where K comes from)``: ``info["num_classes"]``, else the last axis of ``apply``'s
     output for a cross-entropy task, else ``(None, "")``. A failing ``init`` or ``apply`` gives
@@ -592,7 +599,7 @@ class Task:
       """The ``nnx.Module`` with these parameters and model state (training mode), and the
       config's model hyperparameters ``hparams`` set into its layers (see
       :func:`_restore_hparams`)."""
-      model = merged(params, init_state(jax.random.key(0)) if state is None else state)
+      model = merged(params, _state_or_refuse(fn, state, init_state))
       return _restore_hparams(fn, model, hparams, configure)
 
     def eval_apply(params, x):
@@ -725,8 +732,22 @@ class Task:
                batch_keys=batch_keys,
                init_state=jax.jit(init_state), train_loss=train_loss, eval_metrics=eval_metrics,
                to_model=lambda params, state=None, hparams=None: _linen_variables(
-                   fn, params, init_state(jax.random.key(0)) if state is None else state,
-                   hparams))
+                   fn, params, _state_or_refuse(fn, state, init_state), hparams))
+
+
+def _state_or_refuse(fn: str, state: Any, init_state: Callable[[jax.Array], Any]) -> Any:
+  """``state``; when it is ``None``, the initial model state of a model that holds none (its
+  RNG streams aside), and an error for one that holds some (BatchNorm's running statistics):
+  the initial statistics would silently replace the run's."""
+  if state is not None:
+    return state
+  initial = init_state(jax.random.key(0))
+  if jax.tree.leaves(initial):
+    raise ValueError(f"{fn}: to_model(params, state=None): this model holds state (e.g. "
+                     "BatchNorm's running statistics) and a rebuilt model needs the run's; pass "
+                     "it: task.to_model(res.params_of(i), res.model_state_of(i)) (sweep with "
+                     "Execution(keep_params=True))")
+  return initial
 
 
 def _linen_variables(fn: str, params: Any, state: Any, hparams: Any) -> dict:
