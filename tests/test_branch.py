@@ -150,3 +150,142 @@ def test_snapshot_steps_outside_the_run_or_off_chunk_ends(task, tmp_path, monkey
   with pytest.raises(ValueError, match="does not combine with checkpoint_dir"):
     optaxlr.sweep(task, wsd_linear, space, steps=12,
                   execution=EX.replace(keep_params_at=(3,), checkpoint_dir=str(tmp_path)), **KW)
+
+
+def test_a_child_with_a_batch_size_above_the_training_set_is_an_error(task, monkeypatch):
+  from optaxlr.engine import _driver
+
+  parent = optaxlr.sweep(task, wsd_linear, search.grid(lr=[1e-2], decay_at=[100.0], end=[200.0]),
+                         steps=3, execution=EX, **KW)
+
+  def no_run(plan):
+    raise AssertionError("the sweep ran")
+  monkeypatch.setattr(_driver, "run", no_run)
+  kids = search.zip(lr=[1e-2, 1e-2], decay_at=[100.0] * 2, end=[200.0] * 2, batch_size=[16, 65])
+  with pytest.raises(ValueError, match="batch_size"):
+    optaxlr.sweep(task, wsd_linear, kids, steps=3, seeds=2, eval_every=3,
+                  start_from=parent.fork([0, 0]), execution=EX)
+
+
+# ----------------------------------------------------------------------------------------
+# horizons
+
+
+def test_wsd_schedule_matches_the_formula():
+  """A NumPy restatement of the three cooldowns (Hägele et al. 2024; Bergsma et al. 2025)."""
+  lr, horizon, cool, warm, floor = 0.3, 40, 12, 4, 0.1
+  t = np.arange(0, 45)
+  q = np.clip((horizon - t) / cool, 0, 1)  # fraction of the cooldown left
+  p = 1 - q
+  plateau = np.where(t < warm, lr * t / warm, lr)
+  want = {"linear": lr * q, "cosine": floor * lr + (lr - floor * lr) * (1 + np.cos(np.pi * p)) / 2,
+          "1-sqrt": lr * (1 - np.sqrt(p))}
+  for shape, tail in want.items():
+    ref = np.where(t < horizon - cool, plateau, tail)
+    got = optaxlr.branch.wsd_schedule(lr, horizon, cool, shape, warmup_steps=warm,
+                                      cosine_floor=floor)(jnp.asarray(t))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-6, atol=1e-7, err_msg=shape)
+  with pytest.raises(ValueError, match="wsd_schedule: shape must be one of"):
+    optaxlr.branch.wsd_schedule(lr, horizon, cool, "sqrt")
+
+
+def adam(lr):
+  return optax.adam(lr)
+
+
+LRS, WARM, HS, FRAC = [1e-2, 3e-3], 2, [8, 16, 32, 64, 128], 0.25
+
+
+@pytest.fixture(scope="module")
+def hz(task):
+  """Five doubling horizons, cooldown 25%, every shape, two peak rates, two seeds."""
+  return optaxlr.horizons(task, adam, peak_lr=LRS, horizons=HS, fractions=[FRAC],
+                          warmup_steps=WARM, batch_size=16, seeds=2,
+                          execution=optaxlr.Execution(progress=False, keep_params=True))
+
+
+@pytest.mark.slow
+def test_each_branch_equals_a_separately_trained_wsd_run(task, hz):
+  """Bitwise: the trunk is the plateau of every separate run, and each branch continues from
+  its exact state with the same minibatches, keys and schedule. The references are WSD runs of
+  the full horizon from scratch (optaxlr.schedules.warmup_stable_decay, the shape picked by
+  its own optimizer function per shape: not the code path of horizons). The reference's chunks
+  (eval_every=2) have the branches' length (the gcd of the cooldowns), so that the compiled
+  step is the same program: a scan of another length may fuse differently by an ulp."""
+  assert hz.values["val/loss"].shape == (2, 2, 5, 1, 3)
+  for ki, (shape, decay) in enumerate([("linear", "linear"), ("cosine", "cosine"),
+                                       ("1-sqrt", "sqrt")]):
+    def ref_opt(hp, shape=shape, decay=decay):
+      lr = hp["lr"]
+      return optax.adam(optaxlr.schedules.warmup_stable_decay(
+          lr, hp["horizon"], WARM, decay_steps=hp["cooldown"], decay=decay,
+          end_lr=0.1 * lr if shape == "cosine" else 0.0))
+    for h in (8, 128):  # the shortest horizon and the trunk's end: the test's time
+      hi, cool = HS.index(h), int(h * FRAC)
+      ref = optaxlr.sweep(task, ref_opt, search.grid(lr=LRS, horizon=[h], cooldown=[cool]),
+                          steps=h, batch_size=16, seeds=2, eval_every=2, execution=EX)
+      for name in ("val/loss", "test/loss"):
+        np.testing.assert_array_equal(hz.values[name][:, :, hi, 0, ki], ref.metrics[name][..., -1],
+                                      err_msg=f"{h} {shape} {name}")
+      for li in range(2):  # branch configs: lr-major, then shape
+        take = lambda tree, c: jax.tree.map(lambda x: x[:, c], tree)  # noqa: E731
+        leaves_equal(take(hz.branches[(h, FRAC)].params, li * 3 + ki), take(ref.params, li))
+        leaves_equal(take(hz.branches[(h, FRAC)].opt_state, li * 3 + ki), take(ref.opt_state, li))
+  # the shapes differ (the comparison can fail)
+  v = hz.values["val/loss"]
+  assert not np.array_equal(v[..., 0], v[..., 2])
+
+
+def test_horizons_cost_at_five_horizons_is_under_40_percent(hz):
+  # steps counted from what the programs ran (configs x steps of each sweep), not from a formula
+  ran = hz.trunk.info["slot_steps"] + sum(b.info["slot_steps"] for b in hz.branches.values())
+  assert ran == hz.steps_spent == 96 * 2 + (2 + 4 + 8 + 16 + 32) * 3 * 2
+  assert hz.separate_steps == sum(HS) * 3 * 2
+  assert hz.cost_fraction <= 0.40, hz.cost_fraction
+  rows = hz.best_fractions("val/loss", report="test/loss")
+  assert len(rows) == 2 * 5 * 3 and all(r["fraction"] == FRAC for r in rows)
+  df = hz.to_pandas()
+  assert len(df) == 2 * 2 * 5 * 3 and {"seed", "lr", "horizon", "fraction", "shape",
+                                       "val/loss"} <= set(df)
+  cmp = hz.compare_shapes("linear", "cosine", "test/loss")
+  assert len(cmp) == 2 * 5 and all(np.isfinite(r["diff"]) for r in cmp)
+  # a longer budget trains further (the curve is not flat noise)
+  cur = hz.curve("val/loss")["mean"]  # (L, N, K)
+  assert (cur[:, -1] < cur[:, 0]).all()
+
+
+def test_best_fraction_has_a_paired_interval(task):
+  """Two fractions: the best by mean over seeds, its paired gap to the other fraction."""
+  res = optaxlr.horizons(task, adam, peak_lr=1e-2, horizons=[8, 16], fractions=[0.25, 0.5],
+                         shapes=["linear"], batch_size=16, seeds=3,
+                         execution=optaxlr.Execution(progress=False))
+  v = res.values["val/loss"][:, 0, :, :, 0]  # (S, N, F)
+  for row, h in zip(res.best_fractions("val/loss"), [8, 16]):
+    x = v[:, [8, 16].index(h)]
+    b = int(np.argmin(x.mean(axis=0)))
+    d = x[:, b] - x[:, 1 - b]
+    half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    assert row["fraction"] == [0.25, 0.5][b] and row["runner_up"] == [0.25, 0.5][1 - b]
+    np.testing.assert_allclose(row["gap_interval"], (d.mean() - half, d.mean() + half), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(fractions=[1.0]), r"fractions must be strictly increasing cooldown fractions in \(0, 1\)"),
+    (dict(fractions=[1.5]), r"fractions must be .* in \(0, 1\)"),
+    (dict(fractions=[0.5], warmup_steps=6), "the cooldown of 5 steps .* is longer than horizon 10"),
+    (dict(fractions=[0.25]), "the cooldown fraction 0.25 of horizon 10 is 2.5 steps, not a whole"),
+    (dict(batch_size=65), r"batch_size must be an int in \[1, 64\]"),
+    (dict(horizons=[20, 10]), "horizons must be strictly increasing"),
+    (dict(horizons=[10, 1.5]), "horizons must hold ints >= 2"),
+    (dict(shapes=["linear", "exp"]), r"shapes must be distinct names of \("),
+    (dict(shapes=["linear"], cosine_floor=0.0), r"cosine_floor=0.0 is given but .*has no .cosine.; it would not be used"),
+    (dict(peak_lr=-1.0), "peak_lr must be a positive number"),
+    (dict(execution=optaxlr.Execution(keep_params_at=(2,))), r"Execution\(keep_params_at=\(2,\)\) is set by horizons itself"),
+])
+def test_horizons_bad_input_is_an_error_before_any_compute(task, monkeypatch, kw, match):
+  def no_sweep(*a, **k):
+    raise AssertionError("trained")
+  monkeypatch.setattr(optaxlr.branch, "sweep", no_sweep)
+  args = dict(peak_lr=1e-2, horizons=[10, 20], fractions=[0.2], batch_size=16)
+  with pytest.raises(ValueError, match=f"horizons: {match}"):
+    optaxlr.horizons(task, adam, **{**args, **kw})

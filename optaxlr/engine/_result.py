@@ -263,9 +263,10 @@ class SweepResult:
     with its own settings (its ``child_space`` row: another schedule tail, batch size,
     weight decay...), its steps numbered on from the parent's (schedules, minibatch order and
     model keys continue). Children of one parent start from the same state exactly, and a
-    child equals the run trained without the fork (bitwise in float32 on the CPU when the
-    program's shapes match; within rounding otherwise, e.g. another number of configs
-    vmapped or another batch size). Fork from a snapshot (``Execution(keep_params_at=)``,
+    child equals the run trained without the fork (bitwise in float32 on the CPU for a run
+    that keeps its shapes, measured with another number of configs vmapped too; within
+    rounding where the compiled step differs: another batch size, or chunks of one step
+    against longer ones, whose scan XLA may fuse differently by an ulp). Fork from a snapshot (``Execution(keep_params_at=)``,
     :attr:`snapshots`) to branch in the middle of a run.
 
     Args:
