@@ -339,3 +339,13 @@ def test_horizons_command_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, mon
   assert len(err.splitlines()) == 1 and err.startswith("optaxlr horizons: error: ")
   import re
   assert re.search(match, err), err
+
+
+def test_horizons_command_help(capsys):
+  from optaxlr import cli
+
+  with pytest.raises(SystemExit) as e:
+    cli.main(["horizons", "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: optaxlr horizons") and "--cosine-floor" in out
