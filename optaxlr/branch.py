@@ -365,7 +365,8 @@ def horizons(
   points = sorted({k for k, _ in forks.values()})
   trunk_steps = points[-1]
   every = math.gcd(*points) if metrics_every is None else metrics_every
-  if any(p % every for p in points):
+  if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1 or any(
+      p % every for p in points):
     raise ValueError(f"{fn}: metrics_every must divide every fork point {points}, got "
                      f"metrics_every={metrics_every!r}")
   codes = [SHAPES.index(s) for s in shapes]

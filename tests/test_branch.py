@@ -62,6 +62,19 @@ def test_snapshot_equals_a_sweep_of_that_many_steps(task, tmp_path):
     trunk.save(tmp_path / "r.npz")
 
 
+def test_snapshots_of_several_groups(task):
+  """Configs trained in groups (max_group_size=1): each group's snapshot lands in its configs."""
+  space = search.grid(lr=[1e-2, 3e-3], decay_at=[100.0], end=[200.0])
+  one = optaxlr.sweep(task, wsd_linear, space, steps=6, execution=EX.replace(keep_params_at=(3,)), **KW)
+  grouped = optaxlr.sweep(task, wsd_linear, space, steps=6,
+                          execution=EX.replace(keep_params_at=(3,), max_group_size=1), **KW)
+  assert grouped.info["groups"] == 2
+  np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in jax.tree.leaves(grouped.snapshots[3].params)]),
+                             np.concatenate([np.ravel(x) for x in jax.tree.leaves(one.snapshots[3].params)]),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(grouped.snapshots[3].batch_loss, grouped.batch_loss[..., :3])
+
+
 def test_forked_child_equals_the_unforked_run_bitwise(task):
   """Trunk at constant rate to step 6, then children: one with the parent's own settings (it
   continues the trunk) and two with another schedule tail (linear decay from step 6 to 12),
@@ -280,6 +293,7 @@ def test_best_fraction_has_a_paired_interval(task):
     (dict(shapes=["linear", "exp"]), r"shapes must be distinct names of \("),
     (dict(shapes=["linear"], cosine_floor=0.0), r"cosine_floor=0.0 is given but .*has no .cosine.; it would not be used"),
     (dict(peak_lr=-1.0), "peak_lr must be a positive number"),
+    (dict(metrics_every=3), r"metrics_every must divide every fork point \[8, 16\]"),
     (dict(execution=optaxlr.Execution(keep_params_at=(2,))), r"Execution\(keep_params_at=\(2,\)\) is set by horizons itself"),
 ])
 def test_horizons_bad_input_is_an_error_before_any_compute(task, monkeypatch, kw, match):
