@@ -35,6 +35,7 @@ CLAIMS = [
     "08_update_ratio",
     "09_linear_scaling",
     "10_grow_the_batch",
+    "11_horizons",
 ]
 
 
