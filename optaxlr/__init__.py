@@ -5,6 +5,8 @@ Every numeric hyperparameter may be a Python number or a JAX array (a tracer und
 """
 
 from optaxlr import adapt
+from optaxlr.branch import Horizons
+from optaxlr.branch import horizons
 from optaxlr import plot
 from optaxlr import schedules
 from optaxlr import search
@@ -69,6 +71,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "adapt",
+    "Horizons",
+    "horizons",
     "plot",
     "schedules",
     "search",

@@ -1163,6 +1163,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("diagnose", help="classify every run of a saved sweep and say what to do")
   p.add_argument("result", help="a .npz written by a sweep")
   p.set_defaults(func=cmd_diagnose, check=lambda args: None)
+  _add_horizons_parser(sub)
   return parser
 
 
@@ -1249,6 +1250,179 @@ def _check_lr_find(args: argparse.Namespace) -> None:
 def _check_schedules(args: argparse.Namespace) -> None:
   _check_int("--steps", args.steps, 30, SCHEDULES_MAX_STEPS)
   _check_out(args.out)
+
+
+# ----------------------------------------------------------------------------------------
+# optaxlr horizons (every WSD horizon from one trunk: optaxlr.horizons). A self-contained
+# block: its parser, check and command; build_parser calls _add_horizons_parser.
+
+HORIZONS_OPTIMIZERS = ("adam", "sgd")
+
+
+def _add_horizons_parser(sub) -> None:
+  p = sub.add_parser(
+      "horizons", help="loss versus training budget from one WSD trunk with cooldown branches",
+      description="Trains one warmup-stable-decay trunk at a constant peak rate and forks "
+      "cooldown branches off it at every horizon (--base-steps x --multiples), cooldown fraction "
+      "and shape (linear to zero, cosine to --cosine-floor x the peak, 1-sqrt): each branch "
+      "equals a separately trained WSD run of its horizon, at a fraction of the steps. Prints "
+      "the loss-versus-budget table, the best cooldown fraction per horizon with a paired "
+      "interval over seeds, linear vs cosine (Straight to Zero), the cost, and writes "
+      "horizons.png and horizons.csv to --out.")
+  p.add_argument("--task", default="teacher_student", metavar="TASK", help=TASK_HELP)
+  p.add_argument("--optimizer", choices=HORIZONS_OPTIMIZERS, default="adam",
+                 help="adam, or sgd with momentum 0.9 (default adam)")
+  p.add_argument("--lr", type=_values, default="1e-3", help="peak rates (default 1e-3)")
+  p.add_argument("--base-steps", type=int, default=100, help="the base budget (default 100)")
+  p.add_argument("--multiples", default="1,2,4,8,16",
+                 help="horizons as multiples of --base-steps (default 1,2,4,8,16)")
+  p.add_argument("--fractions", default="0.1,0.2,0.4",
+                 help="cooldown fractions in (0, 1) (default 0.1,0.2,0.4)")
+  p.add_argument("--shapes", default="linear,cosine,1-sqrt",
+                 help="cooldown shapes (default linear,cosine,1-sqrt)")
+  p.add_argument("--cosine-floor", type=float, default=0.1,
+                 help="the cosine's final rate as a fraction of the peak (default 0.1)")
+  p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup (default 0)")
+  p.add_argument("--metric", default="val/loss", help="select on this metric (default val/loss)")
+  p.add_argument("--batch-size", type=int, default=64, help="default 64")
+  p.add_argument("--seeds", type=int, default=3, help="default 3")
+  p.add_argument("--key", type=int, default=0, help=f"base PRNG seed in [0, {MAX_KEY}] (default 0)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
+  p.set_defaults(func=cmd_horizons, check=_check_horizons)
+
+
+def _horizons_optimizer(name: str) -> Callable:
+  import optax
+
+  if name == "adam":
+    return optax.adam
+  return lambda lr: optax.sgd(lr, momentum=0.9)
+
+
+def _check_horizons(args: argparse.Namespace) -> None:
+  """Every value checked (by optaxlr.horizons' own checks) before anything trains."""
+  from optaxlr import branch
+
+  def numbers(option, text, kind):
+    try:
+      return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+      raise UsageError(f"{option} must be comma-separated numbers, got {text!r}") from None
+  _check_int("--base-steps", args.base_steps, 1, MAX_STEPS)
+  _check_int("--seeds", args.seeds, 1, MAX_STEPS)
+  _check_int("--key", args.key, 0, MAX_KEY)
+  mults = numbers("--multiples", args.multiples, int)
+  args.horizon_list = [args.base_steps * m for m in mults]
+  args.fraction_list = numbers("--fractions", args.fractions, float)
+  args.shape_list = [x.strip() for x in args.shapes.split(",") if x.strip()]
+  _check_task(args, quick=True, ranked=False)
+  try:
+    branch._check("optaxlr horizons", args.task_obj, args.lr, args.horizon_list,
+                  args.fraction_list, args.shape_list, args.warmup_steps, args.cosine_floor,
+                  args.batch_size, None)
+  except ValueError as e:
+    raise UsageError(str(e).replace("optaxlr horizons: ", "")) from None
+  split = args.metric.split("/")[0]
+  if split not in args.task_obj.eval:
+    raise UsageError(f"--metric {args.metric!r}: the task has no {split!r} split (its splits: "
+                     f"{', '.join(args.task_obj.eval)})")
+  _check_out(args.out)
+
+
+def cmd_horizons(args: argparse.Namespace) -> int:
+  """Trains the trunk and the branches, prints the table and draws horizons.png."""
+  import optaxlr
+
+  hz = optaxlr.horizons(
+      args.task_obj, _horizons_optimizer(args.optimizer), peak_lr=args.lr,
+      horizons=args.horizon_list, fractions=args.fraction_list, shapes=args.shape_list,
+      warmup_steps=args.warmup_steps, cosine_floor=args.cosine_floor, batch_size=args.batch_size,
+      seeds=args.seeds, key=args.key, execution=optaxlr.Execution(progress=not args.no_progress))
+  if args.metric not in hz.values:
+    raise UsageError(f"--metric {args.metric!r} is not measured; one of {sorted(hz.values)}")
+  report = args.metric.replace("val/", "test/")
+  report = report if report in hz.values and report != args.metric else None
+  print(f"optaxlr horizons: task={args.task_label}, optimizer={args.optimizer}, horizons "
+        f"{args.horizon_list}, fractions {args.fraction_list}, shapes {list(hz.shapes)}, "
+        f"{args.seeds} seeds; cosine decays to {hz.cosine_floor:g} x the peak")
+  cur = hz.curve(args.metric)
+  for li, lr in enumerate(hz.lrs):
+    print(f"\npeak lr {lr:g}: {args.metric} (mean over seeds) at the best cooldown fraction")
+    print(f"{'shape':<8}" + "".join(f"  {'H=' + str(h):>16}" for h in hz.horizons))
+    for ki, shape in enumerate(hz.shapes):
+      cells = "".join(f"  {cur['mean'][li, hi, ki]:>9.4g} (f={cur['fraction'][li, hi, ki]:<4g})"
+                      for hi in range(len(hz.horizons)))
+      print(f"{shape:<8}{cells}")
+  if len(hz.fractions) > 1:
+    print("\nbest cooldown fraction per horizon (gap: best - runner-up, paired over seeds, 95%)")
+    for row in hz.best_fractions(args.metric, report=report):
+      gi = row["gap_interval"]
+      print(f"  lr {row['lr']:g}  H={row['horizon']:<6d} {row['shape']:<7} f={row['fraction']:<5g}"
+            f" {args.metric} {row['value']:.4g}  gap to f={row['runner_up']:g}: {row['gap']:+.3g}"
+            f" [{gi[0]:+.3g}, {gi[1]:+.3g}]")
+  if {"linear", "cosine"} <= set(hz.shapes) and report is not None:
+    print(f"\nlinear to zero - cosine to {hz.cosine_floor:g}x (each at its best fraction on "
+          f"{args.metric}), {report}, paired over seeds (95%); < 0: linear is better")
+    for row in hz.compare_shapes("linear", "cosine", report, select=args.metric):
+      lo, hi = row["interval"]
+      verdict = "linear" if hi < 0 else "cosine" if lo > 0 else "tie"
+      print(f"  lr {row['lr']:g}  H={row['horizon']:<6d} {row['diff']:+.4g} [{lo:+.3g}, {hi:+.3g}]"
+            f"  {verdict}")
+  print(f"\ncost: {hz.steps_spent} steps per seed (every peak rate) against "
+        f"{hz.separate_steps} for separate runs ({100 * hz.cost_fraction:.0f}%)")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  hz.to_pandas().to_csv(out / "horizons.csv", index=False)
+  fig = _horizons_figure(hz, args.metric)
+  fig.savefig(out / "horizons.png", dpi=110)
+  print(f"wrote {out / 'horizons.png'} and {out / 'horizons.csv'}")
+  return EXIT_OK
+
+
+def _horizons_figure(hz, metric: str):
+  """Three panels: the metric versus the budget per shape (best fraction, mean over seeds);
+  each shape minus the first, paired over seeds with its 95% interval (the seeds' own spread
+  cancels, so this is where shapes are told apart); the metric versus the cooldown fraction,
+  one line per horizon (the first shape and peak rate)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from optaxlr import stats
+
+  cur = hz.curve(metric)
+  fig, (a, d, b) = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+  ticks = [int(h) for h in hz.horizons]
+  for li, lr in enumerate(hz.lrs):
+    for ki, shape in enumerate(hz.shapes):
+      label = shape + (f" (to {hz.cosine_floor:g}x)" if shape == "cosine" else "") + (
+          f", lr {lr:g}" if len(hz.lrs) > 1 else "")
+      a.plot(hz.horizons, cur["mean"][li, :, ki], "o-", label=label)
+      if ki:
+        m, lo, hi = stats.paired_interval(cur["per_seed"][:, li, :, ki], cur["per_seed"][:, li, :, 0])
+        line, = d.plot(hz.horizons, m, "o-", label=f"{label} - {hz.shapes[0]}")
+        if np.isfinite(lo).all():
+          d.fill_between(hz.horizons, lo, hi, color=line.get_color(), alpha=0.2)
+  for ax in (a, d):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("training budget H (steps)")
+    ax.legend(fontsize=8)
+  a.set_ylabel(f"{metric} (best cooldown fraction, mean)")
+  a.set_title("loss versus budget, every H from one trunk")
+  d.axhline(0.0, color="k", lw=0.8)
+  d.set_ylabel(f"paired difference of {metric}")
+  d.set_title(f"shape - {hz.shapes[0]}, 95% interval over {len(hz.seeds)} seeds")
+  v = hz.values[metric].mean(axis=0)  # (L, N, F, K)
+  for hi, h in enumerate(hz.horizons):
+    b.plot(hz.fractions, v[0, hi, :, 0], "o-", label=f"H={h}")
+  b.set_xlabel("cooldown fraction f")
+  b.set_ylabel(f"{metric} (mean)")
+  b.set_title(f"{hz.shapes[0]} cooldown, lr {hz.lrs[0]:g}: by fraction")
+  b.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
