@@ -37,6 +37,7 @@ import optax
 
 from optaxlr.engine import _rules
 from optaxlr.engine._data import epoch_permutation
+from optaxlr.engine._noise import micro_batch_stats, noise_parts
 
 PyTree = Any
 
@@ -94,6 +95,7 @@ class Spec:
   compute_dtype: str | None = None  # forward/backward in this dtype (float32 master weights)
   segments: tuple[Segment, ...] | None = None  # None: one segment (batch_size, whole split)
   host_fed: bool = False  # minibatches come from the host per chunk instead of the train split
+  noise_scale: bool = False  # record the two-batch noise statistics of the last step before each evaluation
 
   @property
   def chunk_steps(self) -> int:
@@ -113,6 +115,7 @@ class Carry(NamedTuple):
   last_value: jax.Array  # the monitored metric at the latest evaluation (plateau feedback)
   ratio: jax.Array  # ||update|| / ||params|| of the latest update
   fresh: jax.Array  # bool (): the next step is the first after an evaluation
+  noise: Any = ()  # (spread, |G_big|^2) of the latest recorded step, (S, C, 2); () when not recorded
 
 
 class Out(NamedTuple):
@@ -121,6 +124,7 @@ class Out(NamedTuple):
   step_records: dict  # "rule_i/name" -> (S, C, chunk_steps)
   eval_records: dict  # "rule_i/name" -> (S, C, blocks)
   ratio: jax.Array  # (S, C, blocks)
+  noise: Any = ()  # (S, C, blocks, 2) the two-batch statistics, or () when not recorded
 
 
 class Program(NamedTuple):
@@ -165,6 +169,7 @@ class RunState(NamedTuple):
   reason: jax.Array
   rule_states: tuple
   ratio: jax.Array
+  noise: Any  # (2,) or ()
 
 
 class StepShared(NamedTuple):
@@ -181,7 +186,7 @@ class StepShared(NamedTuple):
 
 def _run_state(c: Carry) -> RunState:
   return RunState(c.params, c.opt_state, c.model_state, c.alive, c.stopped_at, c.reason,
-                  c.rule_states, c.ratio)
+                  c.rule_states, c.ratio, c.noise)
 
 
 class _Builder:
@@ -215,7 +220,7 @@ class _Builder:
         records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(self.dtype)
     return tuple(new_rs), code, records
 
-  def loss_fn(self, params, mstate, batch, key, hp):
+  def loss_fn(self, params, mstate, batch, key, hp, use_objective: bool = True):
     if self.cdtype is not None:
       # Mixed precision: the forward and backward pass in ``cdtype``; the gradient arrives
       # in the master weights' dtype through the cast.
@@ -227,8 +232,27 @@ class _Builder:
     else:
       loss, new_state = self.task.loss(params, batch), mstate
     loss = loss.astype(self.dtype)
-    loss = loss if self.objective is None else self.objective(loss, hp)
+    loss = loss if (self.objective is None or not use_objective) else self.objective(loss, hp)
     return loss, new_state
+
+  def noise_stats(self, params, mstate, batch, key, hp) -> jax.Array:
+    """``(spread, |G_big|^2)`` of one run's minibatch split into ``k`` equal parts
+    (:func:`noise_parts`): the gradient of each part (``vmap``, ``k`` gradients held at once),
+    then :func:`micro_batch_stats`. The task's loss without the objective (the noise of the
+    task's gradient, as :func:`optaxlr.noise_scale` measures it); a stateful model normalises
+    each part with its own batch statistics (as each device of data-parallel training does),
+    its state updates are dropped, and each part draws its own random streams."""
+    b = int(jax.tree.leaves(batch)[0].shape[0])
+    k, small = noise_parts(b)
+    parts = jax.tree.map(lambda a: a[: k * small].reshape(k, small, *a.shape[1:]), batch)
+
+    def part_grad(part, i):
+      pkey = jax.random.fold_in(key, i) if self.spec.stateful else key
+      return jax.grad(lambda p: self.loss_fn(p, mstate, part, pkey, hp, use_objective=False)[0])(
+          params)
+
+    grads = jax.vmap(part_grad)(parts, jnp.arange(k))
+    return jnp.stack(micro_batch_stats(grads)).astype(self.dtype)
 
   def config_step(self, r: RunState, hp, value, seed_in, sh: StepShared):
     """One step of one run: ``seed_in`` is its seed's ``(batch, model key)``."""
@@ -259,6 +283,14 @@ class _Builder:
     # configs of an MLP on the CPU) and may move on, which changes none of its numbers.
     params = _where(keep, new_params, params)
     mstate = _where(keep, new_mstate, mstate) if spec.stateful else mstate
+    noise = r.noise
+    if spec.noise_scale:
+      # Once per evaluation, like the ratio below (``last`` is shared: a real conditional).
+      # The parameters are the step's (before its update): those its gradient was taken at.
+      noise = jax.lax.cond(
+          sh.last, lambda: jnp.where(run, self.noise_stats(r.params, r.model_state, batch, key,
+                                                           hp), noise),
+          lambda: noise)
     ratio = r.ratio
     if spec.update_ratio:
       # Only the last step before an evaluation is recorded: compute the two norms there only
@@ -267,7 +299,7 @@ class _Builder:
           sh.last, lambda: jnp.where(keep, jnp.sqrt(_sq_norm(updates) / _sq_norm(params)), ratio),
           lambda: ratio)
     out = RunState(params, new_opt, mstate, r.alive & ~stop, jnp.where(stop, sh.t, r.stopped_at),
-                   jnp.where(stop, code, r.reason), tuple(new_rs), ratio)
+                   jnp.where(stop, code, r.reason), tuple(new_rs), ratio, noise)
     return out, (jnp.where(run, loss, 0).astype(self.dtype), run, records)
 
   def evaluate(self, params, mstate, hparams, evals):
@@ -366,6 +398,7 @@ class _Builder:
         last_value=jnp.full(shape, jnp.nan, dtype),
         ratio=jnp.full(shape, jnp.nan, dtype),
         fresh=jnp.array(False),
+        noise=jnp.full((*shape, 2), jnp.nan, dtype) if spec.noise_scale else (),
     )
 
   @staticmethod
@@ -454,7 +487,8 @@ class _ChunkRun:
       (new, (loss, ran, recs)) = outs[0]
     c = c._replace(params=new.params, opt_state=new.opt_state, model_state=new.model_state,
                    alive=new.alive, stopped_at=new.stopped_at, reason=new.reason,
-                   rule_states=new.rule_states, ratio=new.ratio, fresh=jnp.array(False))
+                   rule_states=new.rule_states, ratio=new.ratio, noise=new.noise,
+                   fresh=jnp.array(False))
     return (c, tuple(new_perm)), (loss, ran, recs)
 
   def evaluate_all(self, c):
@@ -497,7 +531,7 @@ class _ChunkRun:
     # The mean over the steps a run ran in the window (NaN for none; a non-finite loss of
     # the step that stopped a diverged run makes its window's mean non-finite).
     mean = jnp.where(cnt > 0, jnp.where(ran, loss, 0).sum(1) / jnp.maximum(cnt, 1), jnp.nan)
-    return (c, perm), (mean, metrics, recs, erecs, c.ratio)
+    return (c, perm), (mean, metrics, recs, erecs, c.ratio, c.noise)
 
   def run(self, carry: Carry, start):
     spec = self.spec
@@ -512,7 +546,8 @@ class _ChunkRun:
       xs["batch"] = jax.tree.map(
           lambda a: jnp.moveaxis(a, 0, 1).reshape(spec.blocks, spec.eval_every, *a.shape[:1],
                                                   *a.shape[2:]), self.data["batches"])
-    (carry, _), (loss, metrics, recs, erecs, ratio) = jax.lax.scan(self.block_body, (carry, perm0), xs)
+    (carry, _), (loss, metrics, recs, erecs, ratio, noise) = jax.lax.scan(
+        self.block_body, (carry, perm0), xs)
     # (blocks, W, S, C) -> (S, C, blocks * W); (blocks, S, C) -> (S, C, blocks)
     last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731
     flat = lambda x: jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, -1)  # noqa: E731
@@ -522,6 +557,7 @@ class _ChunkRun:
         step_records={k: flat(v) for k, v in recs.items()},
         eval_records={k: last(v) for k, v in erecs.items()},
         ratio=last(ratio),
+        noise=jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2), noise),  # (S, C, blocks, 2)
     )
     return carry, out
 
