@@ -104,7 +104,7 @@ def two_batch_estimate(spread: Any, big_norm2: Any, batch_sizes: tuple[int, int]
   return tr_sigma, g2, b_simple
 
 
-NOISE_EMA_DECAY = 0.8  # per evaluation: about (1 + d) / (1 - d) = 9 pairs' worth of averaging
+NOISE_EMA_DECAY = 0.9  # per evaluation: the variance of about (1 + d) / (1 - d) = 19 pairs averaged
 
 
 def ema(values: np.ndarray, decay: float) -> np.ndarray:
