@@ -87,6 +87,7 @@ class Plan:
   host_state: Any = None  # a steering strategy's state_dict/load_state_dict, checkpointed
   resume_unverified_code: bool = False  # resume although part of the code could not be hashed
   noise_scale: bool = False  # record the two-batch noise statistics before each evaluation
+  keep_at: tuple[int, ...] = ()  # steps of this sweep at which to snapshot the kept state
 
 
 @dataclasses.dataclass
@@ -106,6 +107,7 @@ class Output:
   opt_state: Any = None
   model_state: Any = None
   noise: np.ndarray | None = None  # (S, C, E, 2) (spread, |G_big|^2) per evaluation
+  snapshots: dict = dataclasses.field(default_factory=dict)  # step -> (params, opt, model, stopped_at, reason)
 
 
 class _Progress:
@@ -178,6 +180,8 @@ def run(plan: Plan) -> Output:
           carry, hp_np, alive, stop_all = _steer(plan, lay, prog, ctrl, carry, hp_np, chunk, rec,
                                                  g, c, done)
           hp_g = lay.put_hp(hp_np)
+        if done in plan.keep_at:
+          _snapshot(carry, slots, chunk, rec, g, done)
         live = np.flatnonzero((slots >= 0) & alive.any(axis=0))
         all_stopped = plan.end_when_all_stopped and live.size == 0
         group_ends = c + 1 == n_chunks or all_stopped or stop_all
@@ -219,6 +223,7 @@ def run(plan: Plan) -> Output:
       eval_records=rec.eval_records, update_ratio=rec.ratio, stopped_at=rec.stopped_at,
       reason=rec.reason, eval_steps=rec.eval_steps, hparams=rec.hp_now, params=params,
       steering=rec.steering, opt_state=opt_state, model_state=model_state, noise=rec.noise,
+      snapshots=rec.finish_snapshots(),
       info={
           "steps": steps, "steps_run": steps_run, "group_size": group, "groups": n_groups,
           "devices": lay.n_dev, "processes": jax.process_count(),
@@ -331,6 +336,15 @@ def _keep(carry, slots, chunk: ChunkRecord, rec: Recorder, g: int):
   chunk.kept = (slots[valid], [_core.to_host(x)[:, valid] for x in jax.tree.leaves(kept)])
   rec.kept[g] = chunk.kept
   return jax.tree.structure(kept)
+
+
+def _snapshot(carry, slots, chunk: ChunkRecord, rec: Recorder, g: int, step: int) -> None:
+  """Keeps the group's (params, opt_state, model_state) and status after ``step`` steps
+  (``Execution(keep_params_at=)``), as :func:`_keep` keeps the final ones."""
+  kept = (carry.params, carry.opt_state, carry.model_state)
+  valid = np.flatnonzero(slots >= 0)
+  rec.snapshot(step, g, jax.tree.structure(kept), chunk, valid,
+               [_core.to_host(x)[:, valid] for x in jax.tree.leaves(kept)])
 
 
 def _kept_treedef(lay: Layout, prog):

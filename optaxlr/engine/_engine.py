@@ -322,6 +322,26 @@ def _check_start_from(fn: str, prev, n_cfg: int, seeds: list[int], shapes: dict,
   return steps_before, (prev.params, prev.opt_state, prev.model_state)
 
 
+def _check_snapshots(fn: str, execution: Execution, steps: int, sync_every: int) -> None:
+  """``Execution.keep_params_at`` against this sweep: inside the run and on chunk ends."""
+  at = execution.keep_params_at
+  if not at:
+    return
+  bad = [s for s in at if s >= steps]
+  if bad:
+    raise ValueError(f"{fn}: Execution(keep_params_at=) steps must be in [1, steps={steps}) (the "
+                     f"final state is keep_params=True), got {bad[0]} in keep_params_at={at!r}")
+  off = [s for s in at if s % sync_every]
+  if off:
+    raise ValueError(f"{fn}: Execution(keep_params_at=) steps must be multiples of "
+                     f"sync_every={sync_every} (a snapshot is taken where a chunk ends), got "
+                     f"{off[0]} in keep_params_at={at!r}; pass eval_every= and sync_every= that "
+                     f"divide every snapshot step (their greatest common divisor: {math.gcd(*at)})")
+  if execution.checkpoint_dir is not None:
+    raise ValueError(f"{fn}: Execution(keep_params_at=) does not combine with checkpoint_dir= "
+                     "(snapshots are held in memory and would be lost across a resume)")
+
+
 def _has_conv(probe: Probe, batch_shape) -> bool:
   """Whether the task's training step contains a convolution (jaxpr inspection)."""
   try:
@@ -711,6 +731,7 @@ def sweep(
   execution = as_execution(fn, execution)
   devices = execution.device_list()
   eval_every, sync_every, log_every = intervals(fn, steps, eval_every, sync_every, log_every)
+  _check_snapshots(fn, execution, steps, sync_every)
   if callback is not None and not callable(callback):
     raise TypeError(f"{fn}: callback must be callable, got {type(callback).__name__}")
   if not callable(optimizer):
@@ -775,6 +796,7 @@ def sweep(
       batches=task.train if task.host_fed else None, batch_spec=layout["batch_spec"],
       start_step=start_step, init_from=init_from, host_state=adapt,
       resume_unverified_code=execution.resume_unverified_code, noise_scale=noise_scale,
+      keep_at=tuple(execution.keep_params_at),
   )
   if execution.checkpoint_dir is not None:
     plan.fingerprint = base_fingerprint(
@@ -820,6 +842,24 @@ def _noise_sizes(fn: str, task, layout: dict, n_cfg: int) -> tuple[np.ndarray, n
   return bsz, pop
 
 
+def _snapshot_result(space, seeds_l, out, metrics, k: int, snap, settings) -> SweepResult:
+  """The first ``k`` steps of a sweep with the state kept after them, as a sweep of ``k``
+  steps with ``keep_params=True`` returns it (``Execution(keep_params_at=)``)."""
+  params, opt_state, model_state, stopped_at, reason = snap
+  upto = out.eval_steps <= settings["start_step"] + k
+  diverged = reason == _rules.reason_code("diverged")
+  return SweepResult(
+      space=space, seeds=np.asarray(seeds_l),
+      batch_loss=out.loss[..., : k // settings["log_every"]].copy(),
+      metrics={name: v[..., upto].copy() for name, v in metrics.items()},
+      eval_steps=out.eval_steps[upto].copy(),
+      diverged_at=np.where(diverged, stopped_at, -1), stopped_at=stopped_at,
+      stop_reason=np.asarray(_rules.stop_reasons())[reason],
+      params=params, opt_state=opt_state, model_state=model_state,
+      info={**settings, "steps": k, "snapshot_of_steps": out.info["steps"]},
+  )
+
+
 def _result(space, seeds_l, out, adapt, n_cfg, steps, noise_sizes, settings) -> SweepResult:
   """The driver's output labelled as a :class:`SweepResult`."""
   metrics = dict(out.metrics)
@@ -836,6 +876,8 @@ def _result(space, seeds_l, out, adapt, n_cfg, steps, noise_sizes, settings) -> 
                             "full_config_steps": float(n_cfg * steps)}}
   records = {**{f"step/{k}": v for k, v in out.step_records.items()},
              **{f"eval/{k}": v for k, v in out.eval_records.items()}}
+  snapshots = {k: _snapshot_result(space, seeds_l, out, metrics, k, snap, settings)
+               for k, snap in out.snapshots.items()}
   return SweepResult(
       space=space,
       seeds=np.asarray(seeds_l),
@@ -849,6 +891,7 @@ def _result(space, seeds_l, out, adapt, n_cfg, steps, noise_sizes, settings) -> 
       opt_state=out.opt_state,
       model_state=out.model_state,
       records=records or None,
+      snapshots=snapshots or None,
       info={
           **settings,
           **out.info,

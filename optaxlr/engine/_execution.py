@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from optaxlr import _validate
 
@@ -50,6 +51,13 @@ class Execution:
     resume_unverified_code: resume a checkpoint even though part of the code (a task or
       optimizer function reading something that cannot be hashed) could not be fingerprinted:
       you vouch that the code is the same. Default ``False``: such a resume is refused.
+    keep_params_at: steps of the sweep (counted from its start, each in ``[1, steps)``, strictly
+      increasing, multiples of ``sync_every`` so that a chunk ends there) at which to keep a
+      snapshot of every run's parameters, optimizer and model state: ``result.snapshots[k]`` is
+      a :class:`SweepResult` of the first ``k`` steps holding that state, exactly what a sweep
+      of ``k`` steps with ``keep_params=True`` returns, so ``sweep(start_from=
+      result.snapshots[k].fork(...))`` branches children off at step ``k`` (cooldown branches,
+      batch-size branches) without training the trunk twice. Default ``()``: none.
 
   Examples:
     >>> import optaxlr
@@ -71,9 +79,11 @@ class Execution:
   keep_params: bool = False
   update_ratio: bool = True
   resume_unverified_code: bool = False
+  keep_params_at: Sequence[int] = ()
 
   def __post_init__(self):
     fn = "Execution"
+    object.__setattr__(self, "keep_params_at", _snapshot_steps(fn, self.keep_params_at))
     if self.devices is not None:
       try:
         devs = tuple(self.devices)
@@ -117,6 +127,27 @@ class Execution:
   def device_list(self) -> list:
     """The devices to run on: ``devices``, or every device (of every process)."""
     return list(jax.devices()) if self.devices is None else list(self.devices)
+
+
+def _snapshot_steps(fn: str, steps: Any) -> tuple[int, ...]:
+  """``keep_params_at`` as a tuple of strictly increasing ints >= 1 (its upper bound, the
+  sweep's ``steps``, and the chunk alignment are checked by the sweep that knows them)."""
+  if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence):
+    raise ValueError(f"{fn}: keep_params_at must be a sequence of ints (steps), got "
+                     f"keep_params_at={steps!r}")
+  out = []
+  for s in steps:
+    if isinstance(s, (bool,)) or not isinstance(s, (int, np.integer)):
+      raise ValueError(f"{fn}: keep_params_at must hold ints (steps), got {s!r} in "
+                       f"keep_params_at={tuple(steps)!r}")
+    if s < 1:
+      raise ValueError(f"{fn}: keep_params_at steps must be >= 1 (a snapshot after at least one "
+                       f"step), got {int(s)} in keep_params_at={tuple(steps)!r}")
+    out.append(int(s))
+  if any(b <= a for a, b in zip(out, out[1:])):
+    raise ValueError(f"{fn}: keep_params_at must be strictly increasing (sorted, no duplicates), "
+                     f"got keep_params_at={tuple(out)!r}")
+  return tuple(out)
 
 
 def as_execution(fn: str, execution: Any) -> Execution:

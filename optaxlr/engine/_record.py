@@ -145,6 +145,7 @@ class Recorder:
     self.hp_now = {k: np.array(v, copy=True) for k, v in plan.hparams.items()}
     self.steering: list[dict] = []
     self.kept: dict[int, Any] = {}
+    self.snaps: dict[int, dict] = {}  # step -> the groups' state at keep_params_at steps
 
   def _buf(self, store, name, tail):
     if name not in store:
@@ -220,12 +221,41 @@ class Recorder:
                        " of some groups")
     if not self.kept:
       return None, None, None
-    first = next(iter(self.kept.values()))[1]
+    return self._join(self.kept, treedef)
+
+  def _join(self, kept: dict, treedef) -> tuple:
+    """The per-group ``(config ids, leaves)`` of ``kept`` joined into leaves ``(S, C, ...)``."""
+    first = next(iter(kept.values()))[1]
     cat = []
     for i, like in enumerate(first):
       full = np.full((self.n_s, self.n_cfg, *like.shape[2:]),
                      np.nan if like.dtype.kind == "f" else 0, like.dtype)
-      for ids, leaves in self.kept.values():
+      for ids, leaves in kept.values():
         full[:, np.asarray(ids)] = leaves[i]
       cat.append(full)
     return jax.tree.unflatten(treedef, cat)
+
+  def snapshot(self, step: int, g: int, treedef, rec: ChunkRecord, valid: np.ndarray,
+               leaves: list) -> None:
+    """Keeps group ``g``'s state and status after ``step`` steps (``keep_params_at``)."""
+    snap = self.snaps.setdefault(step, {
+        "kept": {}, "treedef": treedef, "stopped_at": np.full((self.n_s, self.n_cfg), -1, np.int64),
+        "reason": np.zeros((self.n_s, self.n_cfg), np.int64)})
+    cfg = rec.slots[valid]
+    snap["kept"][g] = (cfg, leaves)
+    snap["stopped_at"][:, cfg] = rec.stopped_at[:, valid]
+    snap["reason"][:, cfg] = rec.reason[:, valid]
+
+  def finish_snapshots(self) -> dict:
+    """``step -> (params, opt_state, model_state, stopped_at, reason)`` of every snapshot
+    taken. Configs of a group that ended before the step (all its runs stopped) have NaN
+    state and their final status (stopped), so they cannot be continued."""
+    out = {}
+    for step, snap in sorted(self.snaps.items()):
+      got = np.zeros(self.n_cfg, bool)
+      for ids, _ in snap["kept"].values():
+        got[np.asarray(ids)] = True
+      stopped_at = np.where(got, snap["stopped_at"], self.stopped_at)
+      reason = np.where(got, snap["reason"], self.reason)
+      out[step] = (*self._join(snap["kept"], snap["treedef"]), stopped_at, reason)
+    return out

@@ -125,6 +125,11 @@ class SweepResult:
       :data:`optaxlr.engine.STOP_REASONS`: ``"completed"``, ``"diverged"``,
       ``"early_stopping"``, ``"range_test"``, ``"plateau_done"``, ``"host"``, ``"not_run"``.
 
+    snapshots: with ``Execution(keep_params_at=(k1, k2, ...))``, ``{k: SweepResult}``: the
+      first ``k`` steps of every run with the state kept after them (what a sweep of ``k``
+      steps with ``keep_params=True`` returns), to :meth:`fork` children from; else ``None``.
+      Held in memory only: :meth:`save` does not write them.
+
   ``batch_loss`` holds one value per step, or with ``sweep(log_every=k)`` the mean over each
   window of ``k`` steps (``info["log_every"]``).
   """
@@ -142,6 +147,7 @@ class SweepResult:
   opt_state: Any = None
   model_state: Any = None
   records: dict | None = None
+  snapshots: dict | None = None
 
   def __post_init__(self):
     if self.stop_reason is None:  # results of old files: what the two step arrays say
@@ -246,6 +252,64 @@ class SweepResult:
     """The final model state of one run (BatchNorm statistics; ``()`` for a stateless task)."""
     seed = int(np.asarray(self.seeds)[0]) if seed is None else seed
     return self._take(self.model_state, "model_state_of", config, seed)
+
+  def fork(self, parents: Any) -> "SweepResult":
+    """Children of this result's runs, to continue with ``sweep(start_from=...)``.
+
+    Config ``j`` of the returned result holds the kept state (parameters, optimizer and model
+    state, every seed) of this result's config ``parents[j]``; a parent may appear any number
+    of times. ``optaxlr.sweep(task, optimizer, child_space, steps=n,
+    start_from=result.fork(parents))`` then trains every child in one compiled program, each
+    with its own settings (its ``child_space`` row: another schedule tail, batch size,
+    weight decay...), its steps numbered on from the parent's (schedules, minibatch order and
+    model keys continue). Children of one parent start from the same state exactly, and a
+    child equals the run trained without the fork (bitwise in float32 on the CPU when the
+    program's shapes match; within rounding otherwise, e.g. another number of configs
+    vmapped or another batch size). Fork from a snapshot (``Execution(keep_params_at=)``,
+    :attr:`snapshots`) to branch in the middle of a run.
+
+    Args:
+      parents: a sequence of config indices of this result (ints in ``[0, num_configs)``).
+
+    Returns:
+      A :class:`SweepResult` of ``len(parents)`` configs (its hyperparameters those of the
+      parents, ``info["forked_from"]`` the indices) holding the parents' state.
+
+    Raises:
+      ValueError: this result kept no state, or an index is out of range or not an int.
+    """
+    fn = "SweepResult.fork"
+    if self.params is None:
+      raise ValueError(f"{fn}: this result holds no kept state; run the parent sweep with "
+                       "Execution(keep_params=True) or fork one of its snapshots "
+                       "(Execution(keep_params_at=...), result.snapshots[step])")
+    if isinstance(parents, (str, bytes, Mapping)) or not hasattr(parents, "__len__"):
+      raise ValueError(f"{fn}: parents must be a sequence of config indices, got parents={parents!r}")
+    n = self.num_configs
+    idx = []
+    for j, p in enumerate(parents):
+      if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)) or not 0 <= p < n:
+        raise ValueError(f"{fn}: parents must hold config indices in [0, {n}), got "
+                         f"parents[{j}]={p!r}")
+      idx.append(int(p))
+    if not idx:
+      raise ValueError(f"{fn}: parents must name at least one config, got parents={parents!r}")
+    import jax
+
+    from optaxlr import search
+
+    sel = np.asarray(idx)
+    take = lambda tree: jax.tree.map(lambda x: np.asarray(x)[:, sel], tree)  # noqa: E731
+    hp = self.hparams
+    space = search.zip(**{k: v[sel] for k, v in hp.items()}) if hp else None
+    return SweepResult(
+        space=space, seeds=np.asarray(self.seeds), batch_loss=self.batch_loss[:, sel],
+        metrics={k: v[:, sel] for k, v in self.metrics.items()}, eval_steps=self.eval_steps,
+        diverged_at=self.diverged_at[:, sel], stopped_at=self.stopped_at[:, sel],
+        stop_reason=self.stop_reason[:, sel], params=take(self.params),
+        opt_state=take(self.opt_state), model_state=take(self.model_state),
+        records=None if self.records is None else {k: v[:, sel] for k, v in self.records.items()},
+        info={**self.info, "forked_from": idx})
 
   def fold_summary(self, metric: str, *, at: str = "final", mode: str = "min") -> dict[str, Any]:
     """Mean and spread over the folds of a k-fold sweep (``search.folds(k)``).
@@ -473,6 +537,10 @@ class SweepResult:
       ...
       ValueError: save: path='...' is an existing folder; give a file name such as '.../result.npz'
     """
+    if self.snapshots:
+      warnings.warn("SweepResult.save: the result's snapshots (Execution(keep_params_at=)) are "
+                    "held in memory only and are not written; save each one "
+                    "(result.snapshots[step].save(...)) to keep it", UserWarning, stacklevel=2)
     path = pathlib.Path(path)
     if path.is_dir():
       raise ValueError(f"save: path={str(path)!r} is an existing folder; give a file name such as"
