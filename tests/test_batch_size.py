@@ -87,7 +87,7 @@ def test_linear_rule_and_snapshot_choice(setup):
 def test_bad_input_is_an_error_before_any_compute(setup, kwargs, match, monkeypatch):
   task, opt, trunk = setup
   monkeypatch.setattr(optaxlr.batch_size, "sweep", _no_compute)
-  args = dict(batch_sizes=[8, 16], examples=256, **kwargs)
+  args = {"batch_sizes": [8, 16], "examples": 256, **kwargs}
   with pytest.raises(ValueError, match=r"critical_batch_size: .*" + match):
     optaxlr.critical_batch_size(task, opt, trunk, **args)
 
