@@ -66,6 +66,46 @@ class CriticalBatchSize:
   scaling: str
   results: dict = dataclasses.field(repr=False, default_factory=dict)
 
+  def plot(self, title: str = ""):
+    """Two panels: the loss after equal examples against the batch size (one line per
+    snapshot, the critical batch size marked), and the critical batch size beside the noise
+    scale over training with the derived batch-size schedule. Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(self.steps)))
+    for i, (step, c) in enumerate(zip(self.steps, colors)):
+      ax0.plot(self.batch_sizes, self.loss[i], "o-", color=c, label=f"from step {int(step)}")
+      j = int(np.flatnonzero(self.batch_sizes == self.critical[i])[0]) if self.critical[i] else None
+      if j is not None:
+        ax0.plot(self.batch_sizes[j], self.loss[i, j], "*", color=c, markersize=16,
+                 markeredgecolor="k")
+    ax0.set_xscale("log", base=2)
+    ax0.set_xlabel("batch size B (learning rate by the %s rule)" % self.scaling)
+    ax0.set_ylabel(f"{self.metric} after {self.examples} examples")
+    ax0.set_title(f"equal examples; * = critical B (within {self.tolerance:.0%} of the smallest B)",
+                  fontsize=9)
+    ax0.legend(fontsize=8)
+    ax1.plot(self.steps, self.critical, "s-", label="critical batch size (branched)")
+    ax1.plot(self.steps, self.noise_scale, "o--", label="noise scale B_simple")
+    sched_x = [s for s, _ in self.schedule] + [int(self.steps[-1])]
+    sched_y = [b for _, b in self.schedule] + [self.schedule[-1][1]] if self.schedule else []
+    if self.schedule:
+      ax1.step(sched_x, sched_y, where="post", color="gray", alpha=0.7,
+               label="batch-size schedule (warmup)")
+    ax1.set_yscale("log", base=2)
+    ax1.set_xlabel("trunk step (snapshot)")
+    ax1.set_ylabel("batch size (examples)")
+    ax1.set_title("critical batch size and noise scale over training", fontsize=9)
+    ax1.legend(fontsize=8)
+    if title:
+      fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
   def table(self) -> str:
     """A plain-text table: one row per snapshot."""
     head = ["step"] + [f"B={b}" for b in self.batch_sizes] + ["B_crit", "B_simple"]

@@ -105,3 +105,43 @@ def test_a_trunk_without_kept_state_is_an_error(setup, monkeypatch):
     optaxlr.critical_batch_size(task, opt, bare, batch_sizes=[8, 16], examples=64)
   with pytest.raises(TypeError, match=r"critical_batch_size: trunk must be a SweepResult"):
     optaxlr.critical_batch_size(task, opt, {"params": 1}, batch_sizes=[8, 16], examples=64)
+
+
+# ---------------------------------------------------------------------- optaxlr batch-size
+def test_cli_batch_size_command(tmp_path, capsys):
+  from optaxlr import cli
+
+  out = tmp_path / "o"
+  code = cli.main(["batch-size", "--task", "teacher_student", "--steps", "20", "--snapshots",
+                   "10", "--batch-sizes", "8,32", "--examples", "64", "--batch-size", "8",
+                   "--out", str(out)])
+  text = capsys.readouterr().out
+  assert code == 0, text
+  assert "B_crit" in text and "B_simple" in text and "batch-size schedule (warmup)" in text
+  import json
+
+  summary = json.loads((out / "batch_size.json").read_text())
+  assert summary["steps"] == [10, 20] and summary["batch_sizes"] == [8, 32]
+  assert len(summary["loss"]) == 2 and all(c in (8, 32) for c in summary["critical"])
+  assert (out / "batch_size.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch-sizes", "8,100000"], r"--batch-sizes: batch size 100000 is outside \[1, 100\]"),
+    (["--snapshots", "500"], r"--snapshots must be increasing steps in \[1, --steps=20\)"),
+    (["--examples", "100"], r"--examples must be a multiple of every batch size"),
+    (["--batch-sizes", "32,8"], r"--batch-sizes must hold at least 2 increasing sizes"),
+    (["--tolerance", "0"], r"--tolerance must be a finite number > 0"),
+])
+def test_cli_batch_size_bad_usage(tmp_path, capsys, argv, match):
+  import re
+
+  from optaxlr import cli
+
+  base = ["batch-size", "--task", "teacher_student", "--steps", "20", "--snapshots", "10",
+          "--batch-sizes", "8,32", "--examples", "64", "--out", str(tmp_path)]
+  with pytest.raises(SystemExit) as e:
+    cli.main(base + argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("optaxlr batch-size: error: ") and re.search(match, err), err
