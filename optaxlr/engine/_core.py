@@ -95,7 +95,7 @@ class Spec:
   compute_dtype: str | None = None  # forward/backward in this dtype (float32 master weights)
   segments: tuple[Segment, ...] | None = None  # None: one segment (batch_size, whole split)
   host_fed: bool = False  # minibatches come from the host per chunk instead of the train split
-  noise_scale: bool = False  # record the two-batch noise statistics of the last step before each evaluation
+  noise_scale: bool = False  # two-batch noise statistics at each evaluation (outside the steps)
 
   @property
   def chunk_steps(self) -> int:
@@ -115,7 +115,6 @@ class Carry(NamedTuple):
   last_value: jax.Array  # the monitored metric at the latest evaluation (plateau feedback)
   ratio: jax.Array  # ||update|| / ||params|| of the latest update
   fresh: jax.Array  # bool (): the next step is the first after an evaluation
-  noise: Any = ()  # (spread, |G_big|^2) of the latest recorded step, (S, C, 2); () when not recorded
 
 
 class Out(NamedTuple):
@@ -169,7 +168,6 @@ class RunState(NamedTuple):
   reason: jax.Array
   rule_states: tuple
   ratio: jax.Array
-  noise: Any  # (2,) or ()
 
 
 class StepShared(NamedTuple):
@@ -186,7 +184,7 @@ class StepShared(NamedTuple):
 
 def _run_state(c: Carry) -> RunState:
   return RunState(c.params, c.opt_state, c.model_state, c.alive, c.stopped_at, c.reason,
-                  c.rule_states, c.ratio, c.noise)
+                  c.rule_states, c.ratio)
 
 
 class _Builder:
@@ -202,6 +200,8 @@ class _Builder:
     # model keys per seed)
     self.seeds_step = jax.vmap(jax.vmap(self.config_step, in_axes=(0, 0, 0, None, None)),
                                in_axes=(0, None, 0, 0, None))
+    self.seeds_noise = jax.vmap(jax.vmap(self.noise_stats, in_axes=(0, 0, None, None, 0)),
+                                in_axes=(0, 0, 0, 0, None))
     self.seeds_eval = jax.vmap(jax.vmap(self.config_eval, in_axes=(0,) * 7 + (None, None, None)),
                                in_axes=(0,) * 7 + (None, None, None))
 
@@ -283,14 +283,6 @@ class _Builder:
     # configs of an MLP on the CPU) and may move on, which changes none of its numbers.
     params = _where(keep, new_params, params)
     mstate = _where(keep, new_mstate, mstate) if spec.stateful else mstate
-    noise = r.noise
-    if spec.noise_scale:
-      # Once per evaluation, like the ratio below (``last`` is shared: a real conditional).
-      # The parameters are the step's (before its update): those its gradient was taken at.
-      noise = jax.lax.cond(
-          sh.last, lambda: jnp.where(run, self.noise_stats(r.params, r.model_state, batch, key,
-                                                           hp), noise),
-          lambda: noise)
     ratio = r.ratio
     if spec.update_ratio:
       # Only the last step before an evaluation is recorded: compute the two norms there only
@@ -299,7 +291,7 @@ class _Builder:
           sh.last, lambda: jnp.where(keep, jnp.sqrt(_sq_norm(updates) / _sq_norm(params)), ratio),
           lambda: ratio)
     out = RunState(params, new_opt, mstate, r.alive & ~stop, jnp.where(stop, sh.t, r.stopped_at),
-                   jnp.where(stop, code, r.reason), tuple(new_rs), ratio, noise)
+                   jnp.where(stop, code, r.reason), tuple(new_rs), ratio)
     return out, (jnp.where(run, loss, 0).astype(self.dtype), run, records)
 
   def evaluate(self, params, mstate, hparams, evals):
@@ -398,7 +390,6 @@ class _Builder:
         last_value=jnp.full(shape, jnp.nan, dtype),
         ratio=jnp.full(shape, jnp.nan, dtype),
         fresh=jnp.array(False),
-        noise=jnp.full((*shape, 2), jnp.nan, dtype) if spec.noise_scale else (),
     )
 
   @staticmethod
@@ -487,8 +478,7 @@ class _ChunkRun:
       (new, (loss, ran, recs)) = outs[0]
     c = c._replace(params=new.params, opt_state=new.opt_state, model_state=new.model_state,
                    alive=new.alive, stopped_at=new.stopped_at, reason=new.reason,
-                   rule_states=new.rule_states, ratio=new.ratio, noise=new.noise,
-                   fresh=jnp.array(False))
+                   rule_states=new.rule_states, ratio=new.ratio, fresh=jnp.array(False))
     return (c, tuple(new_perm)), (loss, ran, recs)
 
   def evaluate_all(self, c):
@@ -504,6 +494,30 @@ class _ChunkRun:
       parts.append(self.b.evaluate(sc.params, sc.model_state, self.seg_hp(k), splits))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
+  def noise_all(self, c: Carry, end, go, xs) -> jax.Array:
+    """``(S, C, 2)`` two-batch statistics at the evaluated parameters, once per evaluation
+    and outside the steps' scan (nothing is added to the step; about one gradient of a
+    minibatch per evaluation): each run's minibatch of the block's last step ``end - 1``,
+    split into parts (:meth:`_Builder.noise_stats`). NaN for a run that did not run."""
+    spec = self.spec
+    t = end - 1
+    mkeys = (jax.vmap(lambda key: jax.random.fold_in(key, t))(self.model_keys) if spec.stateful
+             else self.model_keys)
+    parts = []
+    for k in range(len(self.segs)):
+      if spec.host_fed:
+        batch = jax.tree.map(lambda a: a[-1], xs["batch"])
+      else:
+        batch, _ = self.batch(k, t, self.perms(k, t))
+      sc = self.seg_slice(c._replace(fresh=None), k)
+      hp = self.seg_hp(k)
+      n_k = self.segs[k].size
+      hp = {**hp, **{name: jnp.broadcast_to(v[jnp.minimum(t, v.shape[0] - 1)], (n_k,))
+                     for name, v in self.ramp.items()}}
+      st = self.b.seeds_noise(sc.params, sc.model_state, batch, mkeys, hp)
+      parts.append(jnp.where((sc.alive & go)[..., None], st, jnp.nan))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
   def block_body(self, state, xs):
     spec, total = self.spec, self.total
     b0 = xs["b0"]
@@ -516,6 +530,7 @@ class _ChunkRun:
     end = jnp.minimum(b0 + spec.eval_every, total)
     go = b0 < total
     metrics = self.evaluate_all(c)
+    noise = self.noise_all(c, end, go, xs) if spec.noise_scale else ()
     erecs = {}
     if spec.eval_rules:
       rstates, alive, stopped_at, reason, erecs = self.b.seeds_eval(
@@ -531,7 +546,7 @@ class _ChunkRun:
     # The mean over the steps a run ran in the window (NaN for none; a non-finite loss of
     # the step that stopped a diverged run makes its window's mean non-finite).
     mean = jnp.where(cnt > 0, jnp.where(ran, loss, 0).sum(1) / jnp.maximum(cnt, 1), jnp.nan)
-    return (c, perm), (mean, metrics, recs, erecs, c.ratio, c.noise)
+    return (c, perm), (mean, metrics, recs, erecs, c.ratio, noise)
 
   def run(self, carry: Carry, start):
     spec = self.spec

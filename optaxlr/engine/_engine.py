@@ -656,21 +656,22 @@ def sweep(
       metric ``"train/noise_scale"`` (with ``"train/noise_tr_sigma"``, ``"train/noise_g2"``
       and the raw statistics ``"train/noise_spread"``, ``"train/noise_big_norm2"``, all
       ``(seeds, configs, evaluations)``). Estimator: the paper's unbiased two-batch-size one
-      (Appendix A), inside the compiled program, once per evaluation: the minibatch of the
-      last step before it (``B`` examples, at the parameters that step's gradient is taken
-      at) is split into ``k`` parts of ``B_small`` (:func:`optaxlr.engine.noise_parts`:
-      ``k <= 8``, e.g. 8 x 16 for ``B = 128``) whose gradients are taken under ``vmap``; the
+      (Appendix A), inside the compiled program, once per evaluation, at the evaluated
+      parameters and outside the steps (the training steps are the same program as without
+      it): the minibatch of the last step before the evaluation (``B`` examples) is split
+      into ``k`` parts of ``B_small`` (:func:`optaxlr.engine.noise_parts`:
+      ``k <= 4``, e.g. 4 x 32 for ``B = 128``) whose gradients are taken under ``vmap``; the
       spread of the parts' gradients around their mean estimates ``tr(Sigma)`` and the mean's
       squared norm ``|G|^2 + tr(Sigma) c(B_big)``, with the finite-population ``c(B) = (N - B) /
       ((N - 1) B)`` (``1 / B`` for a model with random streams or a host-fed stream). Both
       are smoothed along the evaluations with a bias-corrected moving average (decay 0.9,
       the variance of about 19 evaluations averaged; the paper smooths the same two
       quantities) and solved for ``B_simple``: at fixed parameters, after 60 evaluations,
-      within 7% of the exact value on digits' softmax regression and a small MLP (B = 128;
+      within 10% of the exact value on digits' softmax regression and a small MLP (B = 128;
       tests/test_noise_sweep.py), while the smoothing lags a curve that moves by more than
       a few percent per ten evaluations. Why not per-example gradients: they cost ``B`` gradient copies per
-      run and are undefined for BatchNorm; the parts cost one extra gradient of the
-      minibatch per evaluation (about ``1 / eval_every`` of the run) and ``k`` copies.
+      run and are undefined for BatchNorm; the parts cost about 1.4 training steps per
+      evaluation on the CPU (``1.4 / eval_every`` of the run) and ``k`` gradient copies.
       Unbiased for ``tr(Sigma)`` and ``|G|^2`` at fixed parameters; ``B_simple`` is their
       ratio, biased where ``|G|^2`` is not resolved (``B_simple >> B``: the estimate of
       ``|G|^2`` is then noisy, may be ``<= 0``, and ``B_simple`` is ``inf``). Its spread
