@@ -5,8 +5,9 @@ without (digits MLP, 16 learning rates x 2 seeds, SGD with momentum, batch 64, 6
 evaluation every 50 steps), repeats interleaved (off, on, off, on, ...), medians of
 ``info["run_s"]`` (compilation excluded: ``info["compile_s"]``, reported apart; the first
 call of each compiles and is not counted), and of the process's CPU time per call (all
-threads; less disturbed by other processes on a shared machine than wall time). The load average of the machine is recorded
-before and after: on a shared machine the ratio's spread is the honest error bar.
+threads; less disturbed by other processes on a shared machine than wall time). The load
+average of the machine is recorded before and after: on a shared machine the ratio's spread
+is the honest error bar. Part ``flops``: XLA's FLOP count of a step and of the estimate.
 
 Part ``critical`` (item 3): a trunk on digits (batch 32, SGD with momentum 0.9, lr 0.02,
 ``noise_scale=True``) with snapshots at steps 20 and 100 and its final state at 400;

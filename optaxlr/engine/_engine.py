@@ -669,8 +669,8 @@ def sweep(
       quantities) and solved for ``B_simple``: at fixed parameters, after 60 evaluations,
       within 10% of the exact value on digits' softmax regression and a small MLP (B = 128;
       tests/test_noise_sweep.py), while the smoothing lags a curve that moves by more than
-      a few percent per ten evaluations. Why not per-example gradients: they cost ``B`` gradient copies per
-      run and are undefined for BatchNorm; the parts cost about 1.4 training steps per
+      a few percent per ten evaluations. Why not per-example gradients: they cost ``B``
+      gradient copies per run and are undefined for BatchNorm; the parts cost about 1.4 training steps per
       evaluation on the CPU (``1.4 / eval_every`` of the run) and ``k`` gradient copies.
       Unbiased for ``tr(Sigma)`` and ``|G|^2`` at fixed parameters; ``B_simple`` is their
       ratio, biased where ``|G|^2`` is not resolved (``B_simple >> B``: the estimate of
@@ -867,7 +867,8 @@ def _result(space, seeds_l, out, adapt, n_cfg, steps, noise_sizes, settings) -> 
   if out.update_ratio is not None:
     metrics["train/update_ratio"] = out.update_ratio
   if out.noise is not None:
-    metrics.update({k: v.astype(out.loss.dtype) for k, v in noise_metrics(out.noise, *noise_sizes).items()})
+    noise = noise_metrics(out.noise, *noise_sizes)
+    metrics.update({k: v.astype(out.loss.dtype) for k, v in noise.items()})
   diverged = out.reason == _rules.reason_code("diverged")
   adapt_info = {}
   if adapt is not None:
