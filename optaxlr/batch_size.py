@@ -204,15 +204,14 @@ def critical_batch_size(
   Examples:
     >>> import optax, optaxlr
     >>> from optaxlr import search
-    >>> task = optaxlr.tasks.teacher_student(n_train=256, n_val=64, n_test=32)
+    >>> task = optaxlr.tasks.teacher_student(n_train=128, n_val=32, n_test=16, hidden=(8,))
     >>> opt = lambda h: optax.sgd(h["lr"])
-    >>> trunk = optaxlr.sweep(task, opt, search.grid(lr=[0.05]), steps=20, batch_size=8,
-    ...                       eval_every=10, execution=optaxlr.Execution(
-    ...                           progress=False, keep_params_at=(10,), keep_params=True))
-    >>> cbs = optaxlr.critical_batch_size(task, opt, trunk, batch_sizes=[8, 32, 128],
-    ...                                   examples=256)
+    >>> trunk = optaxlr.sweep(task, opt, search.grid(lr=[0.05]), steps=10, batch_size=8,
+    ...                       eval_every=5, execution=optaxlr.Execution(
+    ...                           progress=False, keep_params_at=(5,), keep_params=True))
+    >>> cbs = optaxlr.critical_batch_size(task, opt, trunk, batch_sizes=[8, 32], examples=64)
     >>> cbs.steps.tolist(), cbs.loss.shape, cbs.schedule[0][0]
-    ([10, 20], (2, 3), 0)
+    ([5, 10], (2, 2), 0)
 
   References:
     McCandlish, Kaplan, Amodei and the OpenAI Dota Team, `An Empirical Model of Large-Batch

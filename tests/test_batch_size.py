@@ -108,6 +108,7 @@ def test_a_trunk_without_kept_state_is_an_error(setup, monkeypatch):
 
 
 # ---------------------------------------------------------------------- optaxlr batch-size
+@pytest.mark.slow
 def test_cli_batch_size_command(tmp_path, capsys):
   from optaxlr import cli
 

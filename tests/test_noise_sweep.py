@@ -201,3 +201,16 @@ def test_batch_size_one_is_an_error_before_compute():
                      r"least 2 parts.*got batch_size=1 \(config 0\)"):
     optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[0.1], batch_size=[1, 8]),
                   steps=2, noise_scale=True)
+
+
+def test_checkpointed_noise_statistics_are_read_back(tmp_path):
+  # The raw statistics travel with every committed chunk: a finished sweep read back from its
+  # checkpoint has the same noise metrics (no recomputation, nothing lost).
+  task = optaxlr.tasks.teacher_student(d=3, n_train=64, n_val=16, n_test=16, hidden=(4,))
+  kw = dict(steps=8, batch_size=16, eval_every=2, sync_every=4, noise_scale=True,
+            execution=optaxlr.Execution(progress=False, checkpoint_dir=tmp_path / "ck"))
+  first = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[0.1]), **kw)
+  again = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[0.1]), **kw)
+  assert np.all(np.isfinite(first.metrics["train/noise_spread"]))
+  for k in ("train/noise_scale", "train/noise_spread", "train/noise_big_norm2"):
+    np.testing.assert_array_equal(again.metrics[k], first.metrics[k])
