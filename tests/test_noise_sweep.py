@@ -214,3 +214,24 @@ def test_checkpointed_noise_statistics_are_read_back(tmp_path):
   assert np.all(np.isfinite(first.metrics["train/noise_spread"]))
   for k in ("train/noise_scale", "train/noise_spread", "train/noise_big_norm2"):
     np.testing.assert_array_equal(again.metrics[k], first.metrics[k])
+
+
+def test_host_fed_task_records_the_noise_scale():
+  # A stream of batches (drawn with replacement here) has no finite population: c(B) = 1 / B.
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((256, 3)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+
+  def batches(seed):
+    r = np.random.default_rng(seed)
+    while True:
+      i = r.integers(0, 256, 32)
+      yield {"x": x[i], "y": y[i]}
+
+  task = Task.from_functions("stream", init=lambda k: {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)},
+                             apply=lambda p, x: x @ p["w"] + p["b"][None], train=batches,
+                             eval={"val": {"x": x[:64], "y": y[:64]}})
+  res = optaxlr.sweep(task, lambda h: optax.sgd(h["lr"]), search.grid(lr=[0.1]), steps=20,
+                      eval_every=5, noise_scale=True, execution=optaxlr.Execution(progress=False))
+  b = res.metrics["train/noise_scale"]
+  assert b.shape == (1, 1, 4) and np.all(np.isfinite(b)) and np.all(b > 0)
