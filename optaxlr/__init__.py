@@ -14,6 +14,8 @@ from optaxlr import stats
 from optaxlr import noise
 from optaxlr.noise import NoiseScale
 from optaxlr.noise import noise_scale
+from optaxlr.batch_size import CriticalBatchSize
+from optaxlr.batch_size import critical_batch_size
 from optaxlr import tasks
 from optaxlr import transforms
 from optaxlr.engine import ChunkEvent
@@ -80,6 +82,8 @@ __all__ = [
     "noise",
     "NoiseScale",
     "noise_scale",
+    "CriticalBatchSize",
+    "critical_batch_size",
     "tasks",
     "transforms",
     "Task",

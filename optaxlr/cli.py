@@ -1164,7 +1164,130 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("result", help="a .npz written by a sweep")
   p.set_defaults(func=cmd_diagnose, check=lambda args: None)
   _add_horizons_parser(sub)
+  _add_batch_size_parser(sub)
   return parser
+
+
+# ----------------------------------------------------------------------------------------
+# optaxlr batch-size (issue 22): the critical batch size by branching, beside the noise scale.
+# Self-contained: its parser is added by _add_batch_size_parser, its checks and command below.
+
+
+def _int_list(text: str) -> list[int]:
+  try:
+    vals = [int(v) for v in str(text).split(",") if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+  if not vals:
+    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}")
+  return vals
+
+
+def _add_batch_size_parser(sub) -> None:
+  p = sub.add_parser(
+      "batch-size", help="the critical batch size over training by branching, beside the "
+      "gradient noise scale",
+      description="Trains a trunk (one learning rate, --batch-size) with snapshots at "
+      "--snapshots and its final state, forks every batch size of --batch-sizes from each (the "
+      "learning rate scaled by the --scaling rule), trains each child for --examples examples "
+      "(one program per snapshot) and prints, per snapshot, the validation loss per batch "
+      "size, the critical batch size (the largest whose loss is within --tolerance of the "
+      "smallest's) and the noise scale B_simple at the snapshot; writes batch_size.json and "
+      "batch_size.png (the curves and the derived batch-size schedule) to --out.")
+  p.add_argument("--task", default="digits", metavar="TASK", help=TASK_HELP)
+  p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgdw",
+                 help="constant learning rate (default sgdw: SGD momentum 0.9)")
+  p.add_argument("--lr", type=float, default=0.02, help="the trunk's learning rate (default 0.02)")
+  p.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
+  p.add_argument("--batch-size", type=int, default=32, help="the trunk's batch size (default 32)")
+  p.add_argument("--steps", type=int, default=400, help="the trunk's steps (default 400)")
+  p.add_argument("--snapshots", type=_int_list, default="20,100",
+                 help="trunk steps to fork at besides the last, in [1, --steps) (default 20,100)")
+  p.add_argument("--batch-sizes", type=_int_list, default="8,16,32,64,128,256,512",
+                 help="the children's batch sizes, increasing (default 8,16,...,512)")
+  p.add_argument("--examples", type=int, default=4096,
+                 help="examples per child, a multiple of every batch size (default 4096)")
+  p.add_argument("--scaling", choices=("sqrt", "linear"), default="sqrt",
+                 help="learning-rate rule for batch size B: lr * sqrt(B / B0) or lr * B / B0")
+  p.add_argument("--tolerance", type=float, default=0.1,
+                 help="relative validation-loss tolerance, > 0 (default 0.1)")
+  p.add_argument("--seeds", type=int, default=1, help="seeds (default 1)")
+  p.add_argument("--key", type=int, default=0, help=f"base PRNG seed in [0, {MAX_KEY}] (default 0)")
+  p.add_argument("--out", default="optaxlr_out", help="output folder (default optaxlr_out)")
+  p.set_defaults(func=cmd_batch_size, check=_check_batch_size_cmd)
+
+
+def _check_batch_size_cmd(args: argparse.Namespace) -> None:
+  _check_int("--steps", args.steps, 2, MAX_STEPS)
+  _check_int("--seeds", args.seeds, 1, MAX_STEPS)
+  _check_int("--key", args.key, 0, MAX_KEY, " (a 32-bit PRNG seed; larger ones wrap around)")
+  _check_int("--examples", args.examples, 1, MAX_STEPS)
+  if not (math.isfinite(args.lr) and args.lr > 0):
+    raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+  if not (math.isfinite(args.wd) and args.wd >= 0):
+    raise UsageError(f"--wd must be a finite number >= 0, got {args.wd}")
+  if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+    raise UsageError(f"--tolerance must be a finite number > 0, got {args.tolerance}")
+  snaps = args.snapshots
+  if sorted(set(snaps)) != snaps or not all(1 <= s < args.steps for s in snaps):
+    raise UsageError(f"--snapshots must be increasing steps in [1, --steps={args.steps}), got "
+                     f"{','.join(map(str, snaps))} (the last step is always one)")
+  bs = args.batch_sizes
+  if len(set(bs)) < 2 or sorted(set(bs)) != bs or bs[0] < 1:
+    raise UsageError(f"--batch-sizes must hold at least 2 increasing sizes >= 1, got "
+                     f"{','.join(map(str, bs))}")
+  _check_task(args, quick=True, ranked=False)
+  task = args.task_obj
+  if "val" not in task.eval:
+    raise UsageError(f"--task {args.task}: the task has no 'val' split; the children are "
+                     "compared by val/loss")
+  n = task.n_train
+  for what, b in [("--batch-size", args.batch_size)] + [("--batch-sizes", b) for b in bs]:
+    if not 1 <= b <= n:
+      raise UsageError(f"{what}: batch size {b} is outside [1, {n}] (the task's training set "
+                       f"has {n} examples)")
+  off = [b for b in bs if args.examples % b or args.examples < b]
+  if off:
+    raise UsageError(f"--examples must be a multiple of every batch size (each child trains "
+                     f"examples / B steps), got --examples {args.examples} with batch size {off[0]}")
+  _check_out(args.out)
+
+
+def cmd_batch_size(args: argparse.Namespace) -> int:
+  import optaxlr
+  from optaxlr import search
+
+  task = args.task_obj
+  build = _lr_find_builder(args.optimizer)
+  eval_every = math.gcd(args.steps, *args.snapshots)
+  trunk = optaxlr.sweep(task, build, search.grid(lr=[args.lr], wd=[args.wd]), steps=args.steps,
+                        batch_size=args.batch_size, seeds=args.seeds, eval_every=eval_every,
+                        key=args.key, execution=optaxlr.Execution(
+                            progress=False, keep_params=True,
+                            keep_params_at=tuple(args.snapshots)))
+  cbs = optaxlr.critical_batch_size(task, build, trunk, batch_sizes=args.batch_sizes,
+                                    examples=args.examples, scaling=args.scaling,
+                                    tolerance=args.tolerance, key=args.key)
+  print(f"optaxlr batch-size: task={args.task_label}, optimizer={args.optimizer}, trunk lr "
+        f"{args.lr:g} at batch {args.batch_size} for {args.steps} steps; children: "
+        f"{args.examples} examples each, {args.scaling} rule, tolerance {args.tolerance:g}")
+  print(f"val/loss after {args.examples} examples per batch size, the critical batch size and "
+        "the noise scale B_simple at each snapshot:")
+  print(cbs.table())
+  sched = ", ".join(f"B={b} from step {s}" for s, b in cbs.schedule)
+  print(f"batch-size schedule (warmup): {sched or 'none (every child diverged)'}")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  summary = {"steps": cbs.steps.tolist(), "batch_sizes": cbs.batch_sizes.tolist(),
+             "lrs": cbs.lrs.tolist(), "loss": cbs.loss.tolist(),
+             "critical": cbs.critical.tolist(), "noise_scale": cbs.noise_scale.tolist(),
+             "schedule": [list(x) for x in cbs.schedule], "examples": cbs.examples,
+             "tolerance": cbs.tolerance, "metric": cbs.metric, "scaling": cbs.scaling}
+  (out / "batch_size.json").write_text(json.dumps(summary, indent=1) + "\n")
+  fig = cbs.plot(title=f"{args.task_label}: critical batch size by branching")
+  fig.savefig(out / "batch_size.png", dpi=110)
+  print(f"wrote {out / 'batch_size.json'} and {out / 'batch_size.png'}")
+  return EXIT_OK if np.isfinite(cbs.loss).any() else EXIT_FAILED
 
 
 # ----------------------------------------------------------------------------------------

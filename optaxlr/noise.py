@@ -23,6 +23,8 @@ from jax.flatten_util import ravel_pytree
 from optaxlr.engine import batch_indices
 from optaxlr.engine import model_key
 from optaxlr.engine import run_keys
+from optaxlr.engine import micro_batch_stats
+from optaxlr.engine import two_batch_estimate
 from optaxlr.tasks import Task
 
 __all__ = ["NoiseScale", "noise_scale", "micro_batch_stats", "two_batch_estimate"]
@@ -290,75 +292,6 @@ def noise_scale(
                         chunk_size)
   return _two_batch(jax.grad(loss_of), params, data, data_key, key, b_small, b_big, pairs,
                     n_train, population)
-
-
-def micro_batch_stats(grads: Any) -> tuple[jax.Array, jax.Array]:
-  """The two statistics of one batch pair from its ``k`` micro-batch gradients.
-
-  ``grads`` is a pytree whose leaves have a leading axis of ``k >= 2`` gradients ``G_l``, one
-  per equal part (``B_small`` examples) of a batch of ``B_big = k B_small``; their mean is the
-  big batch's gradient ``G_b``. Returns ``(spread, big_norm2)``: ``mean_l |G_l - G_b|^2``
-  (``= mean_l |G_l|^2 - |G_b|^2``, computed as a spread so that it loses no digits) and
-  ``|G_b|^2``, summed over the leaves (no flattening). Pure and ``jit``/``vmap``-safe: a
-  training step can compute them from ``vmap(grad)`` over the parts of its batch and
-  :func:`two_batch_estimate` turn their means into the noise scale.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> spread, big2 = micro_batch_stats({"w": jnp.array([[1.0, 0.0], [3.0, 0.0]])})
-    >>> float(spread), float(big2)   # G_b = (2, 0): mean(|(-1, 0)|^2, |(1, 0)|^2), |G_b|^2
-    (1.0, 4.0)
-  """
-  leaves = jax.tree.leaves(grads)
-  if not leaves or any(jnp.ndim(g) < 1 or g.shape[0] != leaves[0].shape[0] for g in leaves):
-    raise ValueError("micro_batch_stats: grads must be a pytree of arrays with a common "
-                     "leading axis of micro-batch gradients, got leaf shapes "
-                     f"{[jnp.shape(g) for g in leaves]}")
-  if leaves[0].shape[0] < 2:
-    raise ValueError(f"micro_batch_stats: needs k >= 2 micro-batch gradients, got "
-                     f"k={leaves[0].shape[0]}")
-  big = [g.mean(axis=0) for g in leaves]
-  spread = sum(jnp.mean(jnp.sum(jnp.square(g - b[None]).reshape(g.shape[0], -1), axis=1))
-               for g, b in zip(leaves, big))
-  return spread, sum(jnp.sum(jnp.square(b)) for b in big)
-
-
-def two_batch_estimate(spread: Any, big_norm2: Any, batch_sizes: tuple[int, int],
-                       num_examples: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """``(tr_sigma, g2, b_simple)`` from the means of :func:`micro_batch_stats` over batch pairs.
-
-  Solves ``E[spread] = tr(Sigma) (c(B_small) - c(B_big))`` and
-  ``E[big_norm2] = |G|^2 + tr(Sigma) c(B_big)`` with ``c(B) = (N - B) / ((N - 1) B)``
-  (batches drawn without replacement from ``N = num_examples``) or ``c(B) = 1 / B``
-  (``num_examples=None``: an infinite population, the paper's Appendix A). Elementwise over
-  arrays (one value per run and evaluation), in float64 on the host; ``b_simple`` is ``inf``
-  where ``g2 <= 0`` and ``nan`` where an input is.
-
-  Examples:
-    >>> tr, g2, b = two_batch_estimate(0.75, 1.25, (1, 4), None)  # c(1) - c(4) = 0.75
-    >>> float(tr), float(g2), float(b)
-    (1.0, 1.0, 1.0)
-  """
-  b_small, b_big = batch_sizes
-  if not 1 <= b_small < b_big:
-    raise ValueError(f"two_batch_estimate: batch_sizes must be (B_small, B_big) with "
-                     f"1 <= B_small < B_big, got batch_sizes={tuple(batch_sizes)!r}")
-  if num_examples is not None and not b_big <= num_examples:
-    raise ValueError(f"two_batch_estimate: B_big must be <= num_examples, got "
-                     f"batch_sizes={tuple(batch_sizes)!r}, num_examples={num_examples}")
-
-  def c(b):
-    if num_examples is None:
-      return 1.0 / b
-    return (num_examples - b) / ((num_examples - 1) * b)
-
-  spread = np.asarray(spread, np.float64)
-  big_norm2 = np.asarray(big_norm2, np.float64)
-  tr_sigma = spread / (c(b_small) - c(b_big))
-  g2 = big_norm2 - tr_sigma * c(b_big)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    b_simple = np.where(g2 > 0, tr_sigma / g2, np.where(np.isnan(g2), np.nan, np.inf))
-  return tr_sigma, g2, b_simple
 
 
 def _finish(estimator: str, tr_sigma: float, g2: float, stderr: float, n_examples: int,

@@ -14,6 +14,9 @@ from optaxlr.engine._driver import ChunkEvent
 from optaxlr.engine._driver import Control
 from optaxlr.engine._engine import sweep
 from optaxlr.engine._execution import Execution
+from optaxlr.engine._noise import micro_batch_stats
+from optaxlr.engine._noise import noise_parts
+from optaxlr.engine._noise import two_batch_estimate
 from optaxlr.engine._result import GridEdgeWarning
 from optaxlr.engine._result import RunSettings
 from optaxlr.engine._result import SweepResult
@@ -49,9 +52,12 @@ __all__ = [
     "grid_edges",
     "key_data",
     "load",
+    "micro_batch_stats",
     "model_key",
+    "noise_parts",
     "reason_code",
     "run_keys",
     "stop_reasons",
     "sweep",
+    "two_batch_estimate",
 ]

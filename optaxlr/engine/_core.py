@@ -37,6 +37,7 @@ import optax
 
 from optaxlr.engine import _rules
 from optaxlr.engine._data import epoch_permutation
+from optaxlr.engine._noise import micro_batch_stats, noise_parts
 
 PyTree = Any
 
@@ -94,6 +95,7 @@ class Spec:
   compute_dtype: str | None = None  # forward/backward in this dtype (float32 master weights)
   segments: tuple[Segment, ...] | None = None  # None: one segment (batch_size, whole split)
   host_fed: bool = False  # minibatches come from the host per chunk instead of the train split
+  noise_scale: bool = False  # two-batch noise statistics at each evaluation (outside the steps)
 
   @property
   def chunk_steps(self) -> int:
@@ -121,6 +123,7 @@ class Out(NamedTuple):
   step_records: dict  # "rule_i/name" -> (S, C, chunk_steps)
   eval_records: dict  # "rule_i/name" -> (S, C, blocks)
   ratio: jax.Array  # (S, C, blocks)
+  noise: Any = ()  # (S, C, blocks, 2) the two-batch statistics, or () when not recorded
 
 
 class Program(NamedTuple):
@@ -197,6 +200,8 @@ class _Builder:
     # model keys per seed)
     self.seeds_step = jax.vmap(jax.vmap(self.config_step, in_axes=(0, 0, 0, None, None)),
                                in_axes=(0, None, 0, 0, None))
+    self.seeds_noise = jax.vmap(jax.vmap(self.noise_stats, in_axes=(0, 0, None, None, 0)),
+                                in_axes=(0, 0, 0, 0, None))
     self.seeds_eval = jax.vmap(jax.vmap(self.config_eval, in_axes=(0,) * 7 + (None, None, None)),
                                in_axes=(0,) * 7 + (None, None, None))
 
@@ -215,7 +220,7 @@ class _Builder:
         records[f"{i}/{k}"] = jnp.where(run, v, jnp.nan).astype(self.dtype)
     return tuple(new_rs), code, records
 
-  def loss_fn(self, params, mstate, batch, key, hp):
+  def loss_fn(self, params, mstate, batch, key, hp, use_objective: bool = True):
     if self.cdtype is not None:
       # Mixed precision: the forward and backward pass in ``cdtype``; the gradient arrives
       # in the master weights' dtype through the cast.
@@ -227,8 +232,27 @@ class _Builder:
     else:
       loss, new_state = self.task.loss(params, batch), mstate
     loss = loss.astype(self.dtype)
-    loss = loss if self.objective is None else self.objective(loss, hp)
+    loss = loss if (self.objective is None or not use_objective) else self.objective(loss, hp)
     return loss, new_state
+
+  def noise_stats(self, params, mstate, batch, key, hp) -> jax.Array:
+    """``(spread, |G_big|^2)`` of one run's minibatch split into ``k`` equal parts
+    (:func:`noise_parts`): the gradient of each part (``vmap``, ``k`` gradients held at once),
+    then :func:`micro_batch_stats`. The task's loss without the objective (the noise of the
+    task's gradient, as :func:`optaxlr.noise_scale` measures it); a stateful model normalises
+    each part with its own batch statistics (as each device of data-parallel training does),
+    its state updates are dropped, and each part draws its own random streams."""
+    b = int(jax.tree.leaves(batch)[0].shape[0])
+    k, small = noise_parts(b)
+    parts = jax.tree.map(lambda a: a[: k * small].reshape(k, small, *a.shape[1:]), batch)
+
+    def part_grad(part, i):
+      pkey = jax.random.fold_in(key, i) if self.spec.stateful else key
+      return jax.grad(lambda p: self.loss_fn(p, mstate, part, pkey, hp, use_objective=False)[0])(
+          params)
+
+    grads = jax.vmap(part_grad)(parts, jnp.arange(k))
+    return jnp.stack(micro_batch_stats(grads)).astype(self.dtype)
 
   def config_step(self, r: RunState, hp, value, seed_in, sh: StepShared):
     """One step of one run: ``seed_in`` is its seed's ``(batch, model key)``."""
@@ -470,6 +494,30 @@ class _ChunkRun:
       parts.append(self.b.evaluate(sc.params, sc.model_state, self.seg_hp(k), splits))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
+  def noise_all(self, c: Carry, end, go, xs) -> jax.Array:
+    """``(S, C, 2)`` two-batch statistics at the evaluated parameters, once per evaluation
+    and outside the steps' scan (nothing is added to the step; about one gradient of a
+    minibatch per evaluation): each run's minibatch of the block's last step ``end - 1``,
+    split into parts (:meth:`_Builder.noise_stats`). NaN for a run that did not run."""
+    spec = self.spec
+    t = end - 1
+    mkeys = (jax.vmap(lambda key: jax.random.fold_in(key, t))(self.model_keys) if spec.stateful
+             else self.model_keys)
+    parts = []
+    for k in range(len(self.segs)):
+      if spec.host_fed:
+        batch = jax.tree.map(lambda a: a[-1], xs["batch"])
+      else:
+        batch, _ = self.batch(k, t, self.perms(k, t))
+      sc = self.seg_slice(c._replace(fresh=None), k)
+      hp = self.seg_hp(k)
+      n_k = self.segs[k].size
+      hp = {**hp, **{name: jnp.broadcast_to(v[jnp.minimum(t, v.shape[0] - 1)], (n_k,))
+                     for name, v in self.ramp.items()}}
+      st = self.b.seeds_noise(sc.params, sc.model_state, batch, mkeys, hp)
+      parts.append(jnp.where((sc.alive & go)[..., None], st, jnp.nan))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
   def block_body(self, state, xs):
     spec, total = self.spec, self.total
     b0 = xs["b0"]
@@ -482,6 +530,7 @@ class _ChunkRun:
     end = jnp.minimum(b0 + spec.eval_every, total)
     go = b0 < total
     metrics = self.evaluate_all(c)
+    noise = self.noise_all(c, end, go, xs) if spec.noise_scale else ()
     erecs = {}
     if spec.eval_rules:
       rstates, alive, stopped_at, reason, erecs = self.b.seeds_eval(
@@ -497,7 +546,7 @@ class _ChunkRun:
     # The mean over the steps a run ran in the window (NaN for none; a non-finite loss of
     # the step that stopped a diverged run makes its window's mean non-finite).
     mean = jnp.where(cnt > 0, jnp.where(ran, loss, 0).sum(1) / jnp.maximum(cnt, 1), jnp.nan)
-    return (c, perm), (mean, metrics, recs, erecs, c.ratio)
+    return (c, perm), (mean, metrics, recs, erecs, c.ratio, noise)
 
   def run(self, carry: Carry, start):
     spec = self.spec
@@ -512,7 +561,8 @@ class _ChunkRun:
       xs["batch"] = jax.tree.map(
           lambda a: jnp.moveaxis(a, 0, 1).reshape(spec.blocks, spec.eval_every, *a.shape[:1],
                                                   *a.shape[2:]), self.data["batches"])
-    (carry, _), (loss, metrics, recs, erecs, ratio) = jax.lax.scan(self.block_body, (carry, perm0), xs)
+    (carry, _), (loss, metrics, recs, erecs, ratio, noise) = jax.lax.scan(
+        self.block_body, (carry, perm0), xs)
     # (blocks, W, S, C) -> (S, C, blocks * W); (blocks, S, C) -> (S, C, blocks)
     last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731
     flat = lambda x: jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, -1)  # noqa: E731
@@ -522,6 +572,7 @@ class _ChunkRun:
         step_records={k: flat(v) for k, v in recs.items()},
         eval_records={k: last(v) for k, v in erecs.items()},
         ratio=last(ratio),
+        noise=jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2), noise),  # (S, C, blocks, 2)
     )
     return carry, out
 

@@ -90,6 +90,7 @@ class Plan:
   init_from: Any = None  # (params, opt_state, model_state) leaves (S, C, ...) to start from
   host_state: Any = None  # a steering strategy's state_dict/load_state_dict, checkpointed
   resume_unverified_code: bool = False  # resume although part of the code could not be hashed
+  noise_scale: bool = False  # record the two-batch noise statistics before each evaluation
   keep_at: tuple[int, ...] = ()  # steps of this sweep at which to snapshot the kept state
 
 
@@ -109,6 +110,7 @@ class Output:
   info: dict
   opt_state: Any = None
   model_state: Any = None
+  noise: np.ndarray | None = None  # (S, C, E, 2) (spread, |G_big|^2) per evaluation
   snapshots: dict = dataclasses.field(default_factory=dict)  # step -> (params, opt, model, stopped_at, reason)
 
 
@@ -225,7 +227,7 @@ def run(plan: Plan) -> Output:
       loss=rec.loss, metrics=rec.metrics, step_records=rec.step_records,
       eval_records=rec.eval_records, update_ratio=rec.ratio, stopped_at=rec.stopped_at,
       reason=rec.reason, eval_steps=rec.eval_steps, hparams=rec.hp_now, params=params,
-      steering=rec.steering, opt_state=opt_state, model_state=model_state,
+      steering=rec.steering, opt_state=opt_state, model_state=model_state, noise=rec.noise,
       snapshots=rec.finish_snapshots(),
       info={
           "steps": steps, "steps_run": steps_run, "group_size": group, "groups": n_groups,

@@ -96,6 +96,7 @@ class Layout:
         stateful=bool(getattr(plan.task, "stateful", False)),
         serial=serial, devices=self.n_dev, eval_batch=plan.eval_batch,
         compute_dtype=plan.compute_dtype, segments=segments, host_fed=self.host_fed,
+        noise_scale=plan.noise_scale,
     )
 
   def program(self, segments, g: int):

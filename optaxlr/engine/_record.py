@@ -32,6 +32,7 @@ class ChunkRecord:
     metrics: ``"split/name"`` -> ``(S, n, evaluations)``.
     step_records, eval_records: the rules' records, ``"rule_i/name"`` -> ``(S, n, points)``.
     ratio: ``(S, n, evaluations)`` the update/weight ratio, or ``None``.
+    noise: ``(S, n, evaluations, 2)`` the noise scale's two-batch statistics, or ``None``.
     steering: the decisions applied after this chunk (dicts of ints and floats).
     kept: ``(config ids, leaves)`` of the final (params, opt_state, model_state) when the
       group ended and the sweep keeps them.
@@ -50,6 +51,7 @@ class ChunkRecord:
   steering: list = dataclasses.field(default_factory=list)
   kept: tuple | None = None
   host_state: dict | None = None
+  noise: np.ndarray | None = None
 
   @classmethod
   def from_program(cls, out, carry, slots: np.ndarray, hparams: dict) -> "ChunkRecord":
@@ -61,7 +63,8 @@ class ChunkRecord:
         metrics={k: _core.to_host(v) for k, v in out.metrics.items()},
         step_records={k: _core.to_host(v) for k, v in out.step_records.items()},
         eval_records={k: _core.to_host(v) for k, v in out.eval_records.items()},
-        ratio=None if out.ratio is None else _core.to_host(out.ratio))
+        ratio=None if out.ratio is None else _core.to_host(out.ratio),
+        noise=_core.to_host(out.noise) if isinstance(out.noise, jax.Array) else None)
 
   def to_arrays(self) -> dict[str, np.ndarray]:
     """The checkpoint's file format: flat named arrays."""
@@ -73,6 +76,8 @@ class ChunkRecord:
               **{f"hp:{k}": v for k, v in self.hparams.items()}}
     if self.ratio is not None:
       arrays["ratio"] = self.ratio
+    if self.noise is not None:
+      arrays["noise"] = self.noise
     if self.steering:
       arrays["steering"] = encode_steering(self.steering)
     if self.host_state is not None:
@@ -98,7 +103,8 @@ class ChunkRecord:
     return cls(slots=arrays["slots"], loss=arrays["loss"], stopped_at=arrays["stopped_at"],
                reason=arrays["reason"], hparams=part("hp:"), metrics=part("metric:"),
                step_records=part("srec:"), eval_records=part("erec:"),
-               ratio=arrays.get("ratio"), steering=steering, kept=kept, host_state=host_state)
+               ratio=arrays.get("ratio"), steering=steering, kept=kept, host_state=host_state,
+               noise=arrays.get("noise"))
 
 
 def flatten_state(carry, hparams: dict, slots: np.ndarray) -> dict[str, np.ndarray]:
@@ -132,6 +138,8 @@ class Recorder:
     self.step_records: dict[str, np.ndarray] = {}
     self.eval_records: dict[str, np.ndarray] = {}
     self.ratio = np.full((n_s, n_cfg, self.n_evals), np.nan, fdtype) if plan.update_ratio else None
+    self.noise = (np.full((n_s, n_cfg, self.n_evals, 2), np.nan, fdtype)
+                  if getattr(plan, "noise_scale", False) else None)
     self.stopped_at = np.full((n_s, n_cfg), -1, np.int64)
     self.reason = np.zeros((n_s, n_cfg), np.int64)
     self.hp_now = {k: np.array(v, copy=True) for k, v in plan.hparams.items()}
@@ -161,6 +169,8 @@ class Recorder:
       self._buf(self.step_records, k, self.steps)[:, cfg, s0:s1] = v[:, valid, : s1 - s0]
     if self.ratio is not None:
       self.ratio[:, cfg, e0:e1] = rec.ratio[:, valid, : e1 - e0]
+    if self.noise is not None:
+      self.noise[:, cfg, e0:e1] = rec.noise[:, valid, : e1 - e0]
     self.record_status(rec)
     self.steering.extend(rec.steering)
     if rec.kept is not None:
@@ -184,6 +194,10 @@ class Recorder:
       sub = v[:, cfg]
       sub[gone] = np.nan
       v[:, cfg] = sub
+    if self.noise is not None:
+      sub = self.noise[:, cfg]
+      sub[gone] = np.nan
+      self.noise[:, cfg] = sub
 
   def finish(self, stopped_sweep: bool, n_groups: int, treedef) -> tuple:
     """Marks runs that never ran, repeats frozen runs' last evaluation, joins kept state.
