@@ -23,6 +23,7 @@ NAMES = [
     "08_update_ratio",
     "09_linear_scaling",
     "10_grow_the_batch",
+    "12_your_model",
 ]
 # notebooks that measure a claim and commit the numbers of a full-size run to results/<name>.json
 CLAIMS = [
