@@ -240,8 +240,12 @@ SCHEDULES = ("constant", "cosine", "one_cycle", "warmup_cosine")
 AXES_READ = {"adam": ("lr", "wd"), "sgd": ("lr", "wd", "momentum")}
 
 
+@functools.cache
 def make_optimizer(name: str, schedule: str, steps: int) -> Callable:
-  """``hparams -> optax transform`` for a named optimizer; hparams has lr, wd (and momentum)."""
+  """``hparams -> optax transform`` for a named optimizer; hparams has lr, wd (and momentum).
+
+  The same function for the same arguments, so that commands run again in one process (a
+  notebook, a test) reuse the sweep's compiled program."""
   import optaxlr
   from optaxlr import schedules as s
 
