@@ -44,6 +44,9 @@ from optaxlr.engine import epoch_permutation, model_key, run_keys
 from optaxlr.tasks import Task, reseed_nnx, set_opt_state
 from test_loaders import B, N_TRAIN, BNNet, _digits, mlp_apply, mlp_init, xent
 
+# The CNN's first cells compile for tens of seconds on 2 cores: the whole file is slow (CI runs it).
+pytestmark = pytest.mark.slow
+
 STEPS, EVERY, SEEDS = 8, 4, (0, 1)  # 4 batches per epoch: 8 steps read 2 epochs
 LRS = [3e-3, 1e-2]
 # model -> the sweep's space (4 configs); the CNN's dropout rate is a model hyperparameter
@@ -165,6 +168,7 @@ def tasks(model: str) -> dict:
   (x, y), val = digits(image=model == "cnn")
   ev = {"val": {"x": val[0], "y": val[1]}}
   out = {"switch": Switch()}
+  out["switch"].factory = LOADERS["numpy"](x, y)  # from_linen initialises from a first batch
   for name, train in (("memory", {"x": x, "y": y}), ("host", out["switch"])):
     if model == "mlp":
       out[name] = Task.from_functions("mlp", mlp_init, mlp_apply, "cross_entropy", train=train,
@@ -446,7 +450,7 @@ def e_handoff_save_load(model, data, tmp_path, monkeypatch):
     params, ost = res.params_of(c, s), res.opt_state_of(c, s)
     jax.tree.map(np.testing.assert_array_equal, params, first.params_of(c, s))
     if model == "cnn":
-      hand.net = res.to_model(params, res.model_state_of(c, s), hparams=hp)
+      hand.net = task.to_model(params, res.model_state_of(c, s), hparams=hp)
       assert hand.net.drop.rate == pytest.approx(hp["dropout"])
       hand.opt = nnx.Optimizer(hand.net, optax.adam(hp["lr"]), wrt=nnx.Param)
       set_opt_state(hand.opt, ost)
