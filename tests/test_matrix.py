@@ -5,7 +5,8 @@ Entry points: ``sweep``; ``sweep(adapt=)`` with successive halving, Hyperband an
 ``lr_find``; ``lr_find_grid``; the Optuna bridge; the CLI's ``--task``; ``start_from``; the
 hand-off (``keep_params``, ``save``/``load``, ``to_model``, a loop of one's own continuing).
 Models: the MLP, a flax.nnx CNN with BatchNorm and a Dropout whose rate is swept, a linen MLP.
-Data: arrays in memory; a NumPy generator factory (dict batches, int64 labels); a torch
+Data: arrays in memory; a NumPy generator factory ``train(seed, epoch)`` (dict batches, int64
+labels); a torch
 ``DataLoader`` over a plain ``TensorDataset`` (``[x, y]`` tuples, int64, one finite epoch per
 call); a grain pipeline (tuples, one epoch per call).
 
@@ -20,9 +21,12 @@ How each cell is checked, cheaply and against something else than the code under
   permutation of each epoch), so every number equals the in-memory cell's (float32, the same
   arithmetic fed another way: rtol 1e-5).
 
-A cell that cannot work refuses with one sentence before anything is compiled (asserted).
-Shapes are tiny (64 digits, 8x8 images, 4 channels, 8 steps, 2 seeds, 4 configs) and the
-programs are shared through module-level caches, so the whole matrix costs minutes.
+A cell that cannot work refuses with one sentence before anything is compiled (asserted):
+``lr_find_grid`` with its default ``metric="train/loss"`` on host-fed data (its initial loss is
+over the whole training set, which a stream does not hold). Shapes are tiny (64 digits, 8x8
+images, 4 channels, 8 steps, 2 seeds, 4 configs); the loaders share one host-fed task per model
+and the references reuse the plain sweep (module-level caches), so the programs compile once
+per entry point, model and in-memory/host-fed.
 """
 
 from __future__ import annotations
