@@ -826,6 +826,25 @@ class LRGridResult:
     ax.set_title(f"constant-rate runs: final {self.metric} loss", fontsize=9)
     return fig
 
+def _initial_loss(task, data: Any, init_keys: jax.Array, hparams: dict[str, np.ndarray]
+                  ) -> np.ndarray:
+  """``(seeds, configs)`` (``hparams``: one non-empty column per axis, ``configs`` long): the loss of each seed's initial parameters on ``data``, in evaluation
+  mode. A model with state or swept model hyperparameters (BatchNorm, a swept Dropout) is
+  evaluated as the sweep evaluates it (its initial model state, the config's hyperparameters);
+  a plain task by ``task.loss``."""
+  if not task.stateful:
+    initial = np.asarray(jax.jit(jax.vmap(lambda k: task.loss(task.init(k), data)))(init_keys))
+    n_cfg = len(next(iter(hparams.values())))
+    return np.broadcast_to(initial[:, None], (len(initial), n_cfg)).astype(np.float64)
+
+  def one(k, h):
+    return task.evaluate(task.init(k), task.initial_state(k), data, h)["loss"]
+  hp = {name: jnp.asarray(v) for name, v in hparams.items()
+        if np.asarray(v).dtype.kind in "fiub"}
+  return np.asarray(jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))(init_keys, hp),
+                    dtype=np.float64)
+
+
 def lr_find_grid(
     task,
     optimizer: Optimizer,
@@ -918,6 +937,11 @@ def lr_find_grid(
     raise ValueError(f"{fn}: window must be <= steps={steps}, got window={window}")
   if metric == "val/loss" and "val" not in task.eval:
     raise ValueError(f"{fn}: metric='val/loss' needs a 'val' split, the task has {sorted(task.eval)}")
+  if metric == "train/loss" and getattr(task, "host_fed", False):
+    raise ValueError(f"{fn}: metric='train/loss' compares with the initial loss on the whole "
+                     f"training set, which a host-fed task does not hold (task {task.name!r} "
+                     "reads train(seed) batches); pass metric='val/loss' to compare the 'val' "
+                     "split's loss before and after the runs")
   extra = _check_space(fn, space)
   grid = search.grid(lr=lrs_np)
   full = grid * extra if extra is not None else grid
@@ -942,10 +966,9 @@ def lr_find_grid(
     final = res.metrics["val/loss"][..., -1]
   final = final.reshape(n_s, n_lr, n_cfg)
   final = np.where(diverged | ~np.isfinite(final), np.inf, final)
-  data = task.train if metric == "train/loss" else task.eval["val"]
-  init_loss = jax.jit(jax.vmap(lambda k: task.loss(task.init(k), data)))
-  initial = np.asarray(init_loss(jnp.stack([run_keys(key, int(s))[0] for s in res.seeds])))
-  initial = np.broadcast_to(initial[:, None], (n_s, n_cfg)).astype(np.float64)
+  initial = _initial_loss(task, task.train if metric == "train/loss" else task.eval["val"],
+                          jnp.stack([run_keys(key, int(s))[0] for s in res.seeds]),
+                          {k: v[:n_cfg] for k, v in res.hparams.items()})
   mean_final = final.mean(axis=0)
   fell = ~diverged.any(axis=0) & (mean_final < (1 - fall_threshold) * initial.mean(axis=0))
   return LRGridResult(lrs=lrs_np, initial=initial, final=final, diverged=diverged, fell=fell,

@@ -244,8 +244,12 @@ SCHEDULES = ("constant", "cosine", "one_cycle", "warmup_cosine")
 AXES_READ = {"adam": ("lr", "wd"), "sgd": ("lr", "wd", "momentum")}
 
 
+@functools.cache
 def make_optimizer(name: str, schedule: str, steps: int) -> Callable:
-  """``hparams -> optax transform`` for a named optimizer; hparams has lr, wd (and momentum)."""
+  """``hparams -> optax transform`` for a named optimizer; hparams has lr, wd (and momentum).
+
+  The same function for the same arguments, so that commands run again in one process (a
+  notebook, a test) reuse the sweep's compiled program."""
   import optaxlr
   from optaxlr import schedules as s
 
@@ -619,6 +623,8 @@ def _check_record_size(runs: int, steps: int, hint: str) -> None:
 
 
 def _check_batch_size(args: argparse.Namespace) -> None:
+  if args.task_obj.host_fed:  # the loader's batches set the size: the sweep checks they agree
+    return
   n_train = args.task_obj.n_train
   if args.batch_size > n_train:
     raise UsageError(f"--batch-size must be in [1, {n_train}] (the training set size of --task"
@@ -749,8 +755,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
   space = search.grid(**args.axes)
   devices = jax.devices()[: args.devices] if args.devices else None
   named = f"{args.task_label!r}, " if args.task_label != args.task else ""
-  print(f"optaxlr sweep: task={args.task} ({named}{task.n_train} train"
-        f" examples), {len(space)} configs x {args.seeds} seeds x {len(args.optimizers)} optimizers,"
+  size = "train(seed) batches" if task.host_fed else f"{task.n_train} train examples"
+  print(f"optaxlr sweep: task={args.task} ({named}{size}), {len(space)} configs x {args.seeds} seeds x {len(args.optimizers)} optimizers,"
         f" {args.steps} steps, batch {args.batch_size}, schedule {args.schedule},"
         f" {len(devices) if devices else len(jax.devices())} device(s) [{jax.default_backend()}]")
   results, rows = {}, []

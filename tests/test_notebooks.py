@@ -24,6 +24,7 @@ NAMES = [
     "09_linear_scaling",
     "10_grow_the_batch",
     "11_horizons",
+    "12_your_model",
 ]
 # notebooks that measure a claim and commit the numbers of a full-size run to results/<name>.json
 CLAIMS = [

@@ -157,7 +157,10 @@ def run(plan: Plan) -> Output:
       first = start_chunk if state is not None else 0
       prog, carry, slots, hp_np, segs = _start_group(lay, rec, g, group, state, clock)
       data_g = lay.data_for(segs)
-      feed = Feed(plan, lay.n_s, chunk_steps, steps, first * chunk_steps, lay.repl) if lay.host_fed else None
+      # Continuing a kept sweep (start_from), each stream goes on after the batches it fed
+      # then: its positions are counted from the first sweep's first step.
+      feed = (Feed(plan, lay.n_s, chunk_steps, base + steps, base + first * chunk_steps, lay.repl)
+              if lay.host_fed else None)
       hp_g = lay.put_hp(hp_np)
       for c in range(first, n_chunks):
         start, done = c * chunk_steps, min((c + 1) * chunk_steps, steps)

@@ -253,8 +253,8 @@ def _check_sweep_kwargs(task: Any, metric: str, sweep_kwargs: Mapping[str, Any])
   if not isinstance(task, Task):
     raise TypeError(f"{_FN}: task must be an optaxlr.Task, got {type(task).__name__}")
   batch_size = sweep_kwargs.get("batch_size")
-  if batch_size is not None:
-    _validate.check_int(_FN, "batch_size", batch_size, 1, task.n_train)
+  if batch_size is not None:  # a host-fed task's loader sets it (the sweep checks it agrees)
+    _validate.check_int(_FN, "batch_size", batch_size, 1, None if task.host_fed else task.n_train)
   split = metric.split("/")[0] if isinstance(metric, str) else None
   if split is None or "/" not in metric or split not in (*task.eval, "train"):
     raise ValueError(f"{_FN}: metric must be 'split/name' with split one of the task's "
