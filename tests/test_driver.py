@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 
+import _child
 import optaxlr
 from optaxlr import search
 from optaxlr.tasks import Task
