@@ -10,8 +10,6 @@ import inspect
 import os
 import pathlib
 import pkgutil
-import signal
-import subprocess
 import sys
 import textwrap
 
