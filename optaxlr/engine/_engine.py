@@ -406,6 +406,11 @@ def _check_ramp(fn: str, ramp: Any, steps: int, axes: Sequence[str]) -> dict[str
                        f"shape {arr.shape} and dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
       raise ValueError(f"{fn}: ramp[{name!r}] is not finite at step {int(np.flatnonzero(~np.isfinite(arr))[0])}")
+    big = np.abs(arr) > np.finfo(np.float32).max
+    if not jax.config.jax_enable_x64 and big.any():
+      i = int(np.flatnonzero(big)[0])
+      raise ValueError(f"{fn}: ramp[{name!r}] is {arr[i].item()!r} at step {i}, beyond float32 (the "
+                       "sweep computes in float32; enable jax_enable_x64 for it)")
     out[name] = arr.astype(np.float64)
   return out
 
