@@ -231,7 +231,7 @@ def test_uneven_folds_rows_equal_separate_sweeps_on_the_splits():
 def test_the_program_does_not_grow_with_the_number_of_folds():
   """Folds of one size run as one segment vmapped over them: the training loss is traced as
   often for 8 folds as for 2 (it was traced once per fold), so compile time does not grow
-  with k."""
+  with k; groups of other folds (max_group_size) share one program."""
   task = _task(n=96)
   traced = []
 
@@ -241,10 +241,16 @@ def test_the_program_does_not_grow_with_the_number_of_folds():
 
   counted = Task(name="counted", init=task.init, loss=loss, metrics=task.metrics,
                  train=task.train, eval=task.eval)
-  counts = {}
-  for k in (2, 8):
+  counts, res = {}, {}
+  for k, group in ((2, None), (8, None), (8, 4)):
     traced.clear()
-    optaxlr.sweep(counted, sgd, search.grid(lr=[0.05]) * search.folds(k), batch_size=8,
-                  steps=4, eval_every=4, execution=optaxlr.Execution(progress=False))
-    counts[k] = len(traced)
-  assert counts[8] == counts[2], counts
+    res[k, group] = optaxlr.sweep(
+        counted, sgd, search.grid(lr=[0.05]) * search.folds(k), batch_size=8, steps=4,
+        eval_every=4, execution=optaxlr.Execution(progress=False, max_group_size=group))
+    counts[k, group] = len(traced)
+  assert counts[8, None] == counts[2, None], counts
+  # two groups of 4 folds each (folds 0-3 and 4-7): one program, its fold data an argument
+  assert res[8, 4].info["groups"] == 2 and counts[8, 4] == counts[2, None], counts
+  for m in ("fold/loss", "val/loss"):
+    np.testing.assert_allclose(res[8, 4].metrics[m], res[8, None].metrics[m], rtol=1e-5,
+                               atol=1e-7, err_msg=m)

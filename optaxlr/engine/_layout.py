@@ -105,6 +105,8 @@ class Layout:
   def program(self, segments, g: int):
     vec = self.plan.vectorize
     serial = 1 if vec is None else max(1, g // (self.n_dev * vec))
+    if segments:  # which folds is data (data_for): groups of other folds share the program
+      segments = tuple(sg._replace(fold=0) if sg.fold >= 0 else sg for sg in segments)
     return _core.get_program(self.plan.task, self.plan.optimizer, self.plan.objective,
                              self.spec_for(segments, serial), donate=self.donate)
 
