@@ -66,7 +66,8 @@ class Segment(NamedTuple):
   with ``folds`` folds) and evaluates its held-out part as the split ``"fold"``. ``stack`` > 1:
   the folds ``fold .. fold + stack - 1`` (training parts of one size, held-out parts of one
   size), ``size // stack`` configs each, run as one segment vmapped over the folds, so the
-  program's size (and compile time) does not grow with the number of folds."""
+  traced program holds one step whatever the number of folds (XLA's compile time still grows
+  with k, measured: about 2x from 2 to 8 folds, against 3x before)."""
 
   size: int
   batch_size: int
