@@ -287,6 +287,8 @@ def _check_shared_folder(ckpt: CheckpointStore) -> None:
   seen = np.asarray(multihost_utils.process_allgather(np.array([ok], np.int32))).reshape(-1)
   if me == 0:
     probe.unlink(missing_ok=True)
+  # the probe is gone before any process opens the folder (a stray file there is refused)
+  multihost_utils.sync_global_devices("optaxlr checkpoint folder probe removed")
   if not seen.all():
     bad = np.flatnonzero(seen == 0).tolist()
     raise CheckpointError(
