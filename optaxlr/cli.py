@@ -1360,6 +1360,9 @@ def _check_lr_find(args: argparse.Namespace) -> None:
     if not math.isfinite(getattr(args, name)):
       raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got"
                        f" {getattr(args, name)}")
+    if abs(getattr(args, name)) > FLOAT32_MAX:
+      raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX:.6g} (float32, "
+                       f"the dtype the range test computes in), got {getattr(args, name):g}")
   if not 0 < args.min_lr < args.max_lr:
     raise UsageError(f"--min-lr and --max-lr must satisfy 0 < min < max, got --min-lr"
                      f" {args.min_lr:g}, --max-lr {args.max_lr:g}")

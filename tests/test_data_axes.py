@@ -204,3 +204,53 @@ def test_host_fed_resumes_from_a_checkpoint(tmp_path):
   other = _stream_task(_task(), 16, 10, key=7)
   with pytest.raises(ValueError, match="data"):
     optaxlr.sweep(other, sgd, space, sync_every=5, **with_ex(KW, checkpoint_dir=tmp_path / "c"))
+
+
+def test_uneven_folds_rows_equal_separate_sweeps_on_the_splits():
+  """91 examples in 4 folds: held-out parts of 23, 23, 23 and 22 (three folds stacked into one
+  segment, the fourth alone) and a batch-size axis beside them: each row equals a sweep of the
+  task on its split."""
+  task = _task(n=91)
+  k = 4
+  space = search.grid(lr=[0.05]) * search.folds(k)
+  res = optaxlr.sweep(task, sgd, space, batch_size=16, **KW)
+  tr_all = {kk: np.asarray(v) for kk, v in task.train.items()}
+  assert [len(fold_split(91, k, f)[1]) for f in range(k)] == [23, 23, 23, 22]
+  for f in range(k):
+    tr, held = fold_split(91, k, f)
+    split = Task(name="f", init=task.init, loss=task.loss, metrics=task.metrics,
+                 train={kk: v[tr] for kk, v in tr_all.items()},
+                 eval={**task.eval, "fold": {kk: v[held] for kk, v in tr_all.items()}})
+    alone = optaxlr.sweep(split, sgd, search.grid(lr=[0.05]), batch_size=16, **KW)
+    i = res.index_of({"lr": 0.05, "fold": f})
+    np.testing.assert_allclose(res.batch_loss[:, i], alone.batch_loss[:, 0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(res.metrics["fold/loss"][:, i], alone.metrics["fold/loss"][:, 0],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_the_program_does_not_grow_with_the_number_of_folds():
+  """Folds of one size run as one segment vmapped over them: the training loss is traced as
+  often for 8 folds as for 2 (it was traced once per fold), so compile time does not grow
+  with k; groups of other folds (max_group_size) share one program."""
+  task = _task(n=96)
+  traced = []
+
+  def loss(params, batch):
+    traced.append(1)
+    return task.loss(params, batch)
+
+  counted = Task(name="counted", init=task.init, loss=loss, metrics=task.metrics,
+                 train=task.train, eval=task.eval)
+  counts, res = {}, {}
+  for k, group in ((2, None), (8, None), (8, 4)):
+    traced.clear()
+    res[k, group] = optaxlr.sweep(
+        counted, sgd, search.grid(lr=[0.05]) * search.folds(k), batch_size=8, steps=4,
+        eval_every=4, execution=optaxlr.Execution(progress=False, max_group_size=group))
+    counts[k, group] = len(traced)
+  assert counts[8, None] == counts[2, None], counts
+  # two groups of 4 folds each (folds 0-3 and 4-7): one program, its fold data an argument
+  assert res[8, 4].info["groups"] == 2 and counts[8, 4] == counts[2, None], counts
+  for m in ("fold/loss", "val/loss"):
+    np.testing.assert_allclose(res[8, 4].metrics[m], res[8, None].metrics[m], rtol=1e-5,
+                               atol=1e-7, err_msg=m)

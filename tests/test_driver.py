@@ -10,8 +10,6 @@ import inspect
 import os
 import pathlib
 import pkgutil
-import signal
-import subprocess
 import sys
 import textwrap
 
@@ -21,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+import _child
 import optaxlr
 from optaxlr import search
 from optaxlr.tasks import Task

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 import time

@@ -261,3 +261,16 @@ def test_cli_host_fed_task_is_one_line_exit_2(command, capsys, tmp_path):
   err = _cli_usage_error([*command, "--task", f"{__file__}:host_fed_task", "--out",
                           str(tmp_path)], capsys)
   assert "the task's training data is a stream (train(seed) -> batches)" in err
+
+
+def test_cli_lr_find_max_lr_past_float32_is_one_line_exit_2(capsys, tmp_path):
+  err = _cli_usage_error(["lr-find", "--max-lr", "1e39", "--out", str(tmp_path)], capsys)
+  assert "--max-lr must be at most 3.40282e+38 (float32" in err
+
+
+def test_lr_find_max_lr_past_float32_is_refused_before_compute():
+  """The range test's last rates were cast to inf and it "recommended" a rate silently."""
+  with pytest.raises(ValueError, match=r"lr_find: ramp\['lr'\] is 1e\+39 at step 9, beyond "
+                     "float32"):
+    optaxlr.lr_find(_small_task(), lambda h: optax.sgd(h["lr"]), min_lr=1e-3, max_lr=1e39,
+                    steps=10)

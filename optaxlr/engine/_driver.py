@@ -255,6 +255,8 @@ def _open_checkpoint(plan: Plan, group: int, rec: Recorder):
   ckpt = CheckpointStore(plan.checkpoint_dir, {**plan.fingerprint, "group_size": group},
                          writer=jax.process_index() == 0,
                          resume_unverified_code=plan.resume_unverified_code)
+  if jax.process_count() > 1:
+    _check_shared_folder(ckpt)
   try:
     ckpt.open()
     host_state = None
@@ -269,6 +271,46 @@ def _open_checkpoint(plan: Plan, group: int, rec: Recorder):
   except Exception:
     ckpt.close()
     raise
+
+
+def _check_shared_folder(ckpt: CheckpointStore) -> None:
+  """With several processes, process 0 writes the checkpoint and every process resumes from
+  it: the folder must be one folder for all of them (a shared file system), not a local folder
+  of each. Process 0 writes a random token into it; every process must read it back, or all
+  raise (together, so none waits for the others in a collective)."""
+  from jax.experimental import multihost_utils
+
+  from optaxlr.engine._checkpoint import CheckpointError
+
+  me = jax.process_index()
+  token = np.frombuffer(os.urandom(8), np.int64) if me == 0 else np.zeros(1, np.int64)
+  token = int(np.asarray(multihost_utils.broadcast_one_to_all(token)).reshape(-1)[0])
+  probe = ckpt.folder / f".shared-{token & (2**64 - 1):016x}"
+  ok = 1
+  if me == 0:
+    try:
+      ckpt.folder.mkdir(parents=True, exist_ok=True)
+      probe.write_text(str(token))
+    except OSError:
+      ok = 0
+  multihost_utils.sync_global_devices("optaxlr checkpoint folder shared")
+  if me != 0:
+    try:
+      ok = int(probe.read_text() == str(token))
+    except OSError:
+      ok = 0
+  seen = np.asarray(multihost_utils.process_allgather(np.array([ok], np.int32))).reshape(-1)
+  if me == 0:
+    probe.unlink(missing_ok=True)
+  # the probe is gone before any process opens the folder (a stray file there is refused)
+  multihost_utils.sync_global_devices("optaxlr checkpoint folder probe removed")
+  if not seen.all():
+    bad = np.flatnonzero(seen == 0).tolist()
+    raise CheckpointError(
+        f"sweep: checkpoint_dir={str(ckpt.folder)!r}: is not one folder for all "
+        f"{jax.process_count()} processes: process(es) {bad} do not see the file process 0 "
+        "wrote there; process 0 writes the checkpoint and every process resumes from it, so "
+        "put it on a file system every process mounts at that path")
 
 
 def _start_group(lay: Layout, rec: Recorder, g: int, group: int, state, clock: dict):

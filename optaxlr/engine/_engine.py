@@ -431,6 +431,11 @@ def _check_ramp(fn: str, ramp: Any, steps: int, axes: Sequence[str]) -> dict[str
                        f"shape {arr.shape} and dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
       raise ValueError(f"{fn}: ramp[{name!r}] is not finite at step {int(np.flatnonzero(~np.isfinite(arr))[0])}")
+    big = np.abs(arr) > np.finfo(np.float32).max
+    if not jax.config.jax_enable_x64 and big.any():
+      i = int(np.flatnonzero(big)[0])
+      raise ValueError(f"{fn}: ramp[{name!r}] is {arr[i].item()!r} at step {i}, beyond float32 (the "
+                       "sweep computes in float32; enable jax_enable_x64 for it)")
     out[name] = arr.astype(np.float64)
   return out
 
@@ -743,7 +748,17 @@ def sweep(
 
   A task whose ``train`` is a factory ``seed -> iterator of batches`` is fed from the host:
   each seed's stream feeds every config of the seed, ``batch_size`` batches checked (keys,
-  shapes, dtypes, finite) and stacked per chunk, read ahead while the device computes.
+  shapes, dtypes, finite, labels in range) and stacked per chunk, read ahead while the device
+  computes. With several processes (``jax.distributed``) each process reads its own streams:
+  a digest of every chunk's batches is compared across processes and batches that differ are
+  refused, naming the chunk (every config trains on the same global batch; the configs, not
+  the data, are sharded over the processes). A ``checkpoint_dir`` must then be one folder for
+  every process (a shared file system; checked when the sweep opens it).
+
+  Hyperparameter values are checked before anything is compiled: finite, within float32
+  (without x64), and no two configs that differ only below float32's resolution (they would
+  train identically). ``steps`` (from ``start_from``'s step on) may not pass ``2**31 - 1``, the
+  int32 step counter of the program and of optax.
 
   Returns:
     A :class:`SweepResult` labelled by hyperparameter values.

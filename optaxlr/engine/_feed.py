@@ -10,6 +10,7 @@ next chunk's batches are read in a background thread while the current one runs.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,22 +108,43 @@ class Feed:
     return rows
 
   def _read(self):
+    first = self.step
     n = min(self.chunk_steps, self.steps - self.step)
     per_step = [self._one_step() for _ in range(n)]
-    out = {}
+    host, digest = {}, hashlib.sha256()
     for k, (shape, dt) in self.plan.batch_spec.items():
       arr = np.zeros((self.n_s, self.chunk_steps, self.plan.batch_size, *shape), dt)
       for t, rows in enumerate(per_step):  # steps past ``steps`` stay zeros (masked)
         for s_i, row in enumerate(rows):
           arr[s_i, t] = row[k]
-      out[k] = _core.put(arr, self.sharding)
-    return out
+      digest.update(k.encode())
+      digest.update(arr.tobytes())
+      host[k] = arr
+    return host, first, np.frombuffer(digest.digest()[:8], np.int64)
 
   def next(self):
+    """The next chunk's batches, placed on the devices. With several processes, each reads its
+    own streams: a digest of the chunk's batches is compared across them first, and batches
+    that differ (a stream seeded by process) are refused, naming the chunk; each config trains
+    on the same global batch on every process."""
     if self._next is None:
-      return self._read()
-    fut, self._next = self._next, None
-    return fut.result()
+      host, first, digest = self._read()
+    else:
+      fut, self._next = self._next, None
+      host, first, digest = fut.result()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      every = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
+      if len(set(every.tolist())) > 1:
+        chunk = first // self.chunk_steps
+        raise ValueError(
+            f"{self.plan.fn}: the batch streams differ across processes in chunk {chunk} "
+            f"(steps {first}..{first + self.chunk_steps - 1}; digests per process "
+            f"{[f'{d & (2**64 - 1):016x}' for d in every.tolist()]}): every process must read "
+            "the same batches (train(seed) the same on every process, not seeded by "
+            "jax.process_index()); the configs are sharded over processes, not the data")
+    return {k: _core.put(v, self.sharding) for k, v in host.items()}
 
   def prefetch(self):
     if self.step < self.steps:

@@ -66,11 +66,15 @@ class Layout:
     evals = {s: {k: put(v) for k, v in task.eval[s].items()} for s in plan.eval_splits}
     self.data_base = {"train": train, "evals": evals, "fold_train": (), "fold_eval": ()}
     self.fold_train, self.fold_eval = {}, {}
+    self._stacks: dict = {}
+    self._fold_host: dict = {}  # ("train" | "eval", fold) -> host arrays, for stacked folds
     if plan.segment_defs and any(f >= 0 for _, f, _ in plan.segment_defs):
       tr_np = {k: np.asarray(v) for k, v in task.train.items()}
       for fold, (tr_idx, held_idx) in plan.fold_splits.items():
-        self.fold_train[fold] = put(np.asarray(tr_idx, np.int32))
-        self.fold_eval[fold] = {k: put(v[held_idx]) for k, v in tr_np.items()}
+        self._fold_host["train", fold] = np.asarray(tr_idx, np.int32)
+        self._fold_host["eval", fold] = {k: v[held_idx] for k, v in tr_np.items()}
+        self.fold_train[fold] = put(self._fold_host["train", fold])
+        self.fold_eval[fold] = {k: put(v) for k, v in self._fold_host["eval", fold].items()}
     self.ramp = {k: put(np.asarray(v, self.fdtype)) for k, v in plan.ramp.items()}
     raw = (lambda k: k) if self.key_impl is None else jax.random.key_data
     keys = [run_keys(plan.key, s) for s in plan.seeds]
@@ -102,6 +106,8 @@ class Layout:
   def program(self, segments, g: int):
     vec = self.plan.vectorize
     serial = 1 if vec is None else max(1, g // (self.n_dev * vec))
+    if segments:  # which folds is data (data_for): groups of other folds share the program
+      segments = tuple(sg._replace(fold=0) if sg.fold >= 0 else sg for sg in segments)
     return _core.get_program(self.plan.task, self.plan.optimizer, self.plan.objective,
                              self.spec_for(segments, serial), donate=self.donate)
 
@@ -151,16 +157,46 @@ class Layout:
         out[-1][0] += 1
       else:
         out.append([1, b, fold, folds, int(i)])
-    return tuple(_core.Segment(n, b, f, k) for n, b, f, k, _ in out)
+    return self._stack_folds(tuple(_core.Segment(n, b, f, k) for n, b, f, k, _ in out))
+
+  def _stack_folds(self, segs):
+    """Runs of consecutive folds with equal sizes (configs, batch, training and held-out
+    examples) as one segment of stacked folds (:class:`optaxlr.engine._core.Segment`): the
+    program holds one step for them all, whatever the number of folds."""
+    sizes = {f: (len(tr), len(held)) for f, (tr, held) in self.plan.fold_splits.items()}
+    out: list = []
+    for sg in segs:
+      last = out[-1] if out else None
+      if (last is not None and sg.fold >= 0 and last.fold >= 0
+          and sg.fold == last.fold + last.stack and sg.folds == last.folds
+          and sg.batch_size == last.batch_size and sg.size == last.size // last.stack
+          and sizes[sg.fold] == sizes[last.fold]):
+        out[-1] = last._replace(size=last.size + sg.size, stack=last.stack + 1)
+      else:
+        out.append(sg)
+    return tuple(out)
 
   def data_for(self, segs, batches=None) -> dict:
     data = self.data_base
     if segs and any(sg.fold >= 0 for sg in segs):
       dummy_t = jnp.zeros((1,), jnp.int32)
       data = {**data,
-              "fold_train": tuple(self.fold_train[sg.fold] if sg.fold >= 0 else dummy_t for sg in segs),
-              "fold_eval": tuple(self.fold_eval[sg.fold] if sg.fold >= 0 else None for sg in segs)}
+              "fold_train": tuple(self._fold_data("train", sg) if sg.fold >= 0 else dummy_t
+                                  for sg in segs),
+              "fold_eval": tuple(self._fold_data("eval", sg) if sg.fold >= 0 else None
+                                 for sg in segs)}
     return data if batches is None else {**data, "batches": batches}
+
+  def _fold_data(self, part: str, sg):
+    """Fold ``sg.fold``'s arrays (``part``: "train" indices or "eval" data), or those of its
+    ``sg.stack`` folds stacked on a leading axis (placed once)."""
+    if sg.stack == 1:
+      return (self.fold_train if part == "train" else self.fold_eval)[sg.fold]
+    key = (part, sg.fold, sg.stack)
+    if key not in self._stacks:
+      parts = [self._fold_host[part, f] for f in range(sg.fold, sg.fold + sg.stack)]
+      self._stacks[key] = jax.tree.map(lambda *xs: _core.put(np.stack(xs), self.repl), *parts)
+    return self._stacks[key]
 
   def batches_like(self):
     if not self.host_fed:
