@@ -49,11 +49,9 @@ MADE_BEFORE_HASHING = {
     "02_weight_decay_l2_vs_decoupled",
     "03_flooding",
     "04_lr_range_test",
-    "06_sgdr",
     "07_reduce_on_plateau",
     "08_update_ratio",
     "09_linear_scaling",
-    "10_grow_the_batch",
 }
 
 
