@@ -49,7 +49,6 @@ MADE_BEFORE_HASHING = {
     "02_weight_decay_l2_vs_decoupled",
     "03_flooding",
     "04_lr_range_test",
-    "07_reduce_on_plateau",
     "08_update_ratio",
     "09_linear_scaling",
 }
