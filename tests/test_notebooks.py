@@ -48,7 +48,6 @@ CLAIMS = [
 MADE_BEFORE_HASHING = {
     "02_weight_decay_l2_vs_decoupled",
     "03_flooding",
-    "04_lr_range_test",
     "08_update_ratio",
     "09_linear_scaling",
 }
