@@ -8,8 +8,27 @@ too small to decide a claim and must not print a verdict that can contradict the
 
 A record binds itself to its code: ``hashes`` holds the SHA-256 of the notebook's code cells,
 of this file and of the optaxlr package's sources; :func:`stale` says which of them changed
-since the record was made (then the notebook must be rerun at full size). Records written
-before hashing have no ``hashes``.
+since the record was made (then the notebook must be rerun at full size). The package hash
+covers exactly the ``.py`` files under ``optaxlr/`` (relative path and bytes): editing tests,
+benchmarks, docs or another notebook leaves a record current. Records written before hashing
+have no ``hashes``. ``digest`` is the SHA-256 of the record's own content (everything but
+``digest``, as canonical JSON): :func:`digest_ok` says whether a number was changed by hand.
+
+Verdicts follow one statistical rule (:func:`part`, :func:`verdict`). A claim is split into
+parts; each part is a paired difference ``treatment - control`` over seeds of a metric where
+lower is better, measured on test for configs selected on val, with its 95% Student-t
+interval, and one of three readings:
+
+* ``"better"``: holds when the interval lies below 0 (the treatment is surely lower);
+* ``"similar"``: holds when the interval lies inside ``[-margin, margin]``;
+* ``"not worse"``: holds when the interval's upper end is ``<= margin``.
+
+``checks`` are differences that must be told apart from 0 (interval excludes 0) for the claim
+to be testable on this task (the control the claim speaks about differs from the treatment).
+The word is ``"not testable here"`` when a check fails, else ``"holds"`` when every part
+holds, ``"does not hold"`` when none does, ``"partly"`` otherwise. Parts and checks keep
+their per-seed values, so :func:`recheck` recomputes every interval and the word from a
+record.
 """
 
 from __future__ import annotations
@@ -29,12 +48,16 @@ import jax
 import jaxlib
 import numpy as np
 import optax
+import scipy.stats
 
 import optaxlr
 
 HERE = pathlib.Path(__file__).resolve().parent  # the notebooks' folder
 RESULTS = HERE / "results"
 SMOKE = "smoke run: no verdict"
+WORDS = ("holds", "partly", "does not hold", "not testable here")
+READINGS = ("better", "similar", "not worse", "differs")
+CONFIDENCE = 0.95
 
 
 def _cpu_model() -> str:
@@ -122,6 +145,124 @@ def stale(rec: dict) -> list[str]:
   return [k for k in ("notebook", "_results.py", "optaxlr") if made.get(k) != now[k]]
 
 
+def _interval(diff: np.ndarray) -> tuple[float, float, float]:
+  """Mean of ``diff`` and its Student-t interval at :data:`CONFIDENCE` (NaN with < 2 values
+  or a NaN value)."""
+  d = np.asarray(diff, dtype=float)
+  m = float(np.mean(d))
+  if d.size < 2 or not np.all(np.isfinite(d)):
+    return m, float("nan"), float("nan")
+  half = float(scipy.stats.t.ppf((1 + CONFIDENCE) / 2, d.size - 1) * d.std(ddof=1)
+               / math.sqrt(d.size))
+  return m, m - half, m + half
+
+
+def _reads(reading: str, lo: float, hi: float, margin: float) -> bool:
+  if not (math.isfinite(lo) and math.isfinite(hi)):
+    return False
+  if reading == "better":
+    return hi < 0
+  if reading == "similar":
+    return -margin <= lo and hi <= margin
+  if reading == "not worse":
+    return hi <= margin
+  return lo > 0 or hi < 0  # "differs"
+
+
+def part(name: str, treatment, control, *, reading: str = "better", margin: float = 0.0,
+         metric: str = "test/error") -> dict:
+  """One part of a claim: the paired difference ``treatment - control`` over seeds.
+
+  ``treatment`` and ``control``: per-seed values (same length, same seeds, lower is better) of
+  ``metric``, for configs selected on val. ``reading``: ``"better"``, ``"similar"``, ``"not
+  worse"`` (see the module's docstring) or ``"differs"`` (a check: the interval excludes 0).
+
+  Returns:
+    ``{"name", "metric", "reading", "margin", "diff", "lo", "hi", "seeds", "holds",
+    "treatment", "control"}``.
+
+  Examples:
+    >>> p = part("a beats b", [0.10, 0.12, 0.11], [0.15, 0.16, 0.16])
+    >>> p["holds"], round(p["diff"], 3)
+    (True, -0.047)
+  """
+  if reading not in READINGS:
+    raise ValueError(f"part: reading must be one of {READINGS}, got reading={reading!r}")
+  if not (isinstance(margin, (int, float)) and margin >= 0):
+    raise ValueError(f"part: margin must be a number >= 0, got margin={margin!r}")
+  t = np.asarray(treatment, dtype=float).ravel()
+  c = np.asarray(control, dtype=float).ravel()
+  if t.shape != c.shape or t.size < 2:
+    raise ValueError(f"part: treatment and control must be per-seed values of the same length"
+                     f" >= 2, got {t.size} and {c.size} ({name!r})")
+  m, lo, hi = _interval(t - c)
+  return {"name": name, "metric": metric, "reading": reading, "margin": float(margin),
+          "diff": m, "lo": lo, "hi": hi, "seeds": int(t.size),
+          "holds": _reads(reading, lo, hi, float(margin)),
+          "treatment": t.tolist(), "control": c.tolist()}
+
+
+def word(parts: list[dict], checks: list[dict] = ()) -> str:
+  """The verdict word from the parts' and checks' ``holds`` (see the module's docstring)."""
+  if not parts:
+    raise ValueError("word: parts must not be empty, got parts=[]")
+  if not all(c["holds"] for c in checks):
+    return "not testable here"
+  held = [p["holds"] for p in parts]
+  return "holds" if all(held) else ("does not hold" if not any(held) else "partly")
+
+
+def verdict(claim: str, measured: str, parts: list[dict], checks: list[dict] = (),
+            **extra) -> dict:
+  """The verdict of a claim from its parts (:func:`part`) and checks: ``{"claim",
+  "measured", "holds": <word>, "parts", "checks", ...extra}``."""
+  return {"claim": claim, "measured": measured, "holds": word(parts, list(checks)),
+          "parts": list(parts), "checks": list(checks), **extra}
+
+
+def show(v: dict) -> None:
+  """Prints each part and check: yes/no, the paired difference and its interval."""
+  for kind, items in (("part", v["parts"]), ("check", v["checks"])):
+    for p in items:
+      print(f"{'yes' if p['holds'] else 'no ':3s} {kind}: {p['name']}: {p['metric']} paired diff"
+            f" {p['diff']:+.4f} [{p['lo']:+.4f}, {p['hi']:+.4f}] ({p['reading']}"
+            + (f", margin {p['margin']:g}" if p["reading"] in ("similar", "not worse") else "")
+            + f", {p['seeds']} seeds)")
+
+
+def recheck(v: dict, tol: float = 1e-4) -> list[str]:
+  """What in a stored verdict ``v`` does not follow from its per-seed values: each part's and
+  check's difference, interval and ``holds``, then the word. ``[]`` when all follow."""
+  wrong = []
+  for p in [*v.get("parts", []), *v.get("checks", [])]:
+    again = part(p["name"], p["treatment"], p["control"], reading=p["reading"],
+                 margin=p["margin"], metric=p["metric"])
+    for k in ("diff", "lo", "hi"):
+      stored = float("nan") if p[k] is None else p[k]  # a record stores NaN as null
+      if not (math.isclose(again[k], stored, rel_tol=tol, abs_tol=tol * 1e-2)
+              or (math.isnan(again[k]) and math.isnan(stored))):
+        wrong.append(f"{p['name']}: {k} {p[k]} but its per-seed values give {again[k]:.6g}")
+    if again["holds"] != p["holds"]:
+      wrong.append(f"{p['name']}: holds={p['holds']} but its interval gives {again['holds']}")
+  if v.get("parts"):
+    w = word([{"holds": p["holds"]} for p in v["parts"]],
+             [{"holds": c["holds"]} for c in v.get("checks", [])])
+    if w != v.get("holds"):
+      wrong.append(f"verdict {v.get('holds')!r} but its parts give {w!r}")
+  return wrong
+
+
+def digest(rec: dict) -> str:
+  """SHA-256 of a record's content without its ``digest`` (canonical JSON)."""
+  body = {k: v for k, v in rec.items() if k != "digest"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def digest_ok(rec: dict) -> bool:
+  """Whether a record's ``digest`` matches its content (False when it has none)."""
+  return rec.get("digest") == digest(rec)
+
+
 def say_verdict(holds: str, measured: str, *, full: bool) -> str:
   """The closing cell's line: ``VERDICT: <holds> - <measured>`` for a full-size run, and for a
   smoke-size one ``smoke run: no verdict`` (its numbers are printed above; a verdict from them
@@ -157,7 +298,8 @@ def record(name: str, *, full: bool, started: float, sizes: dict, numbers: dict,
            split_seed: int | None = None) -> dict:
   """Builds the record; writes it to ``results/<name>.json`` only when ``full``.
 
-  ``verdict``: ``{"claim": ..., "measured": ..., "holds": "holds" | "does not hold" | ...}``.
+  ``verdict``: ``{"claim": ..., "measured": ..., "holds": "holds" | "does not hold" | ...}``,
+  best built with :func:`verdict` (parts with per-seed values, so that tests recompute it).
   ``per_seed``: name -> per-seed values (arrays with a leading seed axis), so that paired
   statistics can be recomputed from the record; ``key`` and ``split_seed``: the sweeps' base
   PRNG key and the data split's seed. Every record carries ``hashes`` (see :func:`stale`).
@@ -178,6 +320,7 @@ def record(name: str, *, full: bool, started: float, sizes: dict, numbers: dict,
       "versions": versions(),
   }
   rec = plain(rec)
+  rec["digest"] = digest(rec)
   if full:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

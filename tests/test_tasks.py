@@ -217,6 +217,71 @@ def test_teacher_student_targets_and_noise():
   t.validate()
 
 
+# ------------------------------------------------------------------------------ noisy teacher
+def test_noisy_teacher_labels_noise_and_seed():
+  t = tasks.noisy_teacher(n_train=3000, n_val=40, n_test=50, d=5, classes=4, label_noise=0.25,
+                          teacher_hidden=(8,), **SMALL)
+  assert t.train["x"].shape == (3000, 5) and t.train["y"].shape == (3000,)
+  assert t.eval["val"]["x"].shape == (40, 5) and t.eval["test"]["y"].shape == (50,)
+  w1, w2 = t.info["teacher"]
+  assert w1.shape == (5, 8) and w2.shape == (8, 4)
+  for split in ("val", "test"):  # clean: the teacher's argmax, restated
+    x = np.asarray(t.eval[split]["x"], np.float64)
+    np.testing.assert_array_equal(np.asarray(t.eval[split]["y"]),
+                                  np.argmax(np.tanh(x @ w1) @ w2, axis=1))
+  x_tr = np.asarray(t.train["x"], np.float64)
+  clean = np.argmax(np.tanh(x_tr @ w1) @ w2, axis=1)
+  np.testing.assert_array_equal(t.info["train_clean_y"], clean)
+  y = np.asarray(t.train["y"])
+  wrong = y != clean
+  assert wrong.sum() == 750 and np.array_equal(wrong, t.info["flipped"])  # floor(0.25 * 3000)
+  # a flipped label goes to each of the other classes about equally often
+  shifts = np.bincount((y[wrong] - clean[wrong]) % 4, minlength=4)
+  assert shifts[0] == 0 and shifts[1:].min() > 200
+  assert set(np.unique(clean)) == {0, 1, 2, 3}
+  a = tasks.noisy_teacher(n_train=100, n_val=10, n_test=10, seed=3, **SMALL)
+  b = tasks.noisy_teacher(n_train=100, n_val=10, n_test=10, seed=3, **SMALL)
+  c = tasks.noisy_teacher(n_train=100, n_val=10, n_test=10, seed=4, **SMALL)
+  np.testing.assert_array_equal(np.asarray(a.train["x"]), np.asarray(b.train["x"]))
+  np.testing.assert_array_equal(np.asarray(a.train["y"]), np.asarray(b.train["y"]))
+  assert not np.array_equal(np.asarray(a.train["x"]), np.asarray(c.train["x"]))
+  assert t.info["num_classes"] == 4
+  t.validate()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(classes=1), r"noisy_teacher: classes must be >= 2, got classes=1"),
+    (dict(label_noise=1.0), r"noisy_teacher: label_noise must be in \[0.0, 1.0\), got label_noise=1.0"),
+    (dict(n_train=1), r"noisy_teacher: n_train must be >= 2, got n_train=1"),
+])
+def test_noisy_teacher_bad_arguments(kw, match):
+  with pytest.raises(ValueError, match=match):
+    tasks.noisy_teacher(**kw)
+
+
+def test_noisy_teacher_a_tuned_decay_beats_the_best_constant_rate():
+  """The property the task exists for: at its defaults, cosine decay's clean test error is below
+  the best constant rate's (picked on val among three) by several paired standard errors."""
+  import optaxlr
+  from optaxlr import search, schedules
+  task = tasks.noisy_teacher()
+  steps, seeds, lrs = 2000, 3, [0.003, 0.01, 0.03]
+  space = search.zip(kind=["constant"] * 3 + ["cosine"], lr=lrs + [0.03])
+
+  def opt(h):
+    return optax.sgd(search.switch(h["kind"], {
+        "constant": schedules.constant(h["lr"]),
+        "cosine": optax.cosine_decay_schedule(h["lr"], steps)}), momentum=0.9)
+
+  res = optaxlr.sweep(task, opt, space, steps=steps, batch_size=32, eval_every=steps,
+                      seeds=seeds, execution=optaxlr.Execution(update_ratio=False, progress=False))
+  val, test = np.asarray(res.final("val/error")), np.asarray(res.final("test/error"))
+  best_constant = int(np.argmin(val[:, :3].mean(0)))
+  diff = test[:, best_constant] - test[:, 3]  # paired over seeds: constant - decay
+  se = diff.std(ddof=1) / np.sqrt(seeds)
+  assert diff.mean() > 0.02 and diff.mean() > 4 * se, (diff, se)
+
+
 # ------------------------------------------------------------------------------ training works
 def _train(task, tx, steps, batch=64):
   """Full-batch training on the first ``batch`` examples: one compiled program (init + scan)."""
@@ -246,8 +311,10 @@ def _train(task, tx, steps, batch=64):
     lambda: tasks.spiral(n_test=10, **SMALL),
     lambda: tasks.spiral(n_test=10, loss="logistic", **SMALL),
     lambda: tasks.teacher_student(n_test=10, **SMALL),
+    lambda: tasks.noisy_teacher(n_train=200, n_val=10, n_test=10, classes=3, label_noise=0.0,
+                                **SMALL),
 ], ids=["digits-mlp", "digits-cnn", "two_gaussians", "sinusoid", "spiral", "spiral-logistic",
-        "teacher_student"])
+        "teacher_student", "noisy_teacher"])
 def test_a_few_sgd_steps_reduce_the_loss(build):
   losses = _train(build(), optax.sgd(0.1), steps=15)
   assert np.all(np.isfinite(losses))

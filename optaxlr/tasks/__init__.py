@@ -4,7 +4,7 @@ A :class:`Task` is ``init(key) -> params``, ``loss(params, batch) -> scalar``,
 ``metrics(params, batch) -> dict`` and the data (``train`` and held-out ``eval`` splits),
 all pure and jit/vmap-safe. Build one from flax.nnx, flax.linen or plain functions, or use a
 built-in task: :func:`digits`, :func:`two_gaussians`, :func:`sinusoid`, :func:`spiral`,
-:func:`teacher_student`.
+:func:`teacher_student`, :func:`noisy_teacher`.
 """
 
 from optaxlr.tasks._task import Task
@@ -26,6 +26,7 @@ from optaxlr.tasks._datasets import two_gaussians
 from optaxlr.tasks._datasets import sinusoid
 from optaxlr.tasks._datasets import spiral
 from optaxlr.tasks._datasets import teacher_student
+from optaxlr.tasks._datasets import noisy_teacher
 from optaxlr.tasks import _datasets, _models, _objectives, _task
 
 __all__ = [
