@@ -9,6 +9,7 @@ program.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 import os
@@ -842,8 +843,12 @@ def sweep(
   vectorize = _vectorize(fn, execution.vectorize, devices, probe, train_shapes, layout)
   if adapt is not None:
     _check_adapt(fn, adapt, names, execution, layout, start_from)
+    # ``categories`` (the names of categorical axes) is newer than the protocol: a user's own
+    # strategy whose start() does not take it is called without it.
+    params = inspect.signature(adapt.start).parameters
+    takes = "categories" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     adapt.start(n_configs=n_cfg, steps=steps, eval_every=eval_every, sync_every=sync_every,
-                hparams=hp_np, categories=categories)
+                hparams=hp_np, **({"categories": categories} if takes else {}))
     callback = _with_adapt(fn, adapt, callback)
   start_step, init_from = 0, None
   if start_from is not None:

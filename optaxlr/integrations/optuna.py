@@ -84,8 +84,8 @@ class _Pruning(adapt_mod.Adapt):
     self.reported: list[set[int]] = [set() for _ in self.trials]
     self.pruned: dict[int, int] = {}  # config -> step at which it was pruned
 
-  def start(self, *, n_configs, steps, eval_every, sync_every, hparams):
-    del steps, eval_every, sync_every, hparams
+  def start(self, *, n_configs, steps, eval_every, sync_every, hparams, categories=None):
+    del steps, eval_every, sync_every, hparams, categories
     if n_configs != len(self.trials):  # pragma: no cover - optimize builds both
       raise ValueError(f"{_FN}: the sweep has {n_configs} configs for {len(self.trials)} trials")
 
