@@ -65,6 +65,8 @@ RERUN_PENDING: dict[str, str] = {
     "08_update_ratio": "511e56fadbbe",
     "09_linear_scaling": "511e56fadbbe",
     "10_grow_the_batch": "511e56fadbbe",
+    # run on branch h11 (session 18), before the last fix to adapt.start
+    "11_horizons": "a20d4b1fb135",
 }
 
 
