@@ -309,6 +309,7 @@ def critical_batch_size(
   for i, step in enumerate(at_l):
     parent = by_step[step]
     res = sweep(task, optimizer, space, steps=max(steps_b), eval_every=eval_every, key=key,
+                seeds=np.asarray(parent.seeds).tolist(),
                 start_from=parent.fork([config] * len(bs)), execution=ex)
     results[step] = res
     if metric not in res.metrics:

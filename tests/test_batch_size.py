@@ -69,6 +69,24 @@ def test_linear_rule_and_snapshot_choice(setup):
   assert cbs.critical[0] in (16, 64)
 
 
+@pytest.mark.slow
+def test_a_trunk_of_several_seeds_forks_every_seed(setup):
+  """Each seed of a two-seed trunk is branched (it failed: the children's sweep had one seed);
+  the loss is the mean over the seeds of what one-seed trunks of each seed give."""
+  task, opt, _ = setup
+  ex = optaxlr.Execution(progress=False, keep_params_at=(20,), keep_params=True)
+  kw = dict(steps=40, batch_size=32, eval_every=20, execution=ex)
+  both = optaxlr.sweep(task, opt, search.grid(lr=[0.02]), seeds=[0, 1], **kw)
+  cbs = optaxlr.critical_batch_size(task, opt, both, at=[20], batch_sizes=[16, 64], examples=256)
+  assert cbs.results[20].metrics["val/loss"].shape[0] == 2
+  per_seed = []
+  for seed in (0, 1):
+    one = optaxlr.sweep(task, opt, search.grid(lr=[0.02]), seeds=[seed], **kw)
+    per_seed.append(optaxlr.critical_batch_size(task, opt, one, at=[20], batch_sizes=[16, 64],
+                                                examples=256).loss)
+  np.testing.assert_allclose(cbs.loss, np.mean(per_seed, axis=0), rtol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(at=[30]), r"at=\[30\] holds step 30, which is not a kept snapshot of the trunk \(its "
                     r"run covers steps 0..40; kept: \[20, 40\]\)"),
