@@ -30,6 +30,7 @@ NAMES = [
     "10_grow_the_batch",
     "11_horizons",
     "12_your_model",
+    "13_batch_size",
 ]
 # notebooks that measure a claim and commit the numbers of a full-size run to results/<name>.json
 CLAIMS = [
@@ -42,6 +43,7 @@ CLAIMS = [
     "09_linear_scaling",
     "10_grow_the_batch",
     "11_horizons",
+    "13_batch_size",
 ]
 
 
