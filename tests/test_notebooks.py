@@ -30,6 +30,7 @@ NAMES = [
     "10_grow_the_batch",
     "11_horizons",
     "12_your_model",
+    "13_batch_size",
 ]
 # notebooks that measure a claim and commit the numbers of a full-size run to results/<name>.json
 CLAIMS = [
@@ -42,6 +43,7 @@ CLAIMS = [
     "09_linear_scaling",
     "10_grow_the_batch",
     "11_horizons",
+    "13_batch_size",
 ]
 
 
@@ -67,6 +69,8 @@ RERUN_PENDING: dict[str, str] = {
     "10_grow_the_batch": "511e56fadbbe",
     # run on branch h11 (session 18), before the last fix to adapt.start
     "11_horizons": "a20d4b1fb135",
+    # run on branch h13 (session 18), before the multi-seed fix to critical_batch_size
+    "13_batch_size": "f018abca05fe",
 }
 
 
