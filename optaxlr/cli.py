@@ -212,10 +212,6 @@ def _check_task(args: argparse.Namespace, *, quick: bool, ranked: bool) -> None:
   axes = getattr(args, "axes", None) or {}
   task = args.task_obj = load_user_task("--task", args.task, {k: v[0] for k, v in axes.items()})
   args.task_label = task.name or args.task
-  if task.host_fed:
-    raise UsageError(f"--task {args.task}: the task's training data is a stream (train(seed) -> "
-                     "batches); the command line samples minibatches from in-memory arrays "
-                     "(--batch-size); sweep a stream from Python with optaxlr.sweep")
   if not ranked:
     return
   if "val" not in task.eval:
@@ -623,7 +619,12 @@ def _check_record_size(runs: int, steps: int, hint: str) -> None:
 
 
 def _check_batch_size(args: argparse.Namespace) -> None:
-  if args.task_obj.host_fed:  # the loader's batches set the size: the sweep checks they agree
+  if args.task_obj.host_fed:  # the loader's batches set the size: --batch-size must name it
+    rows = {int(np.shape(v)[0]) for v in args.task_obj.first_batch().values()}
+    if rows != {args.batch_size}:
+      raise UsageError(f"--batch-size {args.batch_size} differs from the batches of --task "
+                       f"{args.task}'s stream ({', '.join(map(str, sorted(rows)))} examples): pass "
+                       f"--batch-size {max(rows)}")
     return
   n_train = args.task_obj.n_train
   if args.batch_size > n_train:

@@ -257,10 +257,14 @@ def host_fed_task():
 
 
 @pytest.mark.parametrize("command", [["sweep", "--steps", "4"], ["lr-find"]])
-def test_cli_host_fed_task_is_one_line_exit_2(command, capsys, tmp_path):
+def test_cli_host_fed_task_with_another_batch_size_is_one_line_exit_2(command, capsys, tmp_path):
+  """A stream sets its own batch size: a --batch-size that differs (here the default 64, the
+  stream's batches hold 8) is one line naming both, not a traceback from the sweep. (A stream
+  whose size --batch-size names runs: tests/test_matrix.py's CLI cells.)"""
   err = _cli_usage_error([*command, "--task", f"{__file__}:host_fed_task", "--out",
                           str(tmp_path)], capsys)
-  assert "the task's training data is a stream (train(seed) -> batches)" in err
+  assert "--batch-size 64 differs from the batches of --task" in err
+  assert "stream (8 examples): pass --batch-size 8" in err
 
 
 def test_cli_lr_find_max_lr_past_float32_is_one_line_exit_2(capsys, tmp_path):
