@@ -58,19 +58,10 @@ MADE_BEFORE_HASHING: set[str] = set()  # every record has been rerun with hashes
 # while it is stale by the package alone and its hash is the one listed here (a rerun record
 # must leave the list), and the README's table says "rerun pending" beside its verdict.
 RERUN_PENDING: dict[str, str] = {
-    # run on branch h21b (session 18), before the fork / noise-scale / loader merges
+    # run on branch h21b (session 18), before the fork / noise-scale / loader merges; the other
+    # records were rerun on main after the merges with identical numbers (~10 minutes each)
     "02_weight_decay_l2_vs_decoupled": "511e56fadbbe",
     "03_flooding": "511e56fadbbe",
-    "04_lr_range_test": "511e56fadbbe",
-    "06_sgdr": "511e56fadbbe",
-    "07_reduce_on_plateau": "511e56fadbbe",
-    "08_update_ratio": "511e56fadbbe",
-    "09_linear_scaling": "511e56fadbbe",
-    "10_grow_the_batch": "511e56fadbbe",
-    # run on branch h11 (session 18), before the last fix to adapt.start
-    "11_horizons": "a20d4b1fb135",
-    # run on branch h13 (session 18), before the multi-seed fix to critical_batch_size
-    "13_batch_size": "f018abca05fe",
 }
 
 
