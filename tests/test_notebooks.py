@@ -57,12 +57,7 @@ MADE_BEFORE_HASHING: set[str] = set()  # every record has been rerun with hashes
 # name -> the first 12 hex digits of the package hash in the record. Each is accepted only
 # while it is stale by the package alone and its hash is the one listed here (a rerun record
 # must leave the list), and the README's table says "rerun pending" beside its verdict.
-RERUN_PENDING: dict[str, str] = {
-    # run on branch h21b (session 18), before the fork / noise-scale / loader merges; the other
-    # records were rerun on main after the merges with identical numbers (~10 minutes each)
-    "02_weight_decay_l2_vs_decoupled": "511e56fadbbe",
-    "03_flooding": "511e56fadbbe",
-}
+RERUN_PENDING: dict[str, str] = {}  # every record was rerun on main after the merges
 
 
 def _results_module():
