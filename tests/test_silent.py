@@ -227,15 +227,10 @@ def test_load_refuses_a_state_that_does_not_match_its_digest(saved, tmp_path):
 # -- (g) the command line: a value past float32, a host-fed task --------------------------
 
 def _cli_usage_error(argv, capsys) -> str:
-  from optaxlr import cli
+  """One line on stderr, exit 2, no traceback: test_cli's own check of a usage error."""
+  from test_cli import _usage_error
 
-  with pytest.raises(SystemExit) as e:
-    cli.main(argv)
-  captured = capsys.readouterr()
-  assert e.value.code == 2, captured
-  err = captured.err
-  assert err.count("\n") == 1 and "Traceback" not in err, f"not one line: {err!r}"
-  return err
+  return _usage_error(argv, capsys)
 
 
 @pytest.mark.parametrize("lr", ["1e39", "1e-3,1e39"])
