@@ -290,3 +290,48 @@ def test_plateau_done_stops_a_config_as_pytorch_loops_do(x64):
   on = run(task, opt, space, steps=32, eval_every=4, plateau="feed")
   assert (on.stop_reason == "completed").all()
   np.testing.assert_array_equal(on.batch_loss[..., :12], res.batch_loss[..., :12])
+
+
+def _toy_task(name, apply, extra):
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((72, 4))
+  y = (x[:, 0] > 0).astype(np.int32)
+
+  def init(key):
+    return {"w": jax.random.normal(key, (4, 2)) * 0.3, **extra}
+
+  return optaxlr.Task.from_functions(name, init, apply, "cross_entropy",
+                                     train={"x": x[:48], "y": y[:48]},
+                                     eval={"val": {"x": x[48:], "y": y[48:]}},
+                                     info={"num_classes": 2})
+
+
+def test_a_nan_gradient_of_a_finite_loss_stops_the_run_at_its_next_step():
+  """The per-step check reads the loss: a finite loss whose gradient is NaN (sqrt at 0) makes
+  the parameters NaN, whose loss at the next step is NaN: the run stops there, diverged."""
+  task = _toy_task("sqrt0", lambda p, x: x @ p["w"] + jnp.sqrt(jnp.sum(p["s"] ** 2)),
+                   {"s": jnp.zeros(2)})
+  res = run(task, sgd, search.zip(lr=[0.01, 0.1]), steps=8, eval_every=4)
+  assert np.isfinite(res.batch_loss[0, :, 0]).all()
+  assert (res.stop_reason[0] == "diverged").all() and res.diverged_at[0].tolist() == [1, 1]
+  assert np.isnan(res.batch_loss[0, :, 1:]).all()
+
+
+def test_parameters_the_loss_does_not_read_are_checked_at_each_evaluation():
+  """A parameter the loss does not read turning NaN (here by the optimizer after 3 updates)
+  leaves every loss finite: the evaluation's check of the parameters stops the run there."""
+
+  def nan_z_after(k):
+    def update(updates, count, params=None):
+      return {**updates, "z": jnp.where(count >= k, jnp.nan, updates["z"])}, count + 1
+    return optax.GradientTransformation(lambda p: jnp.zeros((), jnp.int32), update)
+
+  task = _toy_task("unread", lambda p, x: x @ p["w"], {"z": jnp.zeros(3)})
+  res = run(task, lambda h: optax.chain(optax.sgd(h["lr"]), nan_z_after(3)),
+            search.zip(lr=[0.01, 0.1]), steps=12, eval_every=4)
+  assert np.isfinite(res.batch_loss[0, :, :4]).all()
+  assert (res.stop_reason[0] == "diverged").all() and res.diverged_at[0].tolist() == [4, 4]
+  assert np.isnan(res.batch_loss[0, :, 4:]).all()
+  # A run that never turns non-finite is not touched by the check.
+  ok = run(task, sgd, search.zip(lr=[0.01, 0.1]), steps=12, eval_every=4)
+  assert (ok.stop_reason[0] == "completed").all()

@@ -635,8 +635,10 @@ def sweep(
   :func:`run_keys` and the minibatch order of :func:`batch_indices`: in float64 on the CPU to a
   few ulps (most steps bitwise; XLA's batched matmuls and reductions may sum in another order
   than a single run's), within rounding in float32. Each run receives exactly ``steps``
-  updates. A config whose loss or parameters turn non-finite is frozen and marked diverged at
-  that step; it never changes another config's numbers. Why and when each run ended is in
+  updates. A config whose loss turns non-finite is frozen with the parameters that produced it
+  and marked diverged at that step (parameters found non-finite at an evaluation, from a
+  non-finite gradient of a finite loss, stop it there); it never changes another config's
+  numbers. Why and when each run ended is in
   ``stop_reason`` / ``stopped_at`` (one meaning in every driver).
 
   The program runs ``sync_every`` steps per call (a chunk), evaluating every ``eval_every``

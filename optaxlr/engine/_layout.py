@@ -55,7 +55,9 @@ class Layout:
         jax.tree.map(lambda v: np.asarray(np.minimum(np.float64(v), np.finfo(self.fdtype).max),
                                           self.fdtype), r.args())
         for r in rules)
-    self.donate = plan.devices[0].platform != "cpu"
+    # The carry is donated to each chunk (on every platform): its buffers are updated in
+    # place instead of copied at the start of every chunk's loop.
+    self.donate = True
     mesh = jax.sharding.Mesh(np.array(plan.devices), ("config",))
     P = jax.sharding.PartitionSpec
     self.run_sh = jax.sharding.NamedSharding(mesh, P(None, "config"))
@@ -100,7 +102,7 @@ class Layout:
         stateful=bool(getattr(plan.task, "stateful", False)),
         serial=serial, devices=self.n_dev, eval_batch=plan.eval_batch,
         compute_dtype=plan.compute_dtype, segments=segments, host_fed=self.host_fed,
-        noise_scale=plan.noise_scale,
+        noise_scale=plan.noise_scale, ragged=plan.steps % plan.eval_every != 0,
     )
 
   def program(self, segments, g: int):

@@ -108,8 +108,9 @@ class SweepResult:
     metrics: ``"split/name" -> (S, C, E)`` evaluations at ``eval_steps``; NaN from a run's
       divergence on.
     eval_steps: the step after which each evaluation was taken, ``(E,)``.
-    diverged_at: the step at which a run's loss or parameters turned non-finite, -1 if never
-      (``stopped_at`` of the runs whose ``stop_reason`` is ``"diverged"``).
+    diverged_at: the step at which a run's loss turned non-finite (or, found at an
+      evaluation, its parameters), -1 if never (``stopped_at`` of the runs whose
+      ``stop_reason`` is ``"diverged"``).
     stopped_at: the number of updates a run had received when it stopped, for any reason
       (divergence, early stopping, a plateau that can reduce no further, the host), -1 if it
       ran every step.

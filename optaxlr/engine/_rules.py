@@ -9,9 +9,11 @@ does not recompile; settings that shape the program (a metric's name, a mode) ar
 
 Semantics of a stop, the same for every rule and every driver:
 
-* a step rule (and the always-on non-finite check) that stops a run at step ``t`` discards that
-  step's update: the run is frozen with the parameters after ``t`` steps, ``stopped_at = t``;
-* an evaluation rule that stops a run after ``t`` steps freezes it there, ``stopped_at = t``.
+* a step rule (and the always-on non-finite check of the loss) that stops a run at step ``t``
+  discards that step's update: the run is frozen with the parameters after ``t`` steps (those
+  that gave the non-finite loss), ``stopped_at = t``;
+* an evaluation rule (and the always-on non-finite check of the parameters) that stops a run
+  after ``t`` steps freezes it there, ``stopped_at = t``.
 
 So ``stopped_at`` is always the number of updates the run received, and ``stop_reason`` says
 why it stopped; ``diverged_at`` is ``stopped_at`` of the runs stopped for non-finite values.
