@@ -572,12 +572,14 @@ class _ChunkRun:
     inner = {"t": steps, "last": (steps == b0 + spec.eval_every - 1) | (steps + 1 == total)}
     if spec.host_fed:
       inner["batch"] = xs["batch"]  # leaves (eval_every, S, B, ...)
-    if not spec.ragged and spec.eval_every > 1:
-      # The block's last step (the one whose update ratio is recorded) apart from the others.
+    if spec.update_ratio and not spec.ragged and spec.eval_every > 1:
+      # The block's last step (the one whose update ratio is recorded) apart from the others:
+      # measured at 64 configs of the MLP on the CPU, 1.03x a hand-written program against
+      # 1.08-1.12x with the per-step conditional; the step is compiled twice (+10-60% compile).
       head = jax.tree.map(lambda a: a[:-1], inner)
       tail = jax.tree.map(lambda a: a[-1], inner)
       state, outs = jax.lax.scan(functools.partial(self.step_body, ratio_mode="off"), state, head)
-      (c, perm), out_t = self.step_body(state, tail, ratio_mode="last" if spec.update_ratio else "off")
+      (c, perm), out_t = self.step_body(state, tail, ratio_mode="last")
       loss, ran, recs = jax.tree.map(lambda h, t: jnp.concatenate([h, t[None]]), outs, out_t)
     else:
       mode = ("cond" if spec.ragged else "last") if spec.update_ratio else "off"
