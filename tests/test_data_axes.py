@@ -254,39 +254,3 @@ def test_the_program_does_not_grow_with_the_number_of_folds():
   for m in ("fold/loss", "val/loss"):
     np.testing.assert_allclose(res[8, 4].metrics[m], res[8, None].metrics[m], rtol=1e-5,
                                atol=1e-7, err_msg=m)
-
-
-def test_one_config_at_a_time_with_batch_size_and_uneven_fold_segments():
-  """``vectorize=1`` (a conv model's default on the CPU) with batch-size and fold axes: each
-  segment's configs run one at a time (its folds one after another) and every row equals the
-  all-vmapped sweep's; the program holds one step whatever the number of folds."""
-  task = _task(n=91)
-  space = search.grid(lr=[0.01, 0.05], batch_size=[8, 16]) * search.folds(4)
-  every = optaxlr.sweep(task, sgd, space, **with_ex(KW, vectorize=None))
-  one = optaxlr.sweep(task, sgd, space, **with_ex(KW, vectorize=1))
-  assert one.info["vectorize"] == 1
-  np.testing.assert_allclose(one.batch_loss, every.batch_loss, rtol=1e-5, atol=1e-7)
-  for m, v in every.metrics.items():
-    np.testing.assert_allclose(one.metrics[m], v, rtol=1e-5, atol=1e-6, err_msg=m)
-  with pytest.raises(ValueError, match=r"vectorize=2 \(blocks of configs\) does not combine"):
-    optaxlr.sweep(task, sgd, space, **with_ex(KW, vectorize=2))
-
-
-def test_a_conv_model_with_folds_runs_one_config_at_a_time_by_default():
-  """The digits CNN with a fold axis on the CPU: vectorize="auto" stays 1 (no fallback to
-  vmapped grouped convolutions, no warning) and equals the all-vmapped sweep."""
-  import warnings
-
-  task = optaxlr.tasks.digits(model="cnn")
-  space = search.grid(lr=[3e-3]) * search.folds(2)
-  kw = dict(steps=4, batch_size=16, eval_every=4)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    auto = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw,
-                         execution=optaxlr.Execution(progress=False))
-  assert auto.info["vectorize"] == 1
-  every = optaxlr.sweep(task, lambda h: optax.adam(h["lr"]), space, **kw,
-                        execution=optaxlr.Execution(progress=False, vectorize=None))
-  np.testing.assert_allclose(auto.batch_loss, every.batch_loss, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(auto.metrics["fold/loss"], every.metrics["fold/loss"], rtol=1e-4,
-                             atol=1e-6)

@@ -106,8 +106,6 @@ class Spec:
   # the run's last step may fall inside a block (steps not a multiple of eval_every): the
   # update ratio is then computed under a per-step condition instead of on a peeled last step
   ragged: bool = False
-  # batch-size / fold segments run one config at a time (lax.map; vectorize=1 with segments)
-  serial_segments: bool = False
 
   @property
   def chunk_steps(self) -> int:
@@ -468,11 +466,8 @@ class _ChunkRun:
   def stacked(self, k, fn, *args):
     """``fn(*args)`` of segment ``k``: as is, or for a segment of ``stack`` folds vmapped over
     them (``args``' leaves: run state ``(S, C, ...)``, hyperparameters ``(C, ...)``, fold data
-    ``(stack, ...)``, marked by position: 'r', 'h', 'f'), its outputs ``(S, C, ...)``. With
-    ``spec.serial_segments``, one config after another instead (:meth:`serially`)."""
+    ``(stack, ...)``, marked by position: 'r', 'h', 'f'), its outputs ``(S, C, ...)``."""
     st = self.segs[k].stack
-    if self.spec.serial_segments:
-      return self.serially(k, fn, args)
     if st == 1:
       return fn(*(a for _, a in args))
     split = {"r": lambda x: jnp.moveaxis(x.reshape(x.shape[0], st, -1, *x.shape[2:]), 1, 0),
@@ -480,38 +475,6 @@ class _ChunkRun:
     ins = [jax.tree.map(split[kind], a) for kind, a in args]
     out = jax.vmap(fn)(*ins)
     return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]), out)
-
-  def serially(self, k, fn, args):
-    """``fn`` of segment ``k`` one config at a time (``vectorize=1``: a conv model on the CPU,
-    where vmapped convolutions become slow grouped ones): ``lax.map`` over the segment's folds,
-    and within a fold over its configs, each call seeing one config (config axis of size 1)
-    and its fold's data, so the program holds one step whatever the number of folds or configs
-    (``stack`` folds of ``size // stack`` configs; a segment without folds is one "fold")."""
-    sg = self.segs[k]
-    st, per = sg.stack, sg.size // sg.stack
-
-    def split(kind, x):
-      if kind == "r":  # (S, size, ...) -> (stack, per, S, 1, ...)
-        return jnp.moveaxis(x.reshape(x.shape[0], st, per, 1, *x.shape[2:]), 0, 2)
-      if kind == "h":  # (size, ...) -> (stack, per, 1, ...)
-        return x.reshape(st, per, 1, *x.shape[1:])
-      return x if st > 1 else x[None]  # fold data, (stack, ...)
-
-    kinds = [kind for kind, _ in args]
-    ins = [jax.tree.map(functools.partial(split, kind), a) for kind, a in args]
-
-    def one_fold(fold_ins):
-      shared = [a if kind == "f" else None for kind, a in zip(kinds, fold_ins)]
-      own = [None if kind == "f" else a for kind, a in zip(kinds, fold_ins)]
-
-      def one_config(cfg_ins):
-        return fn(*(sh if kind == "f" else c for kind, sh, c in zip(kinds, shared, cfg_ins)))
-
-      return jax.lax.map(one_config, own)
-
-    out = jax.lax.map(one_fold, ins)  # leaves (stack, per, S, 1, ...)
-    return jax.tree.map(lambda x: jnp.moveaxis(x, 2, 0).reshape(x.shape[2], st * per, *x.shape[4:]),
-                        out)
 
   def perms(self, k, t):
     n = self.n_examples(k)
@@ -552,7 +515,7 @@ class _ChunkRun:
           k, lambda sc, hp, v, batch: self.b.seeds_step[ratio_mode](sc, hp, v, (batch, mkeys), shared),
           ("r", sc), ("h", self.seg_hp(k)),
           ("r", value[:, offs[k]:offs[k + 1]] if self.multi else value),
-          ("f", batch)))  # the seed's (or the stacked folds') minibatch, no config axis
+          ("f" if self.segs[k].stack > 1 else "r", batch)))
     if self.multi:
       (new, (loss, ran, recs)) = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *outs)
     else:

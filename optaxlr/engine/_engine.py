@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -566,14 +567,18 @@ def _with_adapt(fn: str, adapt: Any, callback: Callable | None) -> Callable:
 
 def _vectorize(fn: str, vectorize, devices, probe, train_shapes, layout) -> int | None:
   """``Execution.vectorize`` resolved: ``"auto"`` is one config at a time for a conv model on the
-  CPU. With a batch-size or fold axis, ``1`` runs each segment's configs one at a time (and its
-  folds one after another); blocks of more configs do not combine with segments: an error."""
+  CPU; configs in blocks do not combine with batch-size/fold segments, so "auto" falls back to
+  all at once there (with a warning) and an explicit int is an error."""
   if vectorize == "auto":
     vectorize = 1 if (devices[0].platform == "cpu" and _has_conv(probe, train_shapes)) else None
-  if vectorize not in (None, 1) and layout["segment_of"] is not None:
-    raise ValueError(f"{fn}: vectorize={vectorize} (blocks of configs) does not combine with a "
-                     "'batch_size' or 'fold' axis; pass Execution(vectorize=None) (all at once) or "
-                     "vectorize=1 (one config at a time)")
+    if vectorize is not None and layout["segment_of"] is not None:
+      warnings.warn(f"{fn}: vectorize='auto' would run this conv model one config at a time on the "
+                    "CPU, which does not combine with a 'batch_size' or 'fold' axis yet; every config"
+                    " runs vmapped at once instead (slower convolutions on XLA:CPU)", stacklevel=3)
+      vectorize = None
+  if vectorize is not None and layout["segment_of"] is not None:
+    raise ValueError(f"{fn}: vectorize={vectorize} (configs in blocks) does not combine with a "
+                     "'batch_size' or 'fold' axis yet; pass Execution(vectorize=None)")
   return vectorize
 
 

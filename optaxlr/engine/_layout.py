@@ -91,7 +91,7 @@ class Layout:
 
   # -- the program of a group ----------------------------------------------------------
 
-  def spec_for(self, segments, serial: int, serial_segments: bool = False) -> _core.Spec:
+  def spec_for(self, segments, serial: int) -> _core.Spec:
     plan = self.plan
     return _core.Spec(
         batch_size=plan.batch_size, eval_every=plan.eval_every,
@@ -103,19 +103,15 @@ class Layout:
         serial=serial, devices=self.n_dev, eval_batch=plan.eval_batch,
         compute_dtype=plan.compute_dtype, segments=segments, host_fed=self.host_fed,
         noise_scale=plan.noise_scale, ragged=plan.steps % plan.eval_every != 0,
-        serial_segments=serial_segments,
     )
 
   def program(self, segments, g: int):
     vec = self.plan.vectorize
     serial = 1 if vec is None else max(1, g // (self.n_dev * vec))
-    serial_segments = False
     if segments:  # which folds is data (data_for): groups of other folds share the program
       segments = tuple(sg._replace(fold=0) if sg.fold >= 0 else sg for sg in segments)
-      # one config at a time within each segment (vectorize=1), not blocks of the config axis
-      serial, serial_segments = 1, vec is not None
     return _core.get_program(self.plan.task, self.plan.optimizer, self.plan.objective,
-                             self.spec_for(segments, serial, serial_segments), donate=self.donate)
+                             self.spec_for(segments, serial), donate=self.donate)
 
   # -- placement ------------------------------------------------------------------------
 
