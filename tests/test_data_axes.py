@@ -249,6 +249,27 @@ def test_the_program_does_not_grow_with_the_number_of_folds():
         eval_every=4, execution=optaxlr.Execution(progress=False, max_group_size=group))
     counts[k, group] = len(traced)
   assert counts[8, None] == counts[2, None], counts
+  # Several configs per fold (and per batch size) are one segment, not one segment each (a
+  # comparison of a list with a tuple made every config a segment of its own: the program
+  # grew with configs x folds)
+  def traces(space, **kw):  # a new task each time: nothing cached, every program traced anew
+    n = []
+
+    def loss(params, batch):
+      n.append(1)
+      return task.loss(params, batch)
+
+    fresh = Task(name="counted", init=task.init, loss=loss, metrics=task.metrics,
+                 train=task.train, eval=task.eval)
+    optaxlr.sweep(fresh, sgd, space, steps=4, eval_every=4,
+                  execution=optaxlr.Execution(progress=False), **kw)
+    return len(n)
+
+  one_fold = traces(search.grid(lr=[0.05]) * search.folds(8), batch_size=8)
+  one_bs = traces(search.grid(lr=[0.05], batch_size=[8, 16]))
+  for lrs in ([0.01, 0.03, 0.05], [0.01, 0.02, 0.03, 0.04, 0.05]):
+    assert traces(search.grid(lr=lrs) * search.folds(8), batch_size=8) == one_fold
+    assert traces(search.grid(lr=lrs, batch_size=[8, 16])) == one_bs
   # two groups of 4 folds each (folds 0-3 and 4-7): one program, its fold data an argument
   assert res[8, 4].info["groups"] == 2 and counts[8, 4] == counts[2, None], counts
   for m in ("fold/loss", "val/loss"):

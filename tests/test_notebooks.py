@@ -57,7 +57,7 @@ MADE_BEFORE_HASHING: set[str] = set()  # every record has been rerun with hashes
 # name -> the first 12 hex digits of the package hash in the record. Each is accepted only
 # while it is stale by the package alone and its hash is the one listed here (a rerun record
 # must leave the list), and the README's table says "rerun pending" beside its verdict.
-RERUN_PENDING: dict[str, str] = {}  # every record was rerun after the engine's check/peel change
+RERUN_PENDING: dict[str, str] = {name: "3d6fb96d024e" for name in CLAIMS}  # the segments fix
 
 
 def _results_module():

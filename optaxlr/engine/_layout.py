@@ -155,7 +155,7 @@ class Layout:
     out = []
     for i in plan.segment_of[sel]:
       b, fold, folds = plan.segment_defs[int(i)]
-      if out and out[-1][1:] == (b, fold, folds) and out[-1][4] == int(i):
+      if out and out[-1][4] == int(i):  # the same segment as the config before: one more
         out[-1][0] += 1
       else:
         out.append([1, b, fold, folds, int(i)])
