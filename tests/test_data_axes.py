@@ -228,19 +228,24 @@ def test_uneven_folds_rows_equal_separate_sweeps_on_the_splits():
                                rtol=1e-5, atol=1e-7)
 
 
+def _counting(task):
+  """``task`` with a loss that counts its traces, and the list it appends to."""
+  n = []
+
+  def loss(params, batch):
+    n.append(1)
+    return task.loss(params, batch)
+
+  return Task(name="counted", init=task.init, loss=loss, metrics=task.metrics, train=task.train,
+              eval=task.eval), n
+
+
 def test_the_program_does_not_grow_with_the_number_of_folds():
   """Folds of one size run as one segment vmapped over them: the training loss is traced as
   often for 8 folds as for 2 (it was traced once per fold), so compile time does not grow
   with k; groups of other folds (max_group_size) share one program."""
   task = _task(n=96)
-  traced = []
-
-  def loss(params, batch):
-    traced.append(1)
-    return task.loss(params, batch)
-
-  counted = Task(name="counted", init=task.init, loss=loss, metrics=task.metrics,
-                 train=task.train, eval=task.eval)
+  counted, traced = _counting(task)
   counts, res = {}, {}
   for k, group in ((2, None), (8, None), (8, 4)):
     traced.clear()
@@ -253,14 +258,7 @@ def test_the_program_does_not_grow_with_the_number_of_folds():
   # comparison of a list with a tuple made every config a segment of its own: the program
   # grew with configs x folds)
   def traces(space, **kw):  # a new task each time: nothing cached, every program traced anew
-    n = []
-
-    def loss(params, batch):
-      n.append(1)
-      return task.loss(params, batch)
-
-    fresh = Task(name="counted", init=task.init, loss=loss, metrics=task.metrics,
-                 train=task.train, eval=task.eval)
+    fresh, n = _counting(task)
     optaxlr.sweep(fresh, sgd, space, steps=4, eval_every=4,
                   execution=optaxlr.Execution(progress=False), **kw)
     return len(n)
