@@ -60,7 +60,7 @@ MADE_BEFORE_HASHING: set[str] = set()  # every record has been rerun with hashes
 # made before the segments fix (fef1742), which these notebooks' numbers do not go through
 RERUN_PENDING: dict[str, str] = {name: "3d6fb96d024e" for name in CLAIMS if name not in {
     "02_weight_decay_l2_vs_decoupled", "03_flooding", "07_reduce_on_plateau", "04_lr_range_test",
-    "08_update_ratio", "09_linear_scaling", "10_grow_the_batch"}}
+    "08_update_ratio", "09_linear_scaling", "10_grow_the_batch", "06_sgdr", "13_batch_size"}}
 
 
 def _results_module():
