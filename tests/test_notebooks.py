@@ -57,10 +57,7 @@ MADE_BEFORE_HASHING: set[str] = set()  # every record has been rerun with hashes
 # name -> the first 12 hex digits of the package hash in the record. Each is accepted only
 # while it is stale by the package alone and its hash is the one listed here (a rerun record
 # must leave the list), and the README's table says "rerun pending" beside its verdict.
-# made before the segments fix (fef1742), which these notebooks' numbers do not go through
-RERUN_PENDING: dict[str, str] = {name: "3d6fb96d024e" for name in CLAIMS if name not in {
-    "02_weight_decay_l2_vs_decoupled", "03_flooding", "07_reduce_on_plateau", "04_lr_range_test",
-    "08_update_ratio", "09_linear_scaling", "10_grow_the_batch", "06_sgdr", "13_batch_size"}}
+RERUN_PENDING: dict[str, str] = {}  # every record was rerun after the segments fix
 
 
 def _results_module():
