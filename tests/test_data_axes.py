@@ -273,3 +273,28 @@ def test_the_program_does_not_grow_with_the_number_of_folds():
   for m in ("fold/loss", "val/loss"):
     np.testing.assert_allclose(res[8, 4].metrics[m], res[8, None].metrics[m], rtol=1e-5,
                                atol=1e-7, err_msg=m)
+
+
+@pytest.mark.parametrize("space", [
+    search.grid(lr=[0.01, 0.05], batch_size=[8, 24]),
+    search.grid(lr=[0.01, 0.05]) * search.folds(3),
+], ids=["batch_size", "folds"])
+def test_block_indices_equal_the_per_step_permutations_bitwise(monkeypatch, space):
+  """Each block's minibatch positions are computed before its steps (one draw per epoch the
+  block touches); longer blocks draw them step by step. Both give the same minibatches,
+  bitwise: blocks spanning several epochs (120 examples, 5-15 steps per epoch, 21-step blocks),
+  chunks starting mid-epoch (sync every 42 steps), a ragged last block."""
+  from optaxlr.engine import _core
+
+  task = _task()
+  kw = dict(steps=100, seeds=2, eval_every=21, sync_every=42,
+            execution=optaxlr.Execution(progress=False))
+  ahead = optaxlr.sweep(task, sgd, space, **kw)
+  monkeypatch.setattr(_core, "_INDEX_AHEAD_MAX", 0)
+  _core.clear_cache()
+  per_step = optaxlr.sweep(task, sgd, space, **kw)
+  _core.clear_cache()
+  np.testing.assert_array_equal(ahead.batch_loss, per_step.batch_loss)
+  for k in ahead.metrics:
+    np.testing.assert_array_equal(ahead.metrics[k], per_step.metrics[k])
+  assert np.isfinite(ahead.batch_loss).all()

@@ -50,7 +50,6 @@ def all_finite(tree: PyTree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-
 def _sq_norm(tree: PyTree) -> jax.Array:
   leaves = [jnp.sum(jnp.square(x.astype(jnp.result_type(float)))) for x in jax.tree.leaves(tree)]
   return sum(leaves) if leaves else jnp.zeros(())
@@ -283,8 +282,9 @@ class _Builder:
     # produced it, and the freeze below fuses into the optimizer's update (no pass of its own
     # over the parameters, which are updated in place). A check of the new parameters (or of
     # the gradient) would be a reduction over them that must finish before the freeze: a
-    # transposed copy, a reduction, a select and a copy of the parameters per step, 10-15% of
-    # an MLP step at 64 configs on the CPU. Non-finite parameters from a finite loss (a NaN
+    # transposed copy, a reduction, a select and a copy of the parameters per step: about 6%
+    # of an MLP step at 64 configs on the CPU for the parameters' check, more for the
+    # gradient's (BENCHMARKS.md). Non-finite parameters from a finite loss (a NaN
     # gradient) give a non-finite loss at the next step, and every evaluation checks the
     # parameters themselves (:meth:`config_eval`).
     ok = jnp.isfinite(loss)
@@ -434,6 +434,12 @@ class _Builder:
     )
 
 
+# Minibatch positions of a block computed ahead of its steps up to this many int32 entries
+# (eval_every x seeds x batch size, summed over segments: 64 MiB); longer blocks draw them per
+# step (:meth:`_ChunkRun.batch`).
+_INDEX_AHEAD_MAX = 2**24
+
+
 class _ChunkRun:
   """One chunk of every config at once: blocks of ``eval_every`` steps (a scan), each followed
   by an evaluation; per batch-size/fold segment its own minibatches."""
@@ -476,21 +482,58 @@ class _ChunkRun:
     out = jax.vmap(fn)(*ins)
     return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]), out)
 
-  def perms(self, k, t):
-    n = self.n_examples(k)
-    per_epoch = n // self.segs[k].batch_size
-    return jax.vmap(lambda key: epoch_permutation(key, t // per_epoch, n))(self.data_keys)
+  def per_epoch(self, k) -> int:
+    return self.n_examples(k) // self.segs[k].batch_size
 
-  def batch(self, k, t, perm_k):
-    """Segment ``k``'s minibatch of step ``t`` and its epoch's permutation."""
-    b = self.segs[k].batch_size
-    per_epoch = self.n_examples(k) // b
-    pos = t % per_epoch
-    pk = jax.lax.cond(pos == 0, lambda: self.perms(k, t), lambda: perm_k)
-    idx = jax.lax.dynamic_slice_in_dim(pk, pos * b, b, axis=1)  # (S, B)
+  def perms(self, k, t):
+    """Segment ``k``'s permutations ``(S, N)`` of the epoch of step ``t``."""
+    return self.epoch_perms(k, t // self.per_epoch(k))
+
+  def epoch_perms(self, k, epoch):
+    n = self.n_examples(k)
+    return jax.vmap(lambda key: epoch_permutation(key, epoch, n))(self.data_keys)
+
+  def take(self, k, idx):
+    """Segment ``k``'s minibatch at positions ``idx`` ``(S, B)`` of its training examples."""
     if self.segs[k].fold >= 0:  # (S, B), or (stack, S, B) for a segment of stacked folds
       idx = jnp.take(self.data["fold_train"][k], idx, axis=-1)
-    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), self.train), pk
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), self.train)
+
+  def batch(self, k, t, perm_k):
+    """Segment ``k``'s minibatch of step ``t`` and its epoch's permutation ``(perm, epoch)``
+    (drawn when ``t`` starts an epoch): the per-step path, for blocks too long to index ahead."""
+    b, per_epoch = self.segs[k].batch_size, self.per_epoch(k)
+    pos = t % per_epoch
+    pk = jax.lax.cond(pos == 0, lambda: (self.perms(k, t), t // per_epoch), lambda: perm_k)
+    return self.take(k, jax.lax.dynamic_slice_in_dim(pk[0], pos * b, b, axis=1)), pk
+
+  def indexed_ahead(self) -> bool:
+    """Whether each block's minibatch positions are computed before its steps run
+    (:meth:`block_indices`): when they take at most ``_INDEX_AHEAD_MAX`` int32 entries."""
+    s = int(self.data_keys.shape[0])
+    return sum(self.spec.eval_every * s * seg.batch_size for seg in self.segs) <= _INDEX_AHEAD_MAX
+
+  def block_indices(self, k, b0, perm_k):
+    """The permutation ``(perm, epoch)`` of the last step of the block of steps from ``b0``
+    and segment ``k``'s minibatch positions ``(eval_every, S, B)`` in it.
+
+    Each epoch the block touches is drawn once (a loop over epochs, the carried one reused),
+    so no step holds a conditional: on the CPU the per-step conditional copied the whole
+    permutation at every step (0.14 ms of a 2.5 ms step at 4 configs of the benchmark MLP),
+    and on a GPU its predicate is read by the host. The positions equal :meth:`batch`'s."""
+    b, pe, w = self.segs[k].batch_size, self.per_epoch(k), self.spec.eval_every
+    t = b0 + jnp.arange(w, dtype=jnp.int32)
+    cols = (t % pe)[:, None] * b + jnp.arange(b, dtype=jnp.int32)[None]  # (W, B)
+    s = int(self.data_keys.shape[0])
+
+    def epoch(e, state):
+      (perm, ep), idx = state
+      perm, ep = jax.lax.cond(e == ep, lambda: (perm, ep), lambda: (self.epoch_perms(k, e), e))
+      rows = jnp.moveaxis(jnp.take(perm, cols, axis=1), 1, 0)  # (W, S, B)
+      return (perm, ep), jnp.where((t // pe == e)[:, None, None], rows, idx)
+
+    idx0 = jnp.zeros((w, s, b), perm_k[0].dtype)
+    return jax.lax.fori_loop(b0 // pe, (b0 + w - 1) // pe + 1, epoch, (perm_k, idx0))
 
   def step_body(self, state, xs, ratio_mode: str = "cond"):
     c, perm = state
@@ -506,6 +549,9 @@ class _ChunkRun:
     for k in range(len(self.segs)):
       if spec.host_fed:
         batch = xs["batch"]
+        new_perm.append(perm[k])
+      elif "idx" in xs:
+        batch = self.take(k, xs["idx"][k])
         new_perm.append(perm[k])
       else:
         batch, pk = self.batch(k, t, perm[k])
@@ -554,7 +600,9 @@ class _ChunkRun:
       if spec.host_fed:
         batch = jax.tree.map(lambda a: a[-1], xs["batch"])
       else:
-        batch, _ = self.batch(k, t, self.perms(k, t))
+        b = self.segs[k].batch_size
+        pos = t % self.per_epoch(k)
+        batch = self.take(k, jax.lax.dynamic_slice_in_dim(self.perms(k, t), pos * b, b, axis=1))
       sc = self.seg_slice(c._replace(fresh=None), k)
       hp = self.seg_hp(k)
       n_k = self.segs[k].size
@@ -572,6 +620,10 @@ class _ChunkRun:
     inner = {"t": steps, "last": (steps == b0 + spec.eval_every - 1) | (steps + 1 == total)}
     if spec.host_fed:
       inner["batch"] = xs["batch"]  # leaves (eval_every, S, B, ...)
+    elif self.indexed_ahead():
+      c, perm = state
+      perm, idx = zip(*(self.block_indices(k, b0, perm[k]) for k in range(len(self.segs))))
+      state, inner["idx"] = (c, tuple(perm)), tuple(idx)
     if spec.update_ratio and not spec.ragged and spec.eval_every > 1:
       # The block's last step (the one whose update ratio is recorded) apart from the others:
       # measured at 64 configs of the MLP on the CPU, 1.03x a hand-written program against
@@ -608,9 +660,10 @@ class _ChunkRun:
   def run(self, carry: Carry, start):
     spec = self.spec
     if spec.host_fed:
-      perm0 = tuple(jnp.zeros((1,), jnp.int32) for _ in self.segs)
+      perm0 = tuple((jnp.zeros((1,), jnp.int32), jnp.int32(0)) for _ in self.segs)
     else:
-      perm0 = tuple(self.perms(k, start) for k in range(len(self.segs)))
+      perm0 = tuple((self.perms(k, start), start // self.per_epoch(k))
+                    for k in range(len(self.segs)))
     b0s = start + spec.eval_every * jnp.arange(spec.blocks, dtype=jnp.int32)
     xs = {"b0": b0s}
     if spec.host_fed:
