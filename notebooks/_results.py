@@ -295,7 +295,7 @@ def plain(x):
 
 def record(name: str, *, full: bool, started: float, sizes: dict, numbers: dict,
            verdict: dict, per_seed: dict | None = None, key: int | None = None,
-           split_seed: int | None = None) -> dict:
+           split_seed: int | None = None, also: list[dict] = ()) -> dict:
   """Builds the record; writes it to ``results/<name>.json`` only when ``full``.
 
   ``verdict``: ``{"claim": ..., "measured": ..., "holds": "holds" | "does not hold" | ...}``,
@@ -303,7 +303,14 @@ def record(name: str, *, full: bool, started: float, sizes: dict, numbers: dict,
   ``per_seed``: name -> per-seed values (arrays with a leading seed axis), so that paired
   statistics can be recomputed from the record; ``key`` and ``split_seed``: the sweeps' base
   PRNG key and the data split's seed. Every record carries ``hashes`` (see :func:`stale`).
+  ``also``: further verdicts of the same claim on other tasks (second rows of the README's
+  table), each built with :func:`verdict` with a ``row`` naming its task; they are checked as
+  the main one is.
   """
+  for v in also:
+    if not (isinstance(v, dict) and v.get("row") and v.get("parts")):
+      raise ValueError(f"record: each verdict in also must come from verdict(..., row=<task>) "
+                       f"with parts, got {v!r:.80}")
   rec = {
       "notebook": f"{name}.ipynb",
       "size": "full" if full else "small",
@@ -314,6 +321,7 @@ def record(name: str, *, full: bool, started: float, sizes: dict, numbers: dict,
       "split_seed": split_seed,
       "hashes": hashes(name),
       "verdict": verdict,
+      **({"also": list(also)} if also else {}),
       "wall_s": time.time() - started,
       "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
       "machine": machine(),

@@ -131,6 +131,10 @@ def test_committed_results(name):
       f"{path.name}: the verdict has no parts with per-seed values")
   wrong = r.recheck(rec["verdict"])
   assert not wrong, f"{path.name}: the verdict does not follow from its parts: {wrong}"
+  for v in rec.get("also", []):  # second rows: the same claim on another task
+    assert v.get("row") and v["holds"] in r.WORDS and v["parts"], f"{path.name}: a bad second row"
+    wrong = r.recheck(v)
+    assert not wrong, f"{path.name}: its {v['row']!r} row does not follow from its parts: {wrong}"
   changed = r.stale(rec)
   if name in RERUN_PENDING:
     assert changed == ["optaxlr"] and rec["hashes"]["optaxlr"].startswith(RERUN_PENDING[name]), (
@@ -161,6 +165,9 @@ def verdict_table() -> str:
     if name in RERUN_PENDING:
       word += " (made by an earlier state of the optaxlr sources: rerun pending)"
     lines.append(f"| `{name}` | {_cell(v['claim'])} | {_cell(v['measured'])} | {word} |")
+    for extra in rec.get("also", []):  # the same claim on a second task
+      lines.append(f"| `{name}` ({_cell(extra['row'])}) | {_cell(extra['claim'])} | "
+                   f"{_cell(extra['measured'])} | **{extra['holds']}** |")
   lines.append(END)
   return "\n".join(lines)
 
